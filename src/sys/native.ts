@@ -1,0 +1,37 @@
+import * as path from 'node:path';
+
+/**
+ * The in-repo N-API addon (native/sys_addon.c): fd readiness through libuv,
+ * SCM_RIGHTS messages and mmap'd memory as ArrayBuffers. See docs/architecture.md
+ * for why these are native rather than koffi calls.
+ */
+export interface SysAddon {
+  watch(fd: number, onReadable: (status: number, events: number) => void): object;
+  unwatch(handle: object): void;
+  sendmsg(fd: number, data: Buffer, fds: number[]): number;
+  /** Returns [bytes, ...fds]; bytes 0 means the peer closed. Throws EAGAIN when empty. */
+  recvmsg(fd: number, into: Buffer, offset: number, length: number): number[] & { ctrunc?: boolean };
+  mmap(addr: bigint, length: bigint | number, prot: number, flags: number, fd: number, offset: bigint | number): bigint;
+  munmap(addr: bigint, length: bigint | number): void;
+  view(addr: bigint, length: number): ArrayBuffer;
+}
+
+function load(): SysAddon {
+  const root = path.resolve(__dirname, '..', '..');
+  const candidates = [
+    path.join(root, 'build', 'Release', 'sys_addon.node'),
+    path.join(root, 'build', 'Debug', 'sys_addon.node'),
+  ];
+  let lastError: unknown;
+  for (const file of candidates) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      return require(file) as SysAddon;
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  throw new Error(`native addon not built (run npm install): ${String(lastError)}`);
+}
+
+export const addon: SysAddon = load();

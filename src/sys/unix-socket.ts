@@ -1,0 +1,154 @@
+import * as fs from 'node:fs';
+import { SysError, Errno } from './errno';
+import {
+  AF_UNIX,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  accept4,
+  bind,
+  close,
+  connect,
+  fcntl,
+  F_GETFL,
+  F_SETFL,
+  O_NONBLOCK,
+  listen,
+  socket,
+  socketpair,
+  sockaddrUn,
+} from './libc';
+import { FdWatcher } from './fd-watcher';
+import { addon } from './native';
+
+export interface Received {
+  /** Bytes received; 0 means the peer closed the connection. */
+  bytes: number;
+  fds: number[];
+}
+
+/**
+ * A connected AF_UNIX stream socket that carries file descriptors (SCM_RIGHTS).
+ * Sends block (messages are small); receives never block.
+ */
+export class UnixStreamSocket {
+  private watcher: FdWatcher | null = null;
+  private closed = false;
+
+  constructor(readonly fd: number) {}
+
+  static connect(path: string): UnixStreamSocket {
+    const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    try {
+      const addr = sockaddrUn(path);
+      connect(fd, addr, addr.length);
+    } catch (err) {
+      close(fd);
+      throw err;
+    }
+    return new UnixStreamSocket(fd);
+  }
+
+  static pair(): [UnixStreamSocket, UnixStreamSocket] {
+    const sv = new Int32Array(2);
+    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
+    return [new UnixStreamSocket(sv[0]), new UnixStreamSocket(sv[1])];
+  }
+
+  /** Receives into `into[offset, offset+length)`. Returns null when nothing is waiting. */
+  receive(into: Buffer, offset: number, length: number): Received | null {
+    try {
+      const [bytes, ...fds] = addon.recvmsg(this.fd, into, offset, length);
+      return { bytes, fds };
+    } catch (err) {
+      if ((err as { errno?: number }).errno === Errno.EAGAIN) return null;
+      throw err;
+    }
+  }
+
+  /** Sends the whole buffer (and the fds with its first byte). */
+  send(data: Buffer, fds: number[] = []): void {
+    let sent = addon.sendmsg(this.fd, data, fds);
+    while (sent < data.length) sent += addon.sendmsg(this.fd, data.subarray(sent), []);
+  }
+
+  /** Calls `onReadable` whenever data (or EOF) is waiting. */
+  watch(onReadable: () => void): void {
+    this.unwatch();
+    this.watcher = new FdWatcher(this.fd, onReadable);
+  }
+
+  unwatch(): void {
+    this.watcher?.close();
+    this.watcher = null;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.unwatch();
+    close(this.fd);
+  }
+}
+
+/** A listening AF_UNIX stream socket: bound to a path by us, or inherited (--fd). */
+export class UnixListener {
+  private watcher: FdWatcher | null = null;
+
+  private constructor(
+    readonly fd: number,
+    readonly path: string | null,
+  ) {}
+
+  /** Binds `path`, replacing a stale socket file but never any other kind of file. */
+  static listen(path: string, backlog = 1): UnixListener {
+    try {
+      if (fs.lstatSync(path).isSocket()) fs.unlinkSync(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    try {
+      const addr = sockaddrUn(path);
+      bind(fd, addr, addr.length);
+      listen(fd, backlog);
+    } catch (err) {
+      close(fd);
+      throw err;
+    }
+    return new UnixListener(fd, path);
+  }
+
+  /** Adopts an already-listening socket (as libvirt passes with --fd). */
+  static fromFd(fd: number): UnixListener {
+    // Accepting must never block the event loop, whatever mode the fd came in.
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
+    return new UnixListener(fd, null);
+  }
+
+  /** Accepts one pending connection, or returns null if none is waiting. */
+  accept(): UnixStreamSocket | null {
+    try {
+      return new UnixStreamSocket(accept4(this.fd, null, null, SOCK_CLOEXEC));
+    } catch (err) {
+      if (err instanceof SysError && err.errno === Errno.EAGAIN) return null;
+      throw err;
+    }
+  }
+
+  watch(onConnection: () => void): void {
+    this.watcher?.close();
+    this.watcher = new FdWatcher(this.fd, onConnection);
+  }
+
+  unwatch(): void {
+    this.watcher?.close();
+    this.watcher = null;
+  }
+
+  close(removePath = false): void {
+    this.unwatch();
+    close(this.fd);
+    if (removePath && this.path) fs.rmSync(this.path, { force: true });
+  }
+}
