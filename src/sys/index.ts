@@ -8,3 +8,4 @@ export * from './memory';
 export * from './fd-watcher';
 export * from './unix-socket';
 export { addon } from './native';
+export * from './fs';

@@ -1,0 +1,362 @@
+import { UnixStreamSocket, close } from '../sys';
+import { BackendChannel } from './backend-channel';
+import { Connection } from './connection';
+import { VhostUserDevice } from './device';
+import { GuestMemory } from './guest-memory';
+import {
+  ConfigHeader,
+  MemoryRegionDesc,
+  MemoryTableHeader,
+  Message,
+  ProtocolError,
+  SingleMemoryRegion,
+  U64,
+  VringAddr,
+  VringState,
+  needsReply,
+} from './messages';
+import {
+  FrontendRequest,
+  MAX_MEM_SLOTS,
+  MAX_SHMEM_REGIONS,
+  MEMORY_BASELINE_NREGIONS,
+  ProtocolFeature,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_REPLY_MASK,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  VRING_IDX_MASK,
+  VRING_NOFD_MASK,
+  bit,
+} from './protocol';
+import { SplitVirtqueue, VirtqueueError } from './virtqueue';
+import { Vring } from './vring';
+
+export type { Logger } from '../log';
+import type { Logger } from '../log';
+
+/** Transport features every device gets. */
+const TRANSPORT_FEATURES =
+  bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+
+const TRANSPORT_PROTOCOL_FEATURES =
+  bit(ProtocolFeature.MQ) |
+  bit(ProtocolFeature.REPLY_ACK) |
+  bit(ProtocolFeature.BACKEND_REQ) |
+  bit(ProtocolFeature.BACKEND_SEND_FD) |
+  bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
+  bit(ProtocolFeature.RESET_DEVICE);
+
+/** Messages whose reply is defined by the protocol; need_reply adds nothing to them. */
+const HAS_OWN_REPLY = new Set<number>([
+  FrontendRequest.GET_FEATURES,
+  FrontendRequest.GET_PROTOCOL_FEATURES,
+  FrontendRequest.GET_VRING_BASE,
+  FrontendRequest.GET_QUEUE_NUM,
+  FrontendRequest.GET_CONFIG,
+  FrontendRequest.GET_MAX_MEM_SLOTS,
+  FrontendRequest.GET_SHMEM_CONFIG,
+]);
+
+/**
+ * The vhost-user back-end state machine for one front-end connection:
+ * handshake, features, memory table, vring setup, and the start/stop of
+ * each ring. The device behind it only sees started rings.
+ */
+export class VhostUserBackend {
+  private readonly connection: Connection;
+  readonly memory = new GuestMemory();
+  private readonly vrings: Vring[];
+  private ackedFeatures = 0n;
+  private ackedProtocolFeatures = 0n;
+  private backendChannel: BackendChannel | null = null;
+  private closed = false;
+
+  constructor(
+    socket: UnixStreamSocket,
+    private readonly device: VhostUserDevice,
+    private readonly log: Logger,
+    private readonly onDisconnect: (err?: Error) => void,
+  ) {
+    this.connection = new Connection(socket);
+    this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new Vring(i));
+  }
+
+  get features(): bigint {
+    return TRANSPORT_FEATURES | this.device.deviceFeatures;
+  }
+
+  get protocolFeatures(): bigint {
+    return TRANSPORT_PROTOCOL_FEATURES | this.device.deviceProtocolFeatures;
+  }
+
+  start(): void {
+    this.connection.start(
+      (msg) => this.dispatch(msg),
+      (err) => this.teardown(err),
+    );
+  }
+
+  private hasProtocolFeature(f: ProtocolFeature): boolean {
+    return (this.ackedProtocolFeatures & bit(f)) !== 0n;
+  }
+
+  private dispatch(msg: Message): void {
+    const name = FrontendRequest[msg.request] ?? `#${msg.request}`;
+    this.log('debug', `vhost-user: ${name} (${msg.payload.length} bytes, ${msg.fds.length} fds)`);
+    let reply: Buffer | undefined;
+    try {
+      reply = this.handle(msg);
+    } catch (err) {
+      const malformed = err instanceof ProtocolError;
+      this.log('error', `vhost-user: ${name} failed: ${(err as Error).message}`);
+      if (malformed || !(needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK))) {
+        // The front-end cannot learn of the failure any other way: end the connection cleanly.
+        this.teardown(err as Error);
+        return;
+      }
+      this.reply(msg.request, U64.encode({ value: 1n }));
+      return;
+    } finally {
+      // Handlers take the fds they keep out of msg.fds; whatever is left is ours to close.
+      for (const fd of msg.fds.splice(0)) close(fd);
+    }
+    if (reply) this.reply(msg.request, reply);
+    else if (needsReply(msg.flags) && !HAS_OWN_REPLY.has(msg.request) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) {
+      this.reply(msg.request, U64.encode({ value: 0n }));
+    }
+  }
+
+  private reply(request: number, payload: Buffer): void {
+    this.connection.send(request, VHOST_USER_REPLY_MASK, payload);
+  }
+
+  private vring(index: number): Vring {
+    const vring = this.vrings[index];
+    if (!vring) throw new ProtocolError(`queue index ${index} out of range (the device has ${this.vrings.length})`);
+    return vring;
+  }
+
+  /** Handles one message; returns the reply payload for messages that have one. */
+  private handle(msg: Message): Buffer | undefined {
+    const p = msg.payload;
+    switch (msg.request) {
+      case FrontendRequest.GET_FEATURES:
+        return U64.encode({ value: this.features });
+      case FrontendRequest.SET_FEATURES: {
+        const value = U64.decode(p).value;
+        if (value & ~this.features) throw new ProtocolError(`front-end acked features we never offered: 0x${value.toString(16)}`);
+        this.ackedFeatures = value;
+        return undefined;
+      }
+      case FrontendRequest.GET_PROTOCOL_FEATURES:
+        return U64.encode({ value: this.protocolFeatures });
+      case FrontendRequest.SET_PROTOCOL_FEATURES:
+        this.ackedProtocolFeatures = U64.decode(p).value & this.protocolFeatures;
+        return undefined;
+      case FrontendRequest.SET_OWNER:
+        return undefined;
+      case FrontendRequest.RESET_OWNER:
+      case FrontendRequest.RESET_DEVICE:
+        this.resetDevice();
+        return undefined;
+      case FrontendRequest.GET_QUEUE_NUM:
+        return U64.encode({ value: BigInt(this.vrings.length) });
+      case FrontendRequest.GET_MAX_MEM_SLOTS:
+        return U64.encode({ value: BigInt(MAX_MEM_SLOTS) });
+      case FrontendRequest.SET_MEM_TABLE:
+        this.setMemTable(msg);
+        return undefined;
+      case FrontendRequest.ADD_MEM_REG: {
+        const r = SingleMemoryRegion.decode(p);
+        if (msg.fds.length !== 1) throw new ProtocolError(`ADD_MEM_REG with ${msg.fds.length} fds`);
+        if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new ProtocolError('no free memory slot');
+        this.memory.addRegion(r, msg.fds.shift()!);
+        this.remapRings();
+        return undefined;
+      }
+      case FrontendRequest.REM_MEM_REG: {
+        const r = SingleMemoryRegion.decode(p);
+        this.waitForIdle();
+        if (!this.memory.removeRegion(r.guestPhysAddr, r.memorySize)) {
+          throw new Error(`no memory region at 0x${r.guestPhysAddr.toString(16)}`);
+        }
+        this.remapRings();
+        return undefined;
+      }
+      case FrontendRequest.SET_VRING_NUM: {
+        const s = VringState.decode(p);
+        const vring = this.vring(s.index);
+        if (s.num === 0 || s.num > 32768 || (s.num & (s.num - 1)) !== 0) throw new ProtocolError(`bad queue size ${s.num}`);
+        vring.size = s.num;
+        return undefined;
+      }
+      case FrontendRequest.SET_VRING_ADDR: {
+        const a = VringAddr.decode(p);
+        const vring = this.vring(a.index);
+        vring.descUserAddr = Number(a.descUserAddr);
+        vring.availUserAddr = Number(a.availUserAddr);
+        vring.usedUserAddr = Number(a.usedUserAddr);
+        vring.addressed = true;
+        if (vring.queue) vring.queue.setAddresses(vring.descUserAddr, vring.availUserAddr, vring.usedUserAddr);
+        return undefined;
+      }
+      case FrontendRequest.SET_VRING_BASE: {
+        const s = VringState.decode(p);
+        this.vring(s.index).base = s.num & 0xffff;
+        return undefined;
+      }
+      case FrontendRequest.GET_VRING_BASE: {
+        const s = VringState.decode(p);
+        const vring = this.vring(s.index);
+        const next = vring.stop();
+        vring.base = next;
+        // After GET_VRING_BASE the ring is stopped; a new SET_VRING_ENABLE is needed to restart it.
+        vring.enabled = !this.hasFeature(VHOST_USER_F_PROTOCOL_FEATURES) && vring.enabled;
+        return VringState.encode({ index: s.index, num: next });
+      }
+      case FrontendRequest.SET_VRING_KICK:
+        this.setVringFd(msg, 'kickFd');
+        return undefined;
+      case FrontendRequest.SET_VRING_CALL:
+        this.setVringFd(msg, 'callFd');
+        return undefined;
+      case FrontendRequest.SET_VRING_ERR:
+        this.setVringFd(msg, 'errFd');
+        return undefined;
+      case FrontendRequest.SET_VRING_ENABLE: {
+        const s = VringState.decode(p);
+        const vring = this.vring(s.index);
+        vring.enabled = s.num !== 0;
+        if (vring.enabled && vring.started) this.kicked(vring);
+        return undefined;
+      }
+      case FrontendRequest.SET_BACKEND_REQ_FD: {
+        if (msg.fds.length !== 1) throw new ProtocolError(`SET_BACKEND_REQ_FD with ${msg.fds.length} fds`);
+        this.backendChannel?.close();
+        this.backendChannel = new BackendChannel(
+          new UnixStreamSocket(msg.fds.shift()!),
+          this.hasProtocolFeature(ProtocolFeature.REPLY_ACK),
+          (m) => this.log('error', m),
+        );
+        this.device.setBackendChannel(this.backendChannel);
+        return undefined;
+      }
+      case FrontendRequest.GET_CONFIG: {
+        // No device config is served from here (QEMU builds virtio-fs config itself):
+        // answer with size 0, which the protocol defines as failure.
+        const h = ConfigHeader.decode(p);
+        return ConfigHeader.encode({ offset: h.offset, size: 0, flags: h.flags });
+      }
+      case FrontendRequest.GET_SHMEM_CONFIG: {
+        const sizes = this.device.shmemRegions();
+        const out = Buffer.alloc(8 + 8 * MAX_SHMEM_REGIONS);
+        out.writeUInt32LE(sizes.length, 0);
+        sizes.forEach((size, i) => out.writeBigUInt64LE(size, 8 + 8 * i));
+        return out;
+      }
+      default:
+        throw new Error(`unsupported request ${FrontendRequest[msg.request] ?? msg.request}`);
+    }
+  }
+
+  private hasFeature(n: number): boolean {
+    return (this.ackedFeatures & bit(n)) !== 0n;
+  }
+
+  private setMemTable(msg: Message): void {
+    const h = MemoryTableHeader.decode(msg.payload);
+    if (h.nregions === 0 || h.nregions > MEMORY_BASELINE_NREGIONS) throw new ProtocolError(`SET_MEM_TABLE with ${h.nregions} regions`);
+    if (msg.fds.length !== h.nregions) throw new ProtocolError(`SET_MEM_TABLE: ${h.nregions} regions but ${msg.fds.length} fds`);
+    const regions = Array.from({ length: h.nregions }, (_, i) =>
+      MemoryRegionDesc.decode(msg.payload, MemoryTableHeader.size + i * MemoryRegionDesc.size),
+    );
+    this.waitForIdle();
+    this.memory.clear();
+    for (const r of regions) this.memory.addRegion(r, msg.fds.shift()!);
+    this.remapRings();
+  }
+
+  /** Ring views point into the old mappings: rebuild them after the memory table changed. */
+  private remapRings(): void {
+    for (const vring of this.vrings) {
+      if (vring.queue) vring.queue.setAddresses(vring.descUserAddr, vring.availUserAddr, vring.usedUserAddr);
+    }
+  }
+
+  private waitForIdle(): void {
+    // Requests still in flight hold views of guest memory; unmapping under them would crash.
+    if (this.device.inflight() > 0) throw new Error('memory table changed while requests are in flight');
+  }
+
+  private setVringFd(msg: Message, which: 'kickFd' | 'callFd' | 'errFd'): void {
+    const value = U64.decode(msg.payload).value;
+    const index = Number(value & BigInt(VRING_IDX_MASK));
+    const noFd = (value & BigInt(VRING_NOFD_MASK)) !== 0n;
+    const vring = this.vring(index);
+    if (noFd !== (msg.fds.length === 0)) throw new ProtocolError(`${which} for queue ${index}: fd flag and fds disagree`);
+    if (which !== 'kickFd') {
+      vring.replaceFd(which, noFd ? -1 : msg.fds.shift()!);
+      return;
+    }
+    if (noFd) throw new Error(`queue ${index}: polling without a kick fd is not supported`);
+    vring.stop();
+    vring.replaceFd('kickFd', msg.fds.shift()!);
+    this.startRing(vring);
+  }
+
+  /** The ring starts when it gets its kick fd; without PROTOCOL_FEATURES it is enabled at once. */
+  private startRing(vring: Vring): void {
+    if (!vring.addressed || vring.size === 0) throw new ProtocolError(`queue ${vring.index} started before its size and addresses`);
+    const queue = new SplitVirtqueue(
+      this.memory,
+      vring.size,
+      this.hasFeature(VIRTIO_RING_F_EVENT_IDX),
+      this.hasFeature(VIRTIO_RING_F_INDIRECT_DESC),
+    );
+    queue.setAddresses(vring.descUserAddr, vring.availUserAddr, vring.usedUserAddr);
+    queue.setBase(vring.base);
+    vring.queue = queue;
+    if (!this.hasFeature(VHOST_USER_F_PROTOCOL_FEATURES)) vring.enabled = true;
+    vring.watchKick(() => this.kicked(vring));
+    // Chains may already be waiting (e.g. after a reconnect).
+    if (vring.enabled) this.kicked(vring);
+  }
+
+  private kicked(vring: Vring): void {
+    if (!vring.enabled || !vring.queue) return;
+    try {
+      this.device.processQueue(vring);
+    } catch (err) {
+      if (!(err instanceof VirtqueueError)) throw err;
+      // The driver broke the ring's invariants: stop serving this queue, keep the others.
+      this.log('error', `queue ${vring.index}: ${err.message}; queue stopped`);
+      vring.stop();
+    }
+  }
+
+  private resetDevice(): void {
+    for (const vring of this.vrings) vring.reset();
+    this.device.reset();
+    this.ackedFeatures = 0n;
+  }
+
+  private teardown(err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (err) this.log('error', `vhost-user: ${err.message}; disconnecting`);
+    for (const vring of this.vrings) vring.reset();
+    this.device.setBackendChannel(null);
+    this.backendChannel?.close();
+    this.backendChannel = null;
+    this.device.reset();
+    this.connection.close();
+    if (this.device.inflight() === 0) this.memory.clear();
+    this.onDisconnect(err);
+  }
+
+  close(): void {
+    this.teardown();
+  }
+}

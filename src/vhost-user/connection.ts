@@ -1,0 +1,81 @@
+import { UnixStreamSocket, close } from '../sys';
+import { HEADER_SIZE, MAX_PAYLOAD_SIZE } from './protocol';
+import { Message, ProtocolError, decodeHeader, encodeMessage } from './messages';
+
+/**
+ * Frames vhost-user messages over a Unix stream socket: header, payload and
+ * the file descriptors that arrive with them. Used by both the back-end and
+ * the TypeScript front-end.
+ */
+export class Connection {
+  private readonly buf = Buffer.alloc(HEADER_SIZE + MAX_PAYLOAD_SIZE);
+  private have = 0;
+  private fds: number[] = [];
+  private closed = false;
+
+  constructor(readonly socket: UnixStreamSocket) {}
+
+  /**
+   * Calls `onMessage` for every complete message; `onClose` once, on EOF or on
+   * a framing error (with the error).
+   */
+  start(onMessage: (msg: Message) => void, onClose: (err?: Error) => void): void {
+    this.socket.watch(() => {
+      try {
+        for (;;) {
+          const msg = this.receive();
+          if (msg === null) return;
+          if (msg === 'eof') {
+            this.close();
+            onClose();
+            return;
+          }
+          onMessage(msg);
+          if (this.closed) return;
+        }
+      } catch (err) {
+        this.close();
+        onClose(err as Error);
+      }
+    });
+  }
+
+  /** Reads what is available; a whole message, null when incomplete, 'eof' when the peer left. */
+  receive(): Message | null | 'eof' {
+    for (;;) {
+      const want = this.have < HEADER_SIZE ? HEADER_SIZE : HEADER_SIZE + decodeHeader(this.buf).size;
+      if (this.have === want && this.have >= HEADER_SIZE) {
+        const { request, flags, size } = decodeHeader(this.buf);
+        const msg: Message = {
+          request,
+          flags,
+          payload: Buffer.from(this.buf.subarray(HEADER_SIZE, HEADER_SIZE + size)),
+          fds: this.fds,
+        };
+        this.have = 0;
+        this.fds = [];
+        return msg;
+      }
+      const got = this.socket.receive(this.buf, this.have, want - this.have);
+      if (got === null) return null;
+      this.fds.push(...got.fds);
+      if (got.bytes === 0) {
+        if (this.have > 0) throw new ProtocolError(`connection closed in the middle of a message`);
+        return 'eof';
+      }
+      this.have += got.bytes;
+    }
+  }
+
+  send(request: number, flags: number, payload: Buffer, fds: number[] = []): void {
+    this.socket.send(encodeMessage(request, flags, payload), fds);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const fd of this.fds) close(fd);
+    this.fds = [];
+    this.socket.close();
+  }
+}

@@ -1,0 +1,193 @@
+import { GuestMemory } from './guest-memory';
+
+/** Descriptor flags (virtio 1.x, 2.7.5). */
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+/** Ring flags. */
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+
+const DESC_SIZE = 16;
+export const MAX_QUEUE_SIZE = 32768;
+
+/** A descriptor chain, as views of guest memory in chain order. */
+export interface DescriptorChain {
+  head: number;
+  readable: Buffer[];
+  writable: Buffer[];
+  readableBytes: number;
+  writableBytes: number;
+}
+
+/** A chain the guest built wrongly; it is returned to the guest unused (used length 0). */
+export interface BrokenChain {
+  head: number;
+  error: string;
+}
+
+export class VirtqueueError extends Error {
+  override name = 'VirtqueueError';
+}
+
+/**
+ * The device side of a split virtqueue (virtio 1.x, 2.7): pops descriptor
+ * chains from the available ring, validates every address against guest
+ * memory, pushes used elements and decides when the driver needs a signal
+ * (VIRTIO_RING_F_EVENT_IDX or the NO_INTERRUPT flag).
+ */
+export class SplitVirtqueue {
+  private desc!: Buffer;
+  private availFlagsIdx!: Uint16Array; // [flags, idx]
+  private availRing!: Buffer;
+  private usedHeader!: Uint16Array; // [flags, idx]
+  private usedRing!: Buffer;
+  private usedEvent!: Buffer; // in the avail ring: used_event
+  private availEvent!: Uint16Array; // in the used ring: avail_event
+  /** Next available-ring index we will read (free-running, 16 bits). */
+  lastAvailIdx = 0;
+  /** Next used-ring index we will write (free-running, 16 bits). */
+  usedIdx = 0;
+  /** Used index when the driver was last signalled (for EVENT_IDX). */
+  private signalledUsedIdx = 0;
+  private signalledValid = false;
+
+  constructor(
+    private readonly memory: GuestMemory,
+    readonly size: number,
+    private readonly eventIdx: boolean,
+    private readonly indirect: boolean,
+  ) {
+    if (size === 0 || size > MAX_QUEUE_SIZE || (size & (size - 1)) !== 0) {
+      throw new VirtqueueError(`queue size ${size} is not a power of two up to ${MAX_QUEUE_SIZE}`);
+    }
+  }
+
+  /** Locates the three rings from front-end virtual addresses; throws if any lies outside guest RAM. */
+  setAddresses(descUserAddr: number, availUserAddr: number, usedUserAddr: number): void {
+    const n = this.size;
+    const desc = this.memory.sliceUserAddr(descUserAddr, n * DESC_SIZE);
+    const avail = this.memory.sliceUserAddr(availUserAddr, 4 + 2 * n + 2);
+    const used = this.memory.sliceUserAddr(usedUserAddr, 4 + 8 * n + 2);
+    if (!desc || !avail || !used) throw new VirtqueueError('vring address outside guest memory');
+    if (avail.byteOffset % 2 !== 0 || used.byteOffset % 4 !== 0) throw new VirtqueueError('misaligned vring');
+    this.desc = desc;
+    this.availFlagsIdx = new Uint16Array(avail.buffer, avail.byteOffset, 2);
+    this.availRing = avail.subarray(4, 4 + 2 * n);
+    this.usedEvent = avail.subarray(4 + 2 * n, 4 + 2 * n + 2);
+    this.usedHeader = new Uint16Array(used.buffer, used.byteOffset, 2);
+    this.usedRing = used.subarray(4, 4 + 8 * n);
+    this.availEvent = new Uint16Array(used.buffer, used.byteOffset + 4 + 8 * n, 1);
+  }
+
+  /** Sets where processing resumes (SET_VRING_BASE); the used index follows it. */
+  setBase(index: number): void {
+    this.lastAvailIdx = index & 0xffff;
+    this.usedIdx = index & 0xffff;
+    this.signalledValid = false;
+  }
+
+  /** The available ring's index as the driver last published it. */
+  availIdx(): number {
+    // Atomics give the ordering the driver relies on (a load after our avail_event store).
+    return Atomics.load(this.availFlagsIdx, 1);
+  }
+
+  /** Pending chains: how far the driver is ahead of us. Throws if the driver claims more than the ring holds. */
+  pending(): number {
+    const ahead = (this.availIdx() - this.lastAvailIdx) & 0xffff;
+    if (ahead > this.size) throw new VirtqueueError(`available index ${this.availIdx()} is ${ahead} ahead of ${this.lastAvailIdx}`);
+    return ahead;
+  }
+
+  /** Pops the next chain, or null when the ring is empty. */
+  pop(): DescriptorChain | BrokenChain | null {
+    if (this.pending() === 0) return null;
+    const head = this.availRing.readUInt16LE(2 * (this.lastAvailIdx % this.size));
+    this.lastAvailIdx = (this.lastAvailIdx + 1) & 0xffff;
+    if (head >= this.size) return { head, error: `head index ${head} out of range` };
+    return this.walk(head);
+  }
+
+  private walk(head: number): DescriptorChain | BrokenChain {
+    const chain: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
+    let table = this.desc;
+    let tableSize = this.size;
+    let index = head;
+    let budget = this.size; // a chain can never be longer than its table: anything more is a loop
+    let inIndirect = false;
+    for (;;) {
+      if (budget-- === 0) return { head, error: 'descriptor chain loops or is too long' };
+      const at = index * DESC_SIZE;
+      const lo = table.readUInt32LE(at);
+      const hi = table.readUInt32LE(at + 4);
+      const len = table.readUInt32LE(at + 8);
+      const flags = table.readUInt16LE(at + 12);
+      const next = table.readUInt16LE(at + 14);
+      if (hi >= 0x200000) return { head, error: 'descriptor address beyond 2^53' };
+      const addr = hi * 0x100000000 + lo;
+
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.indirect) return { head, error: 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC' };
+        if (inIndirect) return { head, error: 'nested indirect descriptor' };
+        if (flags & VIRTQ_DESC_F_NEXT) return { head, error: 'indirect descriptor with NEXT' };
+        if (len === 0 || len % DESC_SIZE !== 0) return { head, error: `indirect table of ${len} bytes` };
+        const t = this.memory.slice(addr, len);
+        if (!t) return { head, error: 'indirect table outside guest memory' };
+        table = t;
+        tableSize = len / DESC_SIZE;
+        budget = tableSize;
+        index = 0;
+        inIndirect = true;
+        continue;
+      }
+
+      if (flags & VIRTQ_DESC_F_WRITE) {
+        if (!this.memory.views(addr, len, chain.writable)) return { head, error: 'descriptor outside guest memory' };
+        chain.writableBytes += len;
+      } else {
+        if (chain.writable.length > 0) return { head, error: 'readable descriptor after a writable one' };
+        if (!this.memory.views(addr, len, chain.readable)) return { head, error: 'descriptor outside guest memory' };
+        chain.readableBytes += len;
+      }
+
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
+      if (next >= tableSize) return { head, error: `next index ${next} out of range` };
+      index = next;
+    }
+  }
+
+  /** Returns a chain to the driver with `len` bytes written. */
+  pushUsed(head: number, len: number): void {
+    const slot = 8 * (this.usedIdx % this.size);
+    this.usedRing.writeUInt32LE(head, slot);
+    this.usedRing.writeUInt32LE(len, slot + 4);
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    // Publish the element before the index (a store-release for the driver).
+    Atomics.store(this.usedHeader, 1, this.usedIdx);
+  }
+
+  /** Whether the driver wants a signal for what was used since the last signal. */
+  needsSignal(): boolean {
+    if (!this.eventIdx) return (Atomics.load(this.availFlagsIdx, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    const newIdx = this.usedIdx;
+    const oldIdx = this.signalledUsedIdx;
+    const wasValid = this.signalledValid;
+    this.signalledUsedIdx = newIdx;
+    this.signalledValid = true;
+    if (!wasValid) return true;
+    const usedEvent = this.usedEvent.readUInt16LE(0);
+    // vring_need_event(): signal if used_event lies in (old, new].
+    return ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+  }
+
+  /**
+   * Tells the driver from which available index on it must kick us (EVENT_IDX),
+   * and returns whether more chains arrived meanwhile (then keep processing).
+   */
+  armKick(): boolean {
+    if (!this.eventIdx) return this.pending() > 0;
+    Atomics.store(this.availEvent, 0, this.lastAvailIdx);
+    return this.pending() > 0;
+  }
+}
