@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { EFD_CLOEXEC, EFD_NONBLOCK, FdWatcher, close, eventfd } from '../sys';
-import { GuestBuffer, SplitRingDriver, splitRingSizes } from './split-ring-driver';
+import { GuestBuffer, RawDescriptor, SplitRingDriver, splitRingSizes } from './split-ring-driver';
 import { GuestRam, RamBlock } from './guest-ram';
 
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
@@ -75,6 +75,16 @@ export class GuestQueue {
     return new Promise((resolve) => {
       this.backlog.push({ readable, writable, resolve, indirect });
       this.fill();
+    });
+  }
+
+  /** Publishes hand-written descriptors (tests of malformed chains); resolves with the used length. */
+  submitRaw(descriptors: RawDescriptor[], head: number): Promise<number> {
+    return new Promise((resolve) => {
+      this.driver.addRaw(descriptors, head);
+      this.inflight.set(head, { resolve });
+      this.kickPending = true;
+      queueMicrotask(() => this.kick());
     });
   }
 

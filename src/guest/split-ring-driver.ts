@@ -12,6 +12,14 @@ export interface GuestBuffer {
   len: number;
 }
 
+export interface RawDescriptor {
+  index: number;
+  addr: number;
+  len: number;
+  flags: number;
+  next: number;
+}
+
 /** Byte sizes of a split ring's three parts for `size` entries (virtio 1.x, 2.7). */
 export function splitRingSizes(size: number): { desc: number; avail: number; used: number } {
   return { desc: 16 * size, avail: 6 + 2 * size, used: 6 + 8 * size };
@@ -88,9 +96,17 @@ export class SplitRingDriver {
     return ids[0];
   }
 
-  /** Writes raw descriptors and publishes `head` as-is: for tests of malformed chains. */
-  addRaw(descriptors: { index: number; addr: number; len: number; flags: number; next: number }[], head: number): void {
-    for (const d of descriptors) writeDesc(this.desc, d.index, d.addr, d.len, d.flags, d.next);
+  /**
+   * Writes raw descriptors and publishes `head` as-is: for tests of malformed
+   * chains. The listed descriptors are taken out of the free list.
+   */
+  addRaw(descriptors: RawDescriptor[], head: number): void {
+    for (const d of descriptors) {
+      const i = this.freeHeads.indexOf(d.index);
+      if (i >= 0) this.freeHeads.splice(i, 1);
+      writeDesc(this.desc, d.index, d.addr, d.len, d.flags, d.next);
+    }
+    this.chainLength.set(head, descriptors.length);
     this.publish(head);
   }
 
@@ -139,7 +155,7 @@ export class SplitRingDriver {
     this.chainLength.delete(head);
     let id = head;
     while (n-- > 0) {
-      this.freeHeads.push(id);
+      if (id < this.size && !this.freeHeads.includes(id)) this.freeHeads.push(id);
       id = this.desc.readUInt16LE(16 * id + 14);
     }
   }
