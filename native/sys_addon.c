@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <uv.h>
@@ -266,6 +268,55 @@ static napi_value js_view(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* ---------------- fault-guarded copies ---------------- */
+
+// A file mapped in a DAX window raises SIGBUS when touched past the file's end
+// (e.g. the host truncated it). Copies through such memory run with a SIGBUS
+// handler that jumps back and reports the fault instead of killing Node.
+static __thread sigjmp_buf *volatile guard_jmp;
+
+static void on_sigbus(int sig, siginfo_t *info, void *ctx) {
+  (void)info;
+  (void)ctx;
+  if (guard_jmp) siglongjmp(*guard_jmp, 1);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static int guard_installed;
+
+// copyGuarded(dst, src) -> bytes copied, or -1 if the memory faulted (SIGBUS/SIGSEGV).
+static napi_value js_copy_guarded(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], out;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *dst, *src;
+  size_t dlen, slen;
+  napi_get_buffer_info(env, argv[0], &dst, &dlen);
+  napi_get_buffer_info(env, argv[1], &src, &slen);
+  size_t n = dlen < slen ? dlen : slen;
+  if (!guard_installed) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
+    guard_installed = 1;
+  }
+  sigjmp_buf jmp;
+  volatile int64_t result = (int64_t)n;
+  if (sigsetjmp(jmp, 1) == 0) {
+    guard_jmp = &jmp;
+    memcpy(dst, src, n);
+  } else {
+    result = -1;
+  }
+  guard_jmp = NULL;
+  napi_create_int64(env, result, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
@@ -275,6 +326,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"mmap", NULL, js_mmap, NULL, NULL, NULL, napi_default, NULL},
       {"munmap", NULL, js_munmap, NULL, NULL, NULL, napi_default, NULL},
       {"view", NULL, js_view, NULL, NULL, NULL, napi_default, NULL},
+      {"copyGuarded", NULL, js_copy_guarded, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

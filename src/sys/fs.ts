@@ -1,4 +1,4 @@
-import { libc, syscall } from './libc';
+import { close, libc, syscall } from './libc';
 
 /**
  * File-system syscalls Node lacks: the *at family relative to directory fds,
@@ -239,4 +239,17 @@ export function setfsuid(uid: number): number {
 }
 export function setfsgid(gid: number): number {
   return rawSetfsgid(gid);
+}
+
+/**
+ * close(2) for fds being dropped: Linux releases the descriptor even when close
+ * reports an error (EINTR, EIO from a network file system), so there is nothing
+ * to retry and nothing the caller could do.
+ */
+export function closeQuietly(fd: number): void {
+  try {
+    close(fd);
+  } catch {
+    // Already released; see above.
+  }
 }

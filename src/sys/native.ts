@@ -14,6 +14,8 @@ export interface SysAddon {
   mmap(addr: bigint, length: bigint | number, prot: number, flags: number, fd: number, offset: bigint | number): bigint;
   munmap(addr: bigint, length: bigint | number): void;
   view(addr: bigint, length: number): ArrayBuffer;
+  /** memcpy(dst, src, min(len)) that returns -1 instead of dying if the memory raises SIGBUS. */
+  copyGuarded(dst: Buffer, src: Buffer): number;
 }
 
 function load(): SysAddon {

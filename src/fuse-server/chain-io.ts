@@ -1,0 +1,306 @@
+/**
+ * Reader and Writer over the buffers of one descriptor chain. They hide where
+ * the chain is split: a struct may straddle two descriptors at any byte. File
+ * data never passes through here as a copy: `readToFile`/`writeFromFile` hand
+ * views of guest memory straight to pwritev/preadv.
+ */
+import * as fs from 'node:fs';
+import { Errno, fail } from './errors';
+import type { Layout } from './layout';
+
+/** Linux UIO_MAXIOV: the most iovecs one preadv/pwritev accepts. */
+const IOV_MAX = 1024;
+/** Larger than any fixed FUSE struct we decode or encode (fuse_direntplus is 152 bytes). */
+const SCRATCH_SIZE = 256;
+
+abstract class ChainCursor {
+  protected bufs: readonly Buffer[] = [];
+  /** Current buffer and the offset inside it. */
+  protected index = 0;
+  protected offset = 0;
+  /** Bytes left before the cursor's end (the chain's end or a tighter limit). */
+  protected left = 0;
+  /** Bytes consumed since the last reset. */
+  protected consumed = 0;
+  protected readonly scratch = Buffer.alloc(SCRATCH_SIZE);
+  /** Reused iovec array: preadv/pwritev copy it before returning. */
+  private readonly iov: Buffer[] = [];
+
+  protected start(bufs: readonly Buffer[]): void {
+    this.bufs = bufs;
+    this.index = 0;
+    this.offset = 0;
+    this.consumed = 0;
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    this.left = total;
+  }
+
+  get remaining(): number {
+    return this.left;
+  }
+
+  /** Skips empty buffers and exhausted ones so bufs[index] has bytes at offset (if any remain). */
+  protected settle(): void {
+    while (this.index < this.bufs.length && this.offset >= this.bufs[this.index].length) {
+      this.index++;
+      this.offset = 0;
+    }
+  }
+
+  protected advance(n: number): void {
+    this.left -= n;
+    this.consumed += n;
+    while (n > 0) {
+      const avail = this.bufs[this.index].length - this.offset;
+      if (n < avail) {
+        this.offset += n;
+        return;
+      }
+      n -= avail;
+      this.index++;
+      this.offset = 0;
+    }
+  }
+
+  /** The current buffer if the next `n` bytes lie contiguously inside it, else null. */
+  protected contiguous(n: number): Buffer | null {
+    this.settle();
+    const b = this.bufs[this.index];
+    return b && b.length - this.offset >= n ? b : null;
+  }
+
+  /**
+   * Views of up to `n` bytes from the cursor (at most IOV_MAX of them), not
+   * advancing. The array is reused by the next call.
+   */
+  protected views(n: number): Buffer[] {
+    const iov = this.iov;
+    iov.length = 0;
+    let i = this.index;
+    let off = this.offset;
+    while (n > 0 && i < this.bufs.length && iov.length < IOV_MAX) {
+      const b = this.bufs[i];
+      const take = Math.min(n, b.length - off);
+      if (take > 0) {
+        iov.push(b.subarray(off, off + take));
+        n -= take;
+      }
+      i++;
+      off = 0;
+    }
+    return iov;
+  }
+
+  /** Copies the next `n` bytes out into `dst` (n <= left), advancing. */
+  protected gather(dst: Buffer, n: number): void {
+    let done = 0;
+    while (done < n) {
+      this.settle();
+      const b = this.bufs[this.index];
+      const take = Math.min(n - done, b.length - this.offset);
+      b.copy(dst, done, this.offset, this.offset + take);
+      done += take;
+      this.advance(take);
+    }
+  }
+
+  /** Copies `src[0, n)` in at the cursor (n <= left), advancing. */
+  protected scatter(src: Buffer, n: number): void {
+    let done = 0;
+    while (done < n) {
+      this.settle();
+      const b = this.bufs[this.index];
+      const take = Math.min(n - done, b.length - this.offset);
+      src.copy(b, this.offset, done, done + take);
+      done += take;
+      this.advance(take);
+    }
+  }
+}
+
+/** Reads a request from the device-readable buffers of a chain. */
+export class Reader extends ChainCursor {
+  reset(bufs: readonly Buffer[]): this {
+    this.start(bufs);
+    return this;
+  }
+
+  /** Bytes read so far. */
+  get bytesRead(): number {
+    return this.consumed;
+  }
+
+  /** Shrinks the readable window to the next `n` bytes (the header's `len` may end before the chain does). */
+  limit(n: number): void {
+    if (n < this.left) this.left = n;
+  }
+
+  /** Decodes one struct; EINVAL if the request is too short to hold it. */
+  readStruct<T>(layout: Layout<T>): T {
+    const size = layout.size;
+    if (this.left < size) fail(Errno.EINVAL);
+    const b = this.contiguous(size);
+    let value: T;
+    if (b) {
+      value = layout.decode(b, this.offset);
+      this.advance(size);
+    } else {
+      this.gather(this.scratch, size);
+      value = layout.decode(this.scratch, 0);
+    }
+    return value;
+  }
+
+  /**
+   * Decodes a struct that older peers send truncated: at least `minSize` bytes
+   * must be present; missing trailing fields read as zero.
+   */
+  readStructPrefix<T>(layout: Layout<T>, minSize: number): T {
+    const n = Math.min(layout.size, this.left);
+    if (n < minSize) fail(Errno.EINVAL);
+    this.gather(this.scratch, n);
+    this.scratch.fill(0, n, layout.size);
+    return layout.decode(this.scratch, 0);
+  }
+
+  /**
+   * Reads a NUL-terminated string and returns a private copy that keeps its NUL
+   * (ready for a syscall). A copy, because the guest can rewrite its own memory
+   * between our check of a name and the syscall that uses it. EINVAL without a NUL.
+   */
+  readCString(): Buffer {
+    let length = -1;
+    let scanned = 0;
+    for (let i = this.index, off = this.offset; i < this.bufs.length && scanned < this.left; i++, off = 0) {
+      const b = this.bufs[i];
+      const end = Math.min(b.length, off + (this.left - scanned));
+      const nul = b.indexOf(0, off);
+      if (nul !== -1 && nul < end) {
+        length = scanned + (nul - off);
+        break;
+      }
+      scanned += end - off;
+    }
+    if (length < 0) fail(Errno.EINVAL);
+    const out = Buffer.allocUnsafe(length + 1);
+    this.gather(out, length + 1);
+    return out;
+  }
+
+  skip(n: number): void {
+    if (this.left < n) fail(Errno.EINVAL);
+    this.settle();
+    this.advance(n);
+  }
+
+  /**
+   * pwritev of the next `count` bytes to `fd` at `position`, straight from the
+   * chain's buffers. Returns the bytes written; a failure after partial
+   * progress returns the progress, as write(2) would.
+   */
+  readToFile(fd: number, count: number, position: number): number {
+    if (count > this.left) fail(Errno.EINVAL);
+    let done = 0;
+    while (done < count) {
+      this.settle();
+      let n: number;
+      try {
+        n = fs.writevSync(fd, this.views(count - done), position + done);
+      } catch (err) {
+        if (done > 0) break;
+        throw err;
+      }
+      if (n === 0) break;
+      this.advance(n);
+      done += n;
+    }
+    return done;
+  }
+}
+
+/** Writes a reply into the device-writable buffers of a chain. */
+export class Writer extends ChainCursor {
+  reset(bufs: readonly Buffer[]): this {
+    this.start(bufs);
+    return this;
+  }
+
+  /** Bytes written so far (the used length once the reply is complete). */
+  get bytesWritten(): number {
+    return this.consumed;
+  }
+
+  /** Leaves `n` bytes to be filled later with `patch` (the out header). */
+  skip(n: number): void {
+    if (this.left < n) fail(Errno.EIO);
+    this.settle();
+    this.advance(n);
+  }
+
+  /** Encodes one struct; EIO if the chain has no room for it. */
+  writeStruct<T>(layout: Layout<T>, value: T): void {
+    const size = layout.size;
+    if (this.left < size) fail(Errno.EIO);
+    const b = this.contiguous(size);
+    if (b) {
+      layout.encode(value, b, this.offset);
+      this.advance(size);
+    } else {
+      layout.encode(value, this.scratch, 0);
+      this.scatter(this.scratch, size);
+    }
+  }
+
+  writeBytes(src: Buffer): void {
+    if (this.left < src.length) fail(Errno.EIO);
+    this.scatter(src, src.length);
+  }
+
+  writeZeros(n: number): void {
+    if (this.left < n) fail(Errno.EIO);
+    this.scratch.fill(0);
+    while (n > 0) {
+      const take = Math.min(n, SCRATCH_SIZE);
+      this.scatter(this.scratch, take);
+      n -= take;
+    }
+  }
+
+  /** Overwrites bytes at absolute position `pos` of the chain (within what was already skipped or written). */
+  patch(pos: number, src: Buffer): void {
+    let i = 0;
+    while (pos >= this.bufs[i].length) pos -= this.bufs[i++].length;
+    let done = 0;
+    while (done < src.length) {
+      const b = this.bufs[i++];
+      const take = Math.min(src.length - done, b.length - pos);
+      src.copy(b, pos, done, done + take);
+      done += take;
+      pos = 0;
+    }
+  }
+
+  /**
+   * preadv of up to `count` bytes from `fd` at `position`, straight into the
+   * chain's buffers. Stops at end of file; returns the bytes read.
+   */
+  writeFromFile(fd: number, count: number, position: number): number {
+    count = Math.min(count, this.left);
+    let done = 0;
+    while (done < count) {
+      this.settle();
+      let n: number;
+      try {
+        n = fs.readvSync(fd, this.views(count - done), position + done);
+      } catch (err) {
+        if (done > 0) break;
+        throw err;
+      }
+      if (n === 0) break;
+      this.advance(n);
+      done += n;
+    }
+    return done;
+  }
+}

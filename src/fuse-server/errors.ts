@@ -1,0 +1,24 @@
+import { Errno, SysError, errnoOf } from '../sys/errno';
+
+/**
+ * An error the file-system layer answers with: carries the positive errno that
+ * becomes -errno in fuse_out_header.error.
+ */
+export class FuseError extends Error {
+  constructor(readonly errno: number) {
+    super(`FUSE error ${errno}`);
+    this.name = 'FuseError';
+  }
+}
+
+export function fail(errno: number): never {
+  throw new FuseError(errno);
+}
+
+/** True for errors a syscall or a FUSE op raised on purpose; false for bugs (TypeError, RangeError ...). */
+export function isExpectedError(err: unknown): boolean {
+  if (err instanceof FuseError || err instanceof SysError) return true;
+  return typeof (err as { errno?: unknown } | null)?.errno === 'number';
+}
+
+export { Errno, errnoOf };

@@ -1,0 +1,109 @@
+/**
+ * Read-only mode as a decorator: reads pass through to the wrapped file
+ * system, every operation that would change the shared directory answers
+ * EROFS, and so does any open that asks for write access or truncation.
+ */
+import type { StatVfs } from '../sys/fs';
+import { O_ACCMODE, O_RDONLY, O_TRUNC } from '../sys/fs';
+import type { Writer } from './chain-io';
+import { Errno, fail } from './errors';
+import { type AttrReply, type Context, type DirSink, type Entry, FileSystem, type InitInfo, type Opened } from './filesystem';
+
+const W_OK = 2;
+
+export class ReadOnlyFs extends FileSystem {
+  constructor(private readonly inner: FileSystem) {
+    super();
+  }
+
+  override capabilities(): number {
+    return this.inner.capabilities();
+  }
+  override init(info: InitInfo): void {
+    this.inner.init(info);
+  }
+  override destroy(): void {
+    this.inner.destroy();
+  }
+
+  override lookup(ctx: Context, parent: number, name: Buffer): Entry {
+    return this.inner.lookup(ctx, parent, name);
+  }
+  override forget(nodeid: number, nlookup: number): void {
+    this.inner.forget(nodeid, nlookup);
+  }
+  override getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply {
+    return this.inner.getattr(ctx, nodeid, fh);
+  }
+  override readlink(ctx: Context, nodeid: number): Buffer {
+    return this.inner.readlink(ctx, nodeid);
+  }
+  override access(ctx: Context, nodeid: number, mask: number): void {
+    if (mask & W_OK) fail(Errno.EROFS);
+    this.inner.access(ctx, nodeid, mask);
+  }
+  override statfs(ctx: Context, nodeid: number): StatVfs {
+    return this.inner.statfs(ctx, nodeid);
+  }
+
+  override open(ctx: Context, nodeid: number, flags: number): Opened {
+    if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) fail(Errno.EROFS);
+    return this.inner.open(ctx, nodeid, flags);
+  }
+  override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
+    return this.inner.read(ctx, nodeid, fh, into, size, offset);
+  }
+  override flush(ctx: Context, nodeid: number, fh: number, lockOwner: bigint): void {
+    this.inner.flush(ctx, nodeid, fh, lockOwner);
+  }
+  override fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
+    this.inner.fsync(ctx, nodeid, fh, datasync);
+  }
+  override release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number): void {
+    this.inner.release(ctx, nodeid, fh, flags, releaseFlags);
+  }
+
+  override opendir(ctx: Context, nodeid: number, flags: number): Opened {
+    return this.inner.opendir(ctx, nodeid, flags);
+  }
+  override readdir(ctx: Context, nodeid: number, fh: number, offset: bigint, sink: DirSink): void {
+    this.inner.readdir(ctx, nodeid, fh, offset, sink);
+  }
+  override releasedir(ctx: Context, nodeid: number, fh: number): void {
+    this.inner.releasedir(ctx, nodeid, fh);
+  }
+  override fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
+    this.inner.fsyncdir(ctx, nodeid, fh, datasync);
+  }
+
+  override setattr(): AttrReply {
+    return fail(Errno.EROFS);
+  }
+  override symlink(): Entry {
+    return fail(Errno.EROFS);
+  }
+  override mknod(): Entry {
+    return fail(Errno.EROFS);
+  }
+  override mkdir(): Entry {
+    return fail(Errno.EROFS);
+  }
+  override unlink(): void {
+    fail(Errno.EROFS);
+  }
+  override rmdir(): void {
+    fail(Errno.EROFS);
+  }
+  override rename(): void {
+    fail(Errno.EROFS);
+  }
+  override link(): Entry {
+    return fail(Errno.EROFS);
+  }
+  override write(): number {
+    return fail(Errno.EROFS);
+  }
+  override create(): [Entry, Opened] {
+    return fail(Errno.EROFS);
+  }
+}

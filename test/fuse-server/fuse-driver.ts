@@ -1,0 +1,167 @@
+/**
+ * A minimal FUSE driver for tests: builds requests, cuts them into several
+ * buffers at odd offsets (as a descriptor chain may be split), hands them to
+ * FuseSession.handle() and decodes the reply.
+ */
+import * as fs from 'node:fs';
+import type { FuseSession } from '../../src/fuse-server/session';
+import type { Layout } from '../../src/fuse-server/layout';
+import {
+  FUSE_ASYNC_READ,
+  FUSE_BIG_WRITES,
+  FUSE_DO_READDIRPLUS,
+  FUSE_INIT_EXT,
+  FUSE_MAX_PAGES,
+  FUSE_READDIRPLUS_AUTO,
+  Opcode,
+  fuse_dirent,
+  fuse_direntplus,
+  fuse_entry_out,
+  fuse_in_header,
+  fuse_init_in,
+  fuse_out_header,
+  fuseRecAlign,
+  type EntryOut,
+} from '../../src/fuse-server/protocol';
+
+export interface Reply {
+  /** Bytes the session reported as written (0: no reply). */
+  used: number;
+  /** Negative errno from the out header, 0 on success. */
+  error: number;
+  unique: bigint;
+  /** The reply after the out header. */
+  body: Buffer;
+}
+
+export interface RequestOptions {
+  uid?: number;
+  gid?: number;
+  /** Room for the reply (default 64 KiB + header). */
+  replySize?: number;
+  /** Overrides fuse_in_header.len. */
+  len?: number;
+}
+
+/** Sizes the readable side is cut into, cycling: every header field boundary gets crossed somewhere. */
+const READ_CUTS = [7, 1, 13, 33, 3, 64, 5, 120];
+/** Sizes the writable side is cut into, cycling. */
+const WRITE_CUTS = [5, 19, 1, 100, 37, 4096];
+
+export function cut(data: Buffer, sizes: number[]): Buffer[] {
+  const out: Buffer[] = [];
+  let pos = 0;
+  for (let i = 0; pos < data.length; i++) {
+    const n = Math.min(sizes[i % sizes.length], data.length - pos);
+    // Separate allocations, like separate descriptors.
+    const piece = Buffer.alloc(n);
+    data.copy(piece, 0, pos, pos + n);
+    out.push(piece);
+    pos += n;
+  }
+  return out;
+}
+
+export function writableChain(total: number, sizes = WRITE_CUTS): Buffer[] {
+  return cut(Buffer.alloc(total), sizes);
+}
+
+export function encode<T>(layout: Layout<T>, value: T): Buffer {
+  const b = Buffer.alloc(layout.size);
+  layout.encode(value, b, 0);
+  return b;
+}
+
+export function cstr(s: string | Buffer): Buffer {
+  return Buffer.concat([Buffer.isBuffer(s) ? s : Buffer.from(s), Buffer.from([0])]);
+}
+
+export class FuseDriver {
+  private unique = 1n;
+
+  constructor(readonly session: FuseSession) {}
+
+  /** Builds the raw request bytes. */
+  build(opcode: number, nodeid: number, parts: Buffer[], opts: RequestOptions = {}): Buffer {
+    const payload = Buffer.concat(parts);
+    const header = encode(fuse_in_header, {
+      len: opts.len ?? fuse_in_header.size + payload.length,
+      opcode,
+      unique: this.unique++,
+      nodeid,
+      uid: opts.uid ?? 0,
+      gid: opts.gid ?? 0,
+      pid: 4242,
+      total_extlen: 0,
+    });
+    return Buffer.concat([header, payload]);
+  }
+
+  /** Sends raw request bytes split at odd offsets; decodes whatever comes back. */
+  sendRaw(request: Buffer, replySize = 65536 + 16, readCuts = READ_CUTS): Reply {
+    const writable = writableChain(replySize);
+    const used = this.session.handle(cut(request, readCuts), writable);
+    if (typeof used !== 'number') throw new Error('unexpected asynchronous reply');
+    const all = Buffer.concat(writable);
+    if (used === 0) return { used, error: 0, unique: 0n, body: Buffer.alloc(0) };
+    const h = fuse_out_header.decode(all, 0);
+    if (h.len !== used) throw new Error(`out header len ${h.len} != used ${used}`);
+    return { used, error: h.error, unique: h.unique, body: all.subarray(fuse_out_header.size, used) };
+  }
+
+  request(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Reply {
+    return this.sendRaw(this.build(opcode, nodeid, parts, opts), opts.replySize);
+  }
+
+  /** Like request() but throws on an error reply. */
+  ok(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Buffer {
+    const r = this.request(opcode, nodeid, parts, opts);
+    if (r.used === 0) throw new Error(`${Opcode[opcode]}: no reply`);
+    if (r.error !== 0) throw new Error(`${Opcode[opcode]}: error ${r.error}`);
+    return r.body;
+  }
+
+  init(minor = 38, flags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_INIT_EXT): Buffer {
+    return this.ok(Opcode.FUSE_INIT, 0, [
+      encode(fuse_init_in, { major: 7, minor, max_readahead: 131072, flags, flags2: 0 }),
+    ]);
+  }
+
+  lookup(parent: number, name: string): EntryOut {
+    return fuse_entry_out.decode(this.ok(Opcode.FUSE_LOOKUP, parent, [cstr(name)]), 0);
+  }
+}
+
+export interface ParsedDirent {
+  ino: bigint;
+  off: bigint;
+  type: number;
+  name: string;
+  entry?: EntryOut;
+}
+
+/** Parses a READDIR or READDIRPLUS reply body. */
+export function parseDirents(body: Buffer, plus: boolean): ParsedDirent[] {
+  const out: ParsedDirent[] = [];
+  const header = plus ? fuse_direntplus.size : fuse_dirent.size;
+  for (let pos = 0; pos < body.length; ) {
+    let entry: EntryOut | undefined;
+    let d;
+    if (plus) {
+      const dp = fuse_direntplus.decode(body, pos);
+      entry = dp.entry_out;
+      d = dp.dirent;
+    } else {
+      d = fuse_dirent.decode(body, pos);
+    }
+    const name = body.subarray(pos + header, pos + header + d.namelen).toString();
+    out.push({ ino: d.ino, off: d.off, type: d.type, name, entry });
+    pos += fuseRecAlign(header + d.namelen);
+  }
+  return out;
+}
+
+/** Open file descriptors of this process. */
+export function openFdCount(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
