@@ -2,34 +2,16 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DaxMapper, validateRange } from '../../src/dax-mapper/dax-mapper';
-import { DaxWindow } from '../../src/guest/dax-window';
-import { Errno, UnixStreamSocket, close } from '../../src/sys';
-import { BackendChannel } from '../../src/vhost-user/backend-channel';
-import { Connection } from '../../src/vhost-user/connection';
-import { U64 } from '../../src/vhost-user/messages';
-import { VHOST_USER_REPLY_MASK } from '../../src/vhost-user/protocol';
+import { validateRange } from '../../src/dax-mapper/dax-mapper';
+import { Errno } from '../../src/sys';
+import { daxPair } from '../helpers/dax-pair';
 
 const MiB = 1n << 20n;
 const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
 
-/** The daemon's mapper and the guest's window joined by a back-end channel. */
 function setup(windowSize = 8 * 1024 * 1024, refuse = false) {
-  const [backendEnd, frontendEnd] = UnixStreamSocket.pair();
-  const window = new DaxWindow(windowSize);
-  const frontend = new Connection(frontendEnd);
-  frontend.start(
-    (msg) => {
-      const status = refuse ? 1n : window.handleBackendRequest(msg);
-      for (const fd of msg.fds.splice(0)) close(fd);
-      frontend.send(msg.request, VHOST_USER_REPLY_MASK, U64.encode({ value: status }));
-    },
-    () => undefined,
-  );
-  const channel = new BackendChannel(backendEnd, true, () => undefined);
-  const mapper = new DaxMapper(BigInt(windowSize));
-  mapper.setBackendChannel(channel);
+  const { window, mapper, close: closePair } = daxPair(windowSize, { refuse });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dax-'));
   const file = path.join(dir, 'data');
   const content = Buffer.alloc(8 * 1024 * 1024);
@@ -37,10 +19,7 @@ function setup(windowSize = 8 * 1024 * 1024, refuse = false) {
   fs.writeFileSync(file, content);
   const fd = fs.openSync(file, 'r+');
   cleanups.push(() => {
-    mapper.reset();
-    channel.close();
-    frontend.close();
-    window.close();
+    closePair();
     fs.closeSync(fd);
     fs.rmSync(dir, { recursive: true, force: true });
   });
