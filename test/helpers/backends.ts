@@ -1,0 +1,172 @@
+/**
+ * The virtio-fs back-ends tests can run against: our daemon (in-process, or
+ * the built CLI as a child process) and QEMU's C virtiofsd. Each starts on a
+ * fresh socket for one front-end connection and says which cases it cannot
+ * serve, with the reason shown in the test's name.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Daemon } from '../../src/daemon';
+
+export const REFERENCE_DAEMON = '/usr/lib/qemu/virtiofsd';
+const REPO = path.resolve(__dirname, '../..');
+export const CLI = path.join(REPO, 'bin/virtiofsd-ts.js');
+
+/** Cases some back-end cannot serve. */
+export type Capability = 'dax' | 'multiQueue' | 'setlkw' | 'access' | 'checksHeaderLen' | 'survivesMalformedChains';
+
+export type Lacks = Partial<Record<Capability, string>>;
+
+export const REFERENCE_LACKS: Lacks = {
+  dax: 'C virtiofsd 7.2 has no DAX: no SHMEM protocol feature, SETUPMAPPING answers ENOSYS',
+  multiQueue: 'C virtiofsd 7.2 serves exactly one request queue (queue index 2 aborts it)',
+  setlkw: 'C virtiofsd 7.2 answers SETLKW with EOPNOTSUPP',
+  access: 'C virtiofsd 7.2 answers ACCESS with ENOSYS (the kernel then checks permissions itself)',
+  checksHeaderLen: 'C virtiofsd 7.2 ignores fuse_in_header.len and serves the request as if it matched',
+  survivesMalformedChains: 'C virtiofsd 7.2 exits on a chain shorter than fuse_in_header',
+};
+
+export const OURS_LACKS: Lacks = {
+  dax: 'virtiofsd-ts has no DAX window option yet: DaemonConfig has none and daemon.ts wires no VirtioFsExtensions',
+};
+
+/** A back-end listening on `socketPath`, serving one connection. */
+export interface RunningBackend {
+  socketPath: string;
+  /** Resolves with the exit status once the back-end has ended (null: killed by a signal). */
+  exited: Promise<number | null>;
+  /** Whether it is still running. */
+  alive(): boolean;
+  /** What it logged, for failure messages. */
+  log(): string;
+  /** Ends it if it has not ended by itself, and removes its socket file. */
+  stop(): Promise<void>;
+}
+
+export interface Backend {
+  name: string;
+  lacks: Lacks;
+  start(sharedDir: string, socketPath: string): Promise<RunningBackend>;
+}
+
+/** Polls until `socketPath` exists; fails early if the process has already exited. */
+async function waitForSocket(socketPath: string, exitedEarly: () => string | null, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!fs.existsSync(socketPath)) {
+    const why = exitedEarly();
+    if (why) throw new Error(why);
+    if (Date.now() > deadline) throw new Error(`no socket at ${socketPath} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Runs `command` as a child process that creates `socketPath`. */
+export async function startProcess(command: string, args: string[], socketPath: string): Promise<RunningBackend> {
+  const child: ChildProcess = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  let status: number | null | undefined;
+  const exited = new Promise<number | null>((resolve) => {
+    child.on('exit', (code) => {
+      status = code;
+      resolve(code);
+    });
+    // A command that cannot be run at all (not installed) never emits 'exit'.
+    child.on('error', (err) => {
+      output += `cannot run ${command}: ${err.message}\n`;
+      status = null;
+      resolve(null);
+    });
+  });
+  try {
+    await waitForSocket(socketPath, () => (status !== undefined ? `${path.basename(command)} exited with ${status} before listening:\n${output}` : null));
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+  return {
+    socketPath,
+    exited,
+    alive: () => status === undefined,
+    log: () => output,
+    async stop() {
+      if (status === undefined) {
+        child.kill('SIGTERM');
+        // The reference ends by itself on disconnect; give either a moment before forcing it.
+        const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
+        await exited;
+        clearTimeout(timer);
+      }
+      fs.rmSync(socketPath, { force: true });
+    },
+  };
+}
+
+export const reference: Backend = {
+  name: 'reference C virtiofsd',
+  lacks: REFERENCE_LACKS,
+  start: (sharedDir, socketPath) =>
+    startProcess(
+      REFERENCE_DAEMON,
+      [`--socket-path=${socketPath}`, '-o', `source=${sharedDir}`, '-o', 'xattr', '-o', 'posix_lock', '-o', 'flock', '-o', 'cache=auto'],
+      socketPath,
+    ),
+};
+
+/** Our daemon in this process: no build step, and its log is at hand. */
+export const ours: Backend = {
+  name: 'virtiofsd-ts',
+  lacks: OURS_LACKS,
+  async start(sharedDir, socketPath) {
+    const lines: string[] = [];
+    const daemon = new Daemon({ socketPath, sharedDir, cache: 'auto', readonly: false, logLevel: 'warn' }, (level, msg) => {
+      if (level === 'error' || level === 'warn') lines.push(`${level}: ${msg}`);
+    });
+    daemon.start();
+    let status: number | undefined;
+    const exited = daemon.done.then((code) => (status = code));
+    return {
+      socketPath,
+      exited,
+      alive: () => status === undefined,
+      log: () => lines.join('\n'),
+      async stop() {
+        daemon.stop(0);
+        await exited;
+        fs.rmSync(socketPath, { force: true });
+      },
+    };
+  },
+};
+
+export const BACKENDS: Backend[] = [ours, reference];
+
+/**
+ * Builds dist/ (npm run build) unless it is newer than every source file, so
+ * the CLI under test is the code in the tree.
+ */
+export function ensureBuilt(): void {
+  const built = path.join(REPO, 'dist/cli.js');
+  const builtAt = fs.existsSync(built) ? fs.statSync(built).mtimeMs : 0;
+  if (newestMtime(path.join(REPO, 'src')) <= builtAt) return;
+  execFileSync('npm', ['run', 'build'], { cwd: REPO, stdio: 'pipe' });
+}
+
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name);
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : fs.statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+/** Our daemon as users run it: `node bin/virtiofsd-ts.js` (call ensureBuilt() first). */
+export const oursCli: Backend = {
+  name: 'virtiofsd-ts CLI',
+  lacks: OURS_LACKS,
+  start: (sharedDir, socketPath) =>
+    startProcess(process.execPath, [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--log-level', 'warn'], socketPath),
+};
