@@ -3,7 +3,7 @@ import { DaxWindow } from './dax-window';
 
 /** What the chunk manager needs from the FUSE driver: the two DAX requests. */
 export interface DaxMappingOps {
-  setupMapping(nodeid: bigint, foffset: number, len: number, moffset: number, writable: boolean): Promise<void>;
+  setupMapping(nodeid: number, foffset: number, len: number, moffset: number, writable: boolean): Promise<void>;
   removeMapping(ranges: { moffset: number; len: number }[]): Promise<void>;
 }
 
@@ -12,7 +12,7 @@ export const DAX_CHUNK_SIZE = 2 * 1024 * 1024;
 
 interface Chunk {
   key: string;
-  nodeid: bigint;
+  nodeid: number;
   fileChunk: number;
   windowOffset: number;
   writable: boolean;
@@ -55,7 +55,7 @@ export class DaxChunkManager {
    * Reads up to `dst.length` bytes at `offset`, never past `fileSize` (pages
    * past the end of a file fault). Resolves with the bytes read.
    */
-  async read(nodeid: bigint, offset: number, dst: Buffer, fileSize: number): Promise<number> {
+  async read(nodeid: number, offset: number, dst: Buffer, fileSize: number): Promise<number> {
     const end = Math.min(offset + dst.length, fileSize);
     let done = 0;
     while (offset + done < end) {
@@ -76,7 +76,7 @@ export class DaxChunkManager {
    * Writes `src` at `offset` through the window. The range must lie within
    * the file (a write that extends a file goes through FUSE_WRITE, as in Linux).
    */
-  async write(nodeid: bigint, offset: number, src: Buffer, fileSize: number): Promise<number> {
+  async write(nodeid: number, offset: number, src: Buffer, fileSize: number): Promise<number> {
     if (offset + src.length > fileSize) throw new RangeError('DAX writes cannot extend a file');
     let done = 0;
     while (done < src.length) {
@@ -93,7 +93,7 @@ export class DaxChunkManager {
   }
 
   /** Removes every mapping of an inode (before FORGET, or when the file is truncated). */
-  async dropInode(nodeid: bigint): Promise<void> {
+  async dropInode(nodeid: number): Promise<void> {
     const victims = [...this.mapped.values()].filter((c) => c.nodeid === nodeid);
     if (victims.length === 0) return;
     for (const c of victims) this.mapped.delete(c.key);
@@ -101,7 +101,7 @@ export class DaxChunkManager {
     for (const c of victims) this.free.push(c.windowOffset);
   }
 
-  private async chunkFor(nodeid: bigint, fileChunk: number, writable: boolean): Promise<Chunk> {
+  private async chunkFor(nodeid: number, fileChunk: number, writable: boolean): Promise<Chunk> {
     const key = `${nodeid}:${fileChunk}`;
     const hit = this.mapped.get(key);
     if (hit && (hit.writable || !writable)) {
@@ -125,7 +125,7 @@ export class DaxChunkManager {
     }
   }
 
-  private async map(key: string, nodeid: bigint, fileChunk: number, writable: boolean, upgrade?: Chunk): Promise<Chunk> {
+  private async map(key: string, nodeid: number, fileChunk: number, writable: boolean, upgrade?: Chunk): Promise<Chunk> {
     // A read-only chunk needing write access is mapped again in place (the daemon replaces it).
     const windowOffset = upgrade ? upgrade.windowOffset : await this.takeFreeChunk();
     if (upgrade) this.mapped.delete(key);

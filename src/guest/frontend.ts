@@ -71,7 +71,9 @@ export class VhostUserFrontend {
   private backendChannel: Connection | null = null;
   private readonly replies: { request: number; resolve: (m: Message) => void; reject: (e: Error) => void }[] = [];
   private closedError: Error | null = null;
-  private readonly options: Required<Omit<FrontendOptions, 'onBackendRequest'>> & Pick<FrontendOptions, 'onBackendRequest'>;
+  private readonly options: Required<Omit<FrontendOptions, 'onBackendRequest'>>;
+  /** Serves back-end channel requests (e.g. a DaxWindow's SHMEM_MAP); settable after connecting. */
+  backendRequestHandler: ((msg: Message) => bigint) | null;
 
   constructor(options: FrontendOptions = {}) {
     this.options = {
@@ -81,8 +83,8 @@ export class VhostUserFrontend {
       eventIdx: options.eventIdx ?? true,
       indirect: options.indirect ?? true,
       addMemRegions: options.addMemRegions ?? false,
-      onBackendRequest: options.onBackendRequest,
     };
+    this.backendRequestHandler = options.onBackendRequest ?? null;
     this.ram = new GuestRam(this.options.ramRegions);
   }
 
@@ -262,7 +264,7 @@ export class VhostUserFrontend {
   private onBackendRequest(msg: Message): void {
     let status = 1n;
     try {
-      if (this.options.onBackendRequest) status = this.options.onBackendRequest(msg);
+      if (this.backendRequestHandler) status = this.backendRequestHandler(msg);
     } catch {
       status = 1n;
     }
