@@ -34,6 +34,8 @@ export const OURS_LACKS: Lacks = {
 /** A back-end listening on `socketPath`, serving one connection. */
 export interface RunningBackend {
   socketPath: string;
+  /** The back-end's process id (this process for an in-process back-end). */
+  pid: number;
   /** Resolves with the exit status once the back-end has ended (null: killed by a signal). */
   exited: Promise<number | null>;
   /** Whether it is still running. */
@@ -88,6 +90,7 @@ export async function startProcess(command: string, args: string[], socketPath: 
   }
   return {
     socketPath,
+    pid: child.pid ?? -1,
     exited,
     alive: () => status === undefined,
     log: () => output,
@@ -129,6 +132,7 @@ export const ours: Backend = {
     const exited = daemon.done.then((code) => (status = code));
     return {
       socketPath,
+      pid: process.pid,
       exited,
       alive: () => status === undefined,
       log: () => lines.join('\n'),
