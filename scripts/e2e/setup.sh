@@ -49,7 +49,7 @@ install_packages() {
 # cache dirs under $CACHE/apt-backports, naming the machine's Debian mirror.
 BACKPORTS_APT=()
 prepare_backports_apt() {
-  local dir=$CACHE/apt-backports src=/etc/apt/sources.list.d/debian.sources mirror
+  local dir=$CACHE/apt-backports src=/etc/apt/sources.list.d/debian.sources mirror uri key
   # deb822 stanza whose Suites list "bookworm": its first URI and keyring.
   mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
     { uri = ""; key = ""; hit = 0
@@ -61,13 +61,22 @@ prepare_backports_apt() {
       }
       if (hit && uri != "") { print uri, key; exit } }' "$src")
   [ -n "$mirror" ] || { log "no bookworm mirror found in $src"; exit 1; }
-  set -- $mirror
+  read -r uri key <<< "$mirror"
   mkdir -p "$dir/lists/partial" "$dir/cache"
-  echo "deb ${2:+[signed-by=$2] }$1 bookworm-backports main" > "$dir/sources.list"
+  echo "deb ${key:+[signed-by=$key] }$uri bookworm-backports main" > "$dir/sources.list"
   BACKPORTS_APT=(-o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=/dev/null
                  -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache")
-  log "apt-get update (bookworm-backports from $1, private lists)"
+  log "apt-get update (bookworm-backports from $uri, private lists)"
   apt-get "${BACKPORTS_APT[@]}" update -qq
+}
+
+# kernel_present NAME: fetch_kernel NAME has completed once.
+kernel_present() {
+  if [ -f "$CACHE/$1/kernel-release" ]; then
+    log "$1 kernel $(cat "$CACHE/$1/kernel-release") already present"
+  else
+    return 1
+  fi
 }
 
 # fetch_kernel NAME [APT OPTIONS...]: download the linux-image package that
@@ -76,14 +85,11 @@ prepare_backports_apt() {
 fetch_kernel() {
   local name=$1; shift
   local dir=$CACHE/$name pkg release deb
-  if [ -f "$dir/vmlinuz" ] && [ -f "$dir/kernel-release" ]; then
-    log "$name kernel $(cat "$dir/kernel-release") already present"
-    return
-  fi
   pkg=$(apt-cache "$@" depends linux-image-cloud-amd64 | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
   [ -n "$pkg" ] || { log "apt-cache does not know linux-image-cloud-amd64 ($name)"; exit 1; }
   release=${pkg#linux-image-}
   log "downloading $pkg"
+  # Built in $dir.tmp and renamed at the end: $dir is complete or absent.
   rm -rf "$dir" "$dir.tmp"
   mkdir -p "$dir.tmp/deb"
   # Sandbox::User=root: _apt may not write into this directory.
@@ -144,7 +150,7 @@ build_initramfs() {
     cp "$dir/root/lib/modules/$release/$ko" "$stage/modules/"
     basename "$ko" >> "$stage/modules/load-order"
   done
-  kos=$(echo $(cat "$stage/modules/load-order"))
+  kos=$(tr '\n' ' ' < "$stage/modules/load-order")
   log "$name initramfs: modules to insmod: ${kos:-none, all built in}"
   (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9 > "$dir/initrd.gz.tmp"
   mv "$dir/initrd.gz.tmp" "$dir/initrd.gz"
@@ -153,10 +159,14 @@ build_initramfs() {
 
 install_packages
 mkdir -p "$CACHE"
-if [ ! -f "$CACHE/bookworm/vmlinuz" ]; then apt_update_once; fi
-fetch_kernel bookworm
-if [ ! -f "$CACHE/backports/vmlinuz" ]; then prepare_backports_apt; fi
-fetch_kernel backports "${BACKPORTS_APT[@]}"
+if ! kernel_present bookworm; then
+  apt_update_once # the version linux-image-cloud-amd64 names may be gone from older lists
+  fetch_kernel bookworm
+fi
+if ! kernel_present backports; then
+  prepare_backports_apt
+  fetch_kernel backports "${BACKPORTS_APT[@]}"
+fi
 build_initramfs bookworm
 build_initramfs backports
 
@@ -165,5 +175,5 @@ for name in bookworm backports; do
   echo "  kernel:    $CACHE/$name/vmlinuz"
   echo "  initramfs: $CACHE/$name/initrd.gz"
 done
-echo "qemu: $(command -v qemu-system-x86_64)"
+echo "qemu: $(command -v qemu-system-x86_64) ($(qemu-system-x86_64 --version | head -n 1))"
 echo "reference daemon: /usr/lib/qemu/virtiofsd"

@@ -23,6 +23,8 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # The files the host put into the share (see the test's prepareShare).
 check_host_files() {
   check list-share sh -c "ls -la $M && ls $M | grep -qx hello.txt && ls $M | grep -qx hostdir"
+  # shellcheck disable=SC2012 # listing the share with ls is the point
+  echo "E2E-INFO ls $(ls -A $M | tr '\n' ' ')"
   check read-small-file test "$(cat $M/hello.txt)" = "hello from the host"
   check read-host-file sh -c "cd $M && sha256sum -c -s host-data.sha256"
   echo "E2E-SUM host-data.bin $(sha $M/host-data.bin)"
@@ -60,7 +62,7 @@ big_file() {
     fail "big-file" "dd to $path failed"; return
   fi
   written=$(sha "$path")
-  echo "E2E-SUM ${path#$M/} $written"
+  echo "E2E-SUM ${path#"$M"/} $written"
   drop_caches
   read_back=$(sha "$path")
   if [ "$written" = "$read_back" ]; then ok "big-file $mib MiB"; else fail big-file "read back $read_back"; fi
