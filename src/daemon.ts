@@ -1,10 +1,14 @@
 import * as fs from 'node:fs';
 import { DaemonConfig } from './config';
+import { DaxMapper } from './dax-mapper/dax-mapper';
 import { FuseSession } from './fuse-server/session';
 import { Logger, stderrLogger } from './log';
-import { UnixListener, UnixStreamSocket } from './sys';
+import { UnixListener, UnixStreamSocket, getNofileLimit, setNofileLimit } from './sys';
 import { VhostUserBackend } from './vhost-user/backend';
 import { VirtioFsDevice } from './virtio-fs/device';
+
+/** The fd limit the daemon raises itself to by default, as virtiofsd does: min(this, fs.nr_open). */
+const DEFAULT_NOFILE = 1_000_000;
 
 /**
  * Wires the pieces: listener -> vhost-user back-end -> virtio-fs device ->
@@ -14,6 +18,8 @@ import { VirtioFsDevice } from './virtio-fs/device';
 export class Daemon {
   private listener: UnixListener | null = null;
   private backend: VhostUserBackend | null = null;
+  private session: FuseSession | null = null;
+  private mapper: DaxMapper | null = null;
   private finished!: (code: number) => void;
   readonly done: Promise<number> = new Promise((resolve) => (this.finished = resolve));
 
@@ -22,9 +28,39 @@ export class Daemon {
     private readonly log: Logger = stderrLogger(config.logLevel),
   ) {}
 
-  /** Starts listening; `done` resolves with the exit code. */
+  /**
+   * Opens the share with its options and starts listening; `done` resolves
+   * with the exit code. Throws (with a message for the user) when the share
+   * cannot be served as configured.
+   */
   start(): void {
     const { config } = this;
+    applyNofileLimit(config.rlimitNofile, this.log);
+    if (config.daxWindow !== undefined) this.mapper = new DaxMapper(config.daxWindow, (msg) => this.log('warn', msg));
+    // One session for the one connection, opened now so that a bad share fails at start-up.
+    this.session = new FuseSession({
+      sharedDir: config.sharedDir,
+      cache: config.cache,
+      readonly: config.readonly,
+      timeout: config.timeout,
+      xattr: config.xattr,
+      xattrmap: config.xattrmap,
+      posixAcl: config.posixAcl,
+      securityLabel: config.securityLabel,
+      posixLock: config.posixLock,
+      flock: config.flock,
+      writeback: config.writeback,
+      readdirplus: config.readdirplus,
+      allowDirectIo: config.allowDirectIo,
+      killprivV2: config.killprivV2,
+      announceSubmounts: config.announceSubmounts,
+      preserveNoatime: config.preserveNoatime,
+      inodeFileHandles: config.inodeFileHandles,
+      translateUid: config.translateUid,
+      translateGid: config.translateGid,
+      dax: this.mapper ? { mapper: this.mapper, policy: config.daxPolicy ?? 'always' } : null,
+      log: this.log,
+    });
     this.listener = config.fd !== undefined ? UnixListener.fromFd(config.fd) : UnixListener.listen(config.socketPath!);
     if (config.socketPath && config.socketGroup !== undefined) setSocketGroup(config.socketPath, config.socketGroup);
     this.log('info', `listening on ${config.socketPath ?? `fd ${config.fd}`}, sharing ${config.sharedDir}`);
@@ -40,13 +76,7 @@ export class Daemon {
   }
 
   private serve(socket: UnixStreamSocket): void {
-    const session = new FuseSession({
-      sharedDir: this.config.sharedDir,
-      cache: this.config.cache,
-      readonly: this.config.readonly,
-      log: this.log,
-    });
-    const device = new VirtioFsDevice(session, this.log);
+    const device = new VirtioFsDevice(this.session!, this.log, this.mapper);
     this.backend = new VhostUserBackend(socket, device, this.log, (err) => {
       this.log('info', err ? `front-end connection ended: ${err.message}` : 'front-end disconnected');
       this.stop(0);
@@ -64,7 +94,45 @@ export class Daemon {
       this.listener.close(this.config.socketPath !== undefined);
       this.listener = null;
     }
+    this.mapper?.reset();
+    this.session?.close();
+    this.session = null;
     this.finished(code);
+  }
+}
+
+/**
+ * RLIMIT_NOFILE as `--rlimit-nofile` asks: 0 leaves it, a number sets it
+ * (failing start-up if not allowed), absent raises it to min(1000000,
+ * fs.nr_open) as far as the process may (each inode the guest holds costs an fd).
+ */
+export function applyNofileLimit(requested: number | undefined, log: Logger): void {
+  if (requested === 0) return;
+  const current = getNofileLimit();
+  if (requested !== undefined) {
+    try {
+      setNofileLimit({ soft: requested, hard: requested });
+    } catch (err) {
+      throw new Error(`--rlimit-nofile ${requested}: ${(err as Error).message} (the hard limit is ${current.hard})`);
+    }
+    return;
+  }
+  const target = Math.min(DEFAULT_NOFILE, readNrOpen());
+  if (current.soft >= target) return;
+  try {
+    setNofileLimit({ soft: target, hard: Math.max(target, current.hard) });
+  } catch {
+    // Unprivileged: the soft limit can still go up to the hard one.
+    if (current.soft < current.hard) setNofileLimit({ soft: current.hard, hard: current.hard });
+    log('warn', `open-file limit is ${Math.max(current.soft, current.hard)}; could not raise it to ${target}`);
+  }
+}
+
+function readNrOpen(): number {
+  try {
+    return Number(fs.readFileSync('/proc/sys/fs/nr_open', 'utf8').trim()) || DEFAULT_NOFILE;
+  } catch {
+    return DEFAULT_NOFILE;
   }
 }
 

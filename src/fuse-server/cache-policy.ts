@@ -28,6 +28,7 @@ const POLICIES: Record<CacheMode, CachePolicy> = {
   always: { timeout: DAY, fileOpenFlags: FOPEN_KEEP_CACHE, dirOpenFlags: FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR },
 };
 
-export function cachePolicy(mode: CacheMode): CachePolicy {
-  return POLICIES[mode];
+/** The policy for `mode`; `timeout` (seconds, `-o timeout=`) overrides its entry/attribute timeout. */
+export function cachePolicy(mode: CacheMode, timeout?: number): CachePolicy {
+  return timeout === undefined ? POLICIES[mode] : { ...POLICIES[mode], timeout };
 }

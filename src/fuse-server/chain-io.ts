@@ -10,8 +10,8 @@ import type { Layout } from './layout';
 
 /** Linux UIO_MAXIOV: the most iovecs one preadv/pwritev accepts. */
 const IOV_MAX = 1024;
-/** Larger than any fixed FUSE struct we decode or encode (fuse_direntplus is 152 bytes). */
-const SCRATCH_SIZE = 256;
+/** Larger than any fixed FUSE struct we decode or encode (fuse_statx_out is 288 bytes). */
+const SCRATCH_SIZE = 512;
 
 abstract class ChainCursor {
   protected bufs: readonly Buffer[] = [];
@@ -192,6 +192,30 @@ export class Reader extends ChainCursor {
     if (this.left < n) fail(Errno.EINVAL);
     this.settle();
     this.advance(n);
+  }
+
+  /** A private copy of the next `n` bytes (EINVAL if the request is shorter), advancing. */
+  readBytes(n: number): Buffer {
+    if (this.left < n) fail(Errno.EINVAL);
+    const out = Buffer.allocUnsafe(n);
+    this.gather(out, n);
+    return out;
+  }
+
+  /**
+   * A private copy of `n` bytes starting `skip` bytes past the cursor, which
+   * does not move (request extensions sit at the end of the request).
+   */
+  peekBytes(skip: number, n: number): Buffer {
+    if (this.left < skip + n) fail(Errno.EINVAL);
+    const { index, offset, left, consumed } = this;
+    this.skip(skip);
+    const out = this.readBytes(n);
+    this.index = index;
+    this.offset = offset;
+    this.left = left;
+    this.consumed = consumed;
+    return out;
   }
 
   /**

@@ -3,17 +3,24 @@
  * calls one FileSystem operation and encodes the reply body; the session
  * frames the reply and turns thrown errors into error replies. Guest names are
  * checked here, where they enter, before any file-system code sees them.
+ *
+ * A handler whose operation must wait returns a Promise. It decodes all its
+ * arguments first and hands the operation a copy of the caller's context: the
+ * Request, Reader and Writer are reused by the next request as soon as the
+ * handler returns. Such replies carry no body (SETLKW, SETUPMAPPING,
+ * REMOVEMAPPING): the session writes the header when the promise settles.
  */
-import type { Stat, StatVfs } from '../sys/fs';
 import type { Reader, Writer } from './chain-io';
 import { Errno, fail } from './errors';
-import type { AttrReply, Context, DirEntry, DirSink, Entry, FileSystem, Opened, SetattrArgs } from './filesystem';
+import { findSecctxExtension, parseSecctx } from './extensions';
+import type { Context, FileSystem, LockRange, SecurityContext, SetattrArgs, WindowRange } from './filesystem';
 import { checkComponent } from './names';
 import {
   FATTR_ATIME,
   FATTR_ATIME_NOW,
   FATTR_FH,
   FATTR_GID,
+  FATTR_KILL_SUIDGID,
   FATTR_MODE,
   FATTR_MTIME,
   FATTR_MTIME_NOW,
@@ -21,58 +28,109 @@ import {
   FATTR_UID,
   FUSE_FSYNC_FDATASYNC,
   FUSE_GETATTR_FH,
-  type EntryOut,
-  type FuseAttr,
+  FUSE_LK_FLOCK,
   Opcode,
   type SetattrIn,
   fuse_access_in,
-  fuse_attr_out,
   fuse_batch_forget_in,
+  fuse_copy_file_range_in,
   fuse_create_in,
-  fuse_dirent,
-  fuse_direntplus,
-  fuse_entry_out,
+  fuse_fallocate_in,
   fuse_flush_in,
   fuse_forget_in,
   fuse_forget_one,
   fuse_fsync_in,
   fuse_getattr_in,
+  fuse_getxattr_in,
+  fuse_getxattr_out,
   fuse_link_in,
+  fuse_lk_in,
+  fuse_lk_out,
+  fuse_lseek_in,
+  fuse_lseek_out,
   fuse_mkdir_in,
   fuse_mknod_in,
   fuse_open_in,
-  fuse_open_out,
   fuse_read_in,
   fuse_readdir_in,
   fuse_release_in,
+  fuse_removemapping_in,
+  fuse_removemapping_one,
   fuse_rename2_in,
   fuse_rename_in,
   fuse_setattr_in,
-  fuse_statfs_out,
+  fuse_setupmapping_in,
+  fuse_setxattr_in,
+  fuse_setxattr_in_compat,
+  fuse_statx_in,
+  fuse_syncfs_in,
   fuse_write_in,
   fuse_write_out,
-  fuseRecAlign,
 } from './protocol';
+import { DirReply, replyAttr, replyEntry, replyOpen, replyStatfs, replyStatx } from './reply';
+
+/** Where security contexts arrive, once INIT agreed on FUSE_SECURITY_CTX. */
+export type SecctxFormat = 'none' | 'after-args' | 'extension';
 
 /** One decoded request as handlers see it; it is also the caller's Context. */
 export class Request implements Context {
   opcode = 0;
+  unique = 0n;
   nodeid = 0;
   uid = 0;
   gid = 0;
   pid = 0;
+  secctx: SecurityContext | null = null;
+  /** The request's extension area (fuse_in_header.total_extlen), if any. */
+  extensions: Buffer | null = null;
+  /** Set by the session at INIT. */
+  secctxFormat: SecctxFormat = 'none';
+  setxattrExt = false;
+  private controller: AbortController | null = null;
+
   constructor(
-    /** The request's arguments, after fuse_in_header. */
+    /** The request's arguments, after fuse_in_header (and before any extensions). */
     readonly args: Reader,
     /** The reply body, after the space left for fuse_out_header. */
     readonly reply: Writer,
   ) {}
+
+  /** Starts a new request. */
+  reset(opcode: number, unique: bigint, nodeid: number, uid: number, gid: number, pid: number, extensions: Buffer | null): void {
+    this.opcode = opcode;
+    this.unique = unique;
+    this.nodeid = nodeid;
+    this.uid = uid;
+    this.gid = gid;
+    this.pid = pid;
+    this.extensions = extensions;
+    this.secctx = null;
+    this.controller = null;
+  }
+
+  /** A signal that fires if the guest interrupts this request (FUSE_INTERRUPT) or the session ends. */
+  interruptSignal(): AbortSignal {
+    this.controller ??= new AbortController();
+    return this.controller.signal;
+  }
+
+  /** The controller behind interruptSignal(), if a handler asked for one. */
+  takeController(): AbortController | null {
+    const c = this.controller;
+    this.controller = null;
+    return c;
+  }
+
+  /** The caller's ids, detached from this reused object (for operations that wait). */
+  snapshot(): Context {
+    return { uid: this.uid, gid: this.gid, pid: this.pid };
+  }
 }
 
 /** Returned by handlers of requests that get no reply (FORGET, BATCH_FORGET). */
 export const NO_REPLY = Symbol('no reply');
 
-type Handler = (fs: FileSystem, req: Request) => void | typeof NO_REPLY;
+type Handler = (fs: FileSystem, req: Request) => void | typeof NO_REPLY | Promise<void>;
 
 /* ---------------- argument helpers ---------------- */
 
@@ -85,6 +143,20 @@ function newName(req: Request): Buffer {
 function fileRange(offset: number, size: number): number {
   if (!Number.isSafeInteger(offset + size)) fail(Errno.EINVAL);
   return offset;
+}
+
+/** The security context of a creating request, after its fixed arguments and name were read. */
+function securityContext(req: Request): SecurityContext | null {
+  switch (req.secctxFormat) {
+    case 'none':
+      return null;
+    case 'extension': {
+      const block = req.extensions ? findSecctxExtension(req.extensions) : null;
+      return block ? parseSecctx(block) : null;
+    }
+    case 'after-args':
+      return req.args.remaining > 0 ? parseSecctx(req.args.readBytes(req.args.remaining)) : null;
+  }
 }
 
 function setattrArgs(a: SetattrIn): SetattrArgs {
@@ -103,101 +175,18 @@ function setattrArgs(a: SetattrIn): SetattrArgs {
   else if (v & FATTR_ATIME) args.atime = { sec: a.atime, nsec: a.atimensec };
   if (v & FATTR_MTIME_NOW) args.mtime = 'now';
   else if (v & FATTR_MTIME) args.mtime = { sec: a.mtime, nsec: a.mtimensec };
+  if (v & FATTR_KILL_SUIDGID) args.killSuidgid = true;
   return args;
 }
 
-/* ---------------- reply encoders ---------------- */
-
-function seconds(t: number): number {
-  return Math.floor(t);
-}
-function nanos(t: number): number {
-  return Math.floor((t - Math.floor(t)) * 1e9);
+function lockRange(lk: { start: bigint; end: bigint; type: number; pid: number }): LockRange {
+  return { type: lk.type, start: lk.start, end: lk.end, pid: lk.pid };
 }
 
-export function attrOf(st: Stat): FuseAttr {
-  return {
-    ino: st.ino,
-    size: st.size,
-    blocks: st.blocks,
-    atime: st.atimeSec,
-    mtime: st.mtimeSec,
-    ctime: st.ctimeSec,
-    atimensec: st.atimeNsec,
-    mtimensec: st.mtimeNsec,
-    ctimensec: st.ctimeNsec,
-    mode: st.mode,
-    nlink: st.nlink,
-    uid: st.uid,
-    gid: st.gid,
-    rdev: st.rdev,
-    blksize: st.blksize,
-    flags: 0,
-  };
-}
-
-function entryOut(e: Entry): EntryOut {
-  return {
-    nodeid: e.nodeid,
-    generation: e.generation,
-    entry_valid: seconds(e.entryTimeout),
-    attr_valid: seconds(e.attrTimeout),
-    entry_valid_nsec: nanos(e.entryTimeout),
-    attr_valid_nsec: nanos(e.attrTimeout),
-    attr: attrOf(e.stat),
-  };
-}
-
-/** READDIRPLUS entries for `.` and `..` carry nodeid 0: the kernel then uses only the dirent. */
-const NO_ENTRY: EntryOut = fuse_entry_out.decode(Buffer.alloc(fuse_entry_out.size), 0);
-
-function replyEntry(req: Request, e: Entry): void {
-  req.reply.writeStruct(fuse_entry_out, entryOut(e));
-}
-
-function replyAttr(req: Request, a: AttrReply): void {
-  req.reply.writeStruct(fuse_attr_out, { attr_valid: seconds(a.timeout), attr_valid_nsec: nanos(a.timeout), attr: attrOf(a.stat) });
-}
-
-function replyOpen(req: Request, o: Opened): void {
-  req.reply.writeStruct(fuse_open_out, { fh: o.fh, open_flags: o.openFlags });
-}
-
-function replyStatfs(req: Request, s: StatVfs): void {
-  req.reply.writeStruct(fuse_statfs_out, {
-    st: {
-      blocks: s.blocks,
-      bfree: s.bfree,
-      bavail: s.bavail,
-      files: s.files,
-      ffree: s.ffree,
-      bsize: s.bsize,
-      namelen: s.namemax,
-      frsize: s.frsize,
-    },
-  });
-}
-
-/** Packs directory entries into a READDIR(PLUS) reply of at most `budget` bytes. */
-class DirReply implements DirSink {
-  constructor(
-    private readonly out: Writer,
-    private budget: number,
-    readonly plus: boolean,
-  ) {}
-
-  add(entry: DirEntry, lookup: Entry | null): boolean {
-    const header = this.plus ? fuse_direntplus.size : fuse_dirent.size;
-    const size = fuseRecAlign(header + entry.name.length);
-    if (size > this.budget) return false;
-    this.budget -= size;
-    const dirent = { ino: entry.ino, off: entry.offset, namelen: entry.name.length, type: entry.type };
-    if (this.plus) this.out.writeStruct(fuse_direntplus, { entry_out: lookup ? entryOut(lookup) : NO_ENTRY, dirent });
-    else this.out.writeStruct(fuse_dirent, dirent);
-    this.out.writeBytes(entry.name);
-    this.out.writeZeros(size - header - entry.name.length);
-    return true;
-  }
+/** size 0 asks how big the answer is (fuse_getxattr_out); otherwise the answer itself. */
+function replyXattr(req: Request, size: number, result: number | Buffer): void {
+  if (size === 0) req.reply.writeStruct(fuse_getxattr_out, { size: result as number });
+  else req.reply.writeBytes(result as Buffer);
 }
 
 /* ---------------- handlers ---------------- */
@@ -213,10 +202,17 @@ function rename(fs: FileSystem, req: Request, newdir: number, flags: number): vo
   fs.rename(req, req.nodeid, name, newdir, newName(req), flags);
 }
 
+function setlk(fs: FileSystem, req: Request, wait: boolean): void | Promise<void> {
+  const a = req.args.readStruct(fuse_lk_in);
+  const flock = (a.lk_flags & FUSE_LK_FLOCK) !== 0;
+  if (!wait) return fs.setlk(req, req.nodeid, a.fh, a.owner, lockRange(a.lk), flock, null);
+  return fs.setlk(req.snapshot(), req.nodeid, a.fh, a.owner, lockRange(a.lk), flock, req.interruptSignal());
+}
+
 const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_LOOKUP]: (fs, req) => {
     // LOOKUP may name `.` and `..` (FUSE_EXPORT_SUPPORT); the file system keeps `..` inside the share.
-    replyEntry(req, fs.lookup(req, req.nodeid, checkComponent(req.args.readCString(), true)));
+    replyEntry(req.reply, fs.lookup(req, req.nodeid, checkComponent(req.args.readCString(), true)));
   },
   [Opcode.FUSE_FORGET]: (fs, req) => {
     fs.forget(req.nodeid, req.args.readStruct(fuse_forget_in).nlookup);
@@ -234,10 +230,14 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_GETATTR]: (fs, req) => {
     const a = req.args.readStruct(fuse_getattr_in);
-    replyAttr(req, fs.getattr(req, req.nodeid, a.getattr_flags & FUSE_GETATTR_FH ? a.fh : undefined));
+    replyAttr(req.reply, fs.getattr(req, req.nodeid, a.getattr_flags & FUSE_GETATTR_FH ? a.fh : undefined));
+  },
+  [Opcode.FUSE_STATX]: (fs, req) => {
+    const a = req.args.readStruct(fuse_statx_in);
+    replyStatx(req.reply, fs.statx(req, req.nodeid, a.getattr_flags & FUSE_GETATTR_FH ? a.fh : undefined, a.sx_flags, a.sx_mask));
   },
   [Opcode.FUSE_SETATTR]: (fs, req) => {
-    replyAttr(req, fs.setattr(req, req.nodeid, setattrArgs(req.args.readStruct(fuse_setattr_in))));
+    replyAttr(req.reply, fs.setattr(req, req.nodeid, setattrArgs(req.args.readStruct(fuse_setattr_in))));
   },
   [Opcode.FUSE_READLINK]: (fs, req) => {
     req.reply.writeBytes(fs.readlink(req, req.nodeid));
@@ -246,15 +246,20 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     const name = newName(req);
     // The target is a path stored in the link, not a name we resolve: any bytes but NUL.
     const target = req.args.readCString();
-    replyEntry(req, fs.symlink(req, target, req.nodeid, name));
+    req.secctx = securityContext(req);
+    replyEntry(req.reply, fs.symlink(req, target, req.nodeid, name));
   },
   [Opcode.FUSE_MKNOD]: (fs, req) => {
     const a = req.args.readStruct(fuse_mknod_in);
-    replyEntry(req, fs.mknod(req, req.nodeid, newName(req), a.mode, a.rdev, a.umask));
+    const name = newName(req);
+    req.secctx = securityContext(req);
+    replyEntry(req.reply, fs.mknod(req, req.nodeid, name, a.mode, a.rdev, a.umask));
   },
   [Opcode.FUSE_MKDIR]: (fs, req) => {
     const a = req.args.readStruct(fuse_mkdir_in);
-    replyEntry(req, fs.mkdir(req, req.nodeid, newName(req), a.mode, a.umask));
+    const name = newName(req);
+    req.secctx = securityContext(req);
+    replyEntry(req.reply, fs.mkdir(req, req.nodeid, name, a.mode, a.umask));
   },
   [Opcode.FUSE_UNLINK]: (fs, req) => fs.unlink(req, req.nodeid, newName(req)),
   [Opcode.FUSE_RMDIR]: (fs, req) => fs.rmdir(req, req.nodeid, newName(req)),
@@ -266,10 +271,11 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_LINK]: (fs, req) => {
     // The header names the directory that gets the new name; link_in the existing inode.
     const a = req.args.readStruct(fuse_link_in);
-    replyEntry(req, fs.link(req, a.oldnodeid, req.nodeid, newName(req)));
+    replyEntry(req.reply, fs.link(req, a.oldnodeid, req.nodeid, newName(req)));
   },
   [Opcode.FUSE_OPEN]: (fs, req) => {
-    replyOpen(req, fs.open(req, req.nodeid, req.args.readStruct(fuse_open_in).flags));
+    const a = req.args.readStruct(fuse_open_in);
+    replyOpen(req.reply, fs.open(req, req.nodeid, a.flags, a.open_flags));
   },
   [Opcode.FUSE_READ]: (fs, req) => {
     const a = req.args.readStruct(fuse_read_in);
@@ -279,13 +285,13 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_WRITE]: (fs, req) => {
     const a = req.args.readStruct(fuse_write_in);
     if (a.size > req.args.remaining) fail(Errno.EINVAL);
-    const written = fs.write(req, req.nodeid, a.fh, req.args, a.size, fileRange(a.offset, a.size), a.write_flags);
+    const written = fs.write(req, req.nodeid, a.fh, req.args, a.size, fileRange(a.offset, a.size), a.write_flags, a.flags);
     req.reply.writeStruct(fuse_write_out, { size: written });
   },
-  [Opcode.FUSE_STATFS]: (fs, req) => replyStatfs(req, fs.statfs(req, req.nodeid)),
+  [Opcode.FUSE_STATFS]: (fs, req) => replyStatfs(req.reply, fs.statfs(req, req.nodeid)),
   [Opcode.FUSE_RELEASE]: (fs, req) => {
     const a = req.args.readStruct(fuse_release_in);
-    fs.release(req, req.nodeid, a.fh, a.flags, a.release_flags);
+    fs.release(req, req.nodeid, a.fh, a.flags, a.release_flags, a.lock_owner);
   },
   [Opcode.FUSE_FSYNC]: (fs, req) => {
     const a = req.args.readStruct(fuse_fsync_in);
@@ -296,7 +302,7 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     fs.flush(req, req.nodeid, a.fh, a.lock_owner);
   },
   [Opcode.FUSE_OPENDIR]: (fs, req) => {
-    replyOpen(req, fs.opendir(req, req.nodeid, req.args.readStruct(fuse_open_in).flags));
+    replyOpen(req.reply, fs.opendir(req, req.nodeid, req.args.readStruct(fuse_open_in).flags));
   },
   [Opcode.FUSE_READDIR]: (fs, req) => readdir(fs, req, false),
   [Opcode.FUSE_READDIRPLUS]: (fs, req) => readdir(fs, req, true),
@@ -310,18 +316,86 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_ACCESS]: (fs, req) => fs.access(req, req.nodeid, req.args.readStruct(fuse_access_in).mask),
   [Opcode.FUSE_CREATE]: (fs, req) => {
     const a = req.args.readStruct(fuse_create_in);
-    const [entry, opened] = fs.create(req, req.nodeid, newName(req), a.mode, a.flags, a.umask);
-    replyEntry(req, entry);
-    replyOpen(req, opened);
+    const name = newName(req);
+    req.secctx = securityContext(req);
+    const [entry, opened] = fs.create(req, req.nodeid, name, a.mode, a.flags, a.umask, a.open_flags);
+    replyEntry(req.reply, entry);
+    replyOpen(req.reply, opened);
+  },
+  [Opcode.FUSE_TMPFILE]: (fs, req) => {
+    const a = req.args.readStruct(fuse_create_in);
+    // The kernel sends the unnamed dentry's placeholder name ("/"): read past it, never use it.
+    req.args.readCString();
+    req.secctx = securityContext(req);
+    const [entry, opened] = fs.tmpfile(req, req.nodeid, a.mode, a.flags, a.umask);
+    replyEntry(req.reply, entry);
+    replyOpen(req.reply, opened);
+  },
+
+  [Opcode.FUSE_SETXATTR]: (fs, req) => {
+    const a = req.setxattrExt ? req.args.readStruct(fuse_setxattr_in) : { ...req.args.readStruct(fuse_setxattr_in_compat), setxattr_flags: 0 };
+    const name = req.args.readCString();
+    const value = req.args.readBytes(a.size);
+    fs.setxattr(req, req.nodeid, name, value, a.flags, a.setxattr_flags);
+  },
+  [Opcode.FUSE_GETXATTR]: (fs, req) => {
+    const { size } = req.args.readStruct(fuse_getxattr_in);
+    replyXattr(req, size, fs.getxattr(req, req.nodeid, req.args.readCString(), size));
+  },
+  [Opcode.FUSE_LISTXATTR]: (fs, req) => {
+    const { size } = req.args.readStruct(fuse_getxattr_in);
+    replyXattr(req, size, fs.listxattr(req, req.nodeid, size));
+  },
+  [Opcode.FUSE_REMOVEXATTR]: (fs, req) => fs.removexattr(req, req.nodeid, req.args.readCString()),
+
+  [Opcode.FUSE_GETLK]: (fs, req) => {
+    const a = req.args.readStruct(fuse_lk_in);
+    const lk = fs.getlk(req, req.nodeid, a.fh, a.owner, lockRange(a.lk));
+    req.reply.writeStruct(fuse_lk_out, { lk });
+  },
+  [Opcode.FUSE_SETLK]: (fs, req) => setlk(fs, req, false),
+  [Opcode.FUSE_SETLKW]: (fs, req) => setlk(fs, req, true),
+
+  [Opcode.FUSE_FALLOCATE]: (fs, req) => {
+    const a = req.args.readStruct(fuse_fallocate_in);
+    fs.fallocate(req, req.nodeid, a.fh, fileRange(a.offset, a.length), a.length, a.mode);
+  },
+  [Opcode.FUSE_LSEEK]: (fs, req) => {
+    const a = req.args.readStruct(fuse_lseek_in);
+    if (a.offset > 0x7fff_ffff_ffff_ffffn) fail(Errno.EINVAL);
+    req.reply.writeStruct(fuse_lseek_out, { offset: fs.lseek(req, req.nodeid, a.fh, a.offset, a.whence) });
+  },
+  [Opcode.FUSE_COPY_FILE_RANGE]: (fs, req) => {
+    const a = req.args.readStruct(fuse_copy_file_range_in);
+    const len = Math.min(a.len, Number.MAX_SAFE_INTEGER);
+    const copied = fs.copyFileRange(req, req.nodeid, a.fh_in, fileRange(a.off_in, 0), a.nodeid_out, a.fh_out, fileRange(a.off_out, 0), len, a.flags);
+    req.reply.writeStruct(fuse_write_out, { size: copied });
+  },
+  [Opcode.FUSE_SYNCFS]: (fs, req) => {
+    req.args.readStruct(fuse_syncfs_in);
+    fs.syncfs(req, req.nodeid);
+  },
+
+  [Opcode.FUSE_SETUPMAPPING]: (fs, req) => {
+    const a = req.args.readStruct(fuse_setupmapping_in);
+    return fs.setupmapping(req.snapshot(), req.nodeid, a.fh, { foffset: a.foffset, len: a.len, flags: a.flags, moffset: a.moffset });
+  },
+  [Opcode.FUSE_REMOVEMAPPING]: (fs, req) => {
+    const { count } = req.args.readStruct(fuse_removemapping_in);
+    // Every range the count announces must be in the request.
+    if (count === 0 || count > Math.floor(req.args.remaining / fuse_removemapping_one.size)) fail(Errno.EINVAL);
+    const ranges: WindowRange[] = [];
+    for (let i = 0; i < count; i++) ranges.push(req.args.readStruct(fuse_removemapping_one));
+    return fs.removemapping(req.snapshot(), ranges);
   },
 };
 
 /**
  * Runs the handler for `req.opcode` against `fs`: the reply body is left in
  * `req.reply`. Throws an errno-carrying error (ENOSYS for opcodes without a
- * handler) or returns NO_REPLY.
+ * handler), returns NO_REPLY, or a Promise for requests that wait.
  */
-export function dispatch(fs: FileSystem, req: Request): void | typeof NO_REPLY {
+export function dispatch(fs: FileSystem, req: Request): void | typeof NO_REPLY | Promise<void> {
   const handler = handlers[req.opcode as Opcode];
   if (!handler) fail(Errno.ENOSYS);
   return handler(fs, req);

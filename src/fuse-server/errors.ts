@@ -2,11 +2,17 @@ import { Errno, SysError, errnoOf } from '../sys/errno';
 
 /**
  * An error the file-system layer answers with: carries the positive errno that
- * becomes -errno in fuse_out_header.error.
+ * becomes -errno in fuse_out_header.error. Like SysError it skips the stack
+ * trace: it is a reply, not a bug report.
  */
 export class FuseError extends Error {
-  constructor(readonly errno: number) {
+  readonly errno: number;
+  constructor(errno: number) {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(`FUSE error ${errno}`);
+    Error.stackTraceLimit = limit;
+    this.errno = errno;
     this.name = 'FuseError';
   }
 }

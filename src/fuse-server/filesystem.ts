@@ -3,16 +3,29 @@
  * results out, failures thrown as errors carrying an errno. Every operation
  * defaults to ENOSYS, so a file system implements only what it supports and
  * anything new in the protocol fails closed.
+ *
+ * Operations that must wait (a blocking lock, a DAX mapping the front-end has
+ * to acknowledge) return a Promise. The context and arguments they receive are
+ * theirs to keep; the request's buffers are not.
  */
 import type { Stat, StatVfs, TimeSpec } from '../sys/fs';
 import type { Reader, Writer } from './chain-io';
 import { Errno, fail } from './errors';
+
+/** A security context the guest's LSM wants on a new inode (FUSE_SECURITY_CTX). */
+export interface SecurityContext {
+  /** The xattr name, NUL-terminated (e.g. "security.selinux"). */
+  name: Buffer;
+  value: Buffer;
+}
 
 /** Who asks: the caller's ids from fuse_in_header. */
 export interface Context {
   uid: number;
   gid: number;
   pid: number;
+  /** For creating operations: the label to put on the new inode, if the guest sent one. */
+  secctx?: SecurityContext | null;
 }
 
 /** A looked-up name: the guest now holds one more reference to `nodeid`. */
@@ -23,12 +36,16 @@ export interface Entry {
   /** Seconds the guest may cache the name and the attributes. */
   entryTimeout: number;
   attrTimeout: number;
+  /** FUSE_ATTR_* flags (submount, DAX). */
+  attrFlags: number;
 }
 
 export interface AttrReply {
   stat: Stat;
   /** Seconds the guest may cache the attributes. */
   timeout: number;
+  /** FUSE_ATTR_* flags. */
+  attrFlags: number;
 }
 
 export interface Opened {
@@ -46,6 +63,8 @@ export interface SetattrArgs {
   size?: number;
   atime?: TimeSpec | 'now';
   mtime?: TimeSpec | 'now';
+  /** FATTR_KILL_SUIDGID: the change must drop set-id bits as an unprivileged caller's would. */
+  killSuidgid?: boolean;
 }
 
 export interface DirEntry {
@@ -66,29 +85,67 @@ export interface DirSink {
   add(entry: DirEntry, lookup: Entry | null): boolean;
 }
 
+/** FUSE_* init flags (bits 0..31 and the flags2 word) a file system can serve. */
+export interface Capabilities {
+  flags: number;
+  flags2: number;
+  /** log2 of the DAX mapping alignment, answered with FUSE_MAP_ALIGNMENT. */
+  mapAlignment: number;
+}
+
 /** What the FUSE INIT exchange agreed on, handed to the file system. */
 export interface InitInfo {
   /** Negotiated protocol minor version. */
   minor: number;
   /** FUSE_* flags both sides enabled. */
   flags: number;
+  flags2: number;
+}
+
+/** A byte-range lock as FUSE carries it: [start, end] inclusive, end OFFSET_MAX for "to EOF". */
+export interface LockRange {
+  type: number;
+  start: bigint;
+  end: bigint;
+  pid: number;
+}
+
+/** One FUSE_REMOVEMAPPING range of the DAX window. */
+export interface WindowRange {
+  moffset: bigint;
+  len: bigint;
+}
+
+export interface SetupMapping {
+  foffset: bigint;
+  len: bigint;
+  /** FUSE_SETUPMAPPING_FLAG_* */
+  flags: bigint;
+  moffset: bigint;
 }
 
 /* eslint-disable @typescript-eslint/no-unused-vars */
 export class FileSystem {
   /** FUSE_* init flags this file system can serve (the session adds the transport's own). */
-  capabilities(): number {
-    return 0;
+  capabilities(): Capabilities {
+    return { flags: 0, flags2: 0, mapAlignment: 0 };
   }
+  /** Sees what INIT agreed on; may refuse it by throwing (EPROTO when a required feature is missing). */
   init(info: InitInfo): void {}
   /** DESTROY or device reset: drop every inode and handle. */
   destroy(): void {}
+  /** The request is answered: resources it borrowed may go. */
+  endRequest(): void {}
 
   lookup(ctx: Context, parent: number, name: Buffer): Entry {
     return fail(Errno.ENOSYS);
   }
   forget(nodeid: number, nlookup: number): void {}
   getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply {
+    return fail(Errno.ENOSYS);
+  }
+  /** FUSE_STATX: like getattr, with the statx fields (birth time) and sync `flags` the guest asked for. */
+  statx(ctx: Context, nodeid: number, fh: number | undefined, flags: number, mask: number): AttrReply {
     return fail(Errno.ENOSYS);
   }
   setattr(ctx: Context, nodeid: number, args: SetattrArgs): AttrReply {
@@ -118,21 +175,26 @@ export class FileSystem {
   link(ctx: Context, nodeid: number, newParent: number, newName: Buffer): Entry {
     return fail(Errno.ENOSYS);
   }
-  open(ctx: Context, nodeid: number, flags: number): Opened {
+  /** `openFlags` are fuse_open_in.open_flags (FUSE_OPEN_KILL_SUIDGID). */
+  open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened {
     return fail(Errno.ENOSYS);
   }
   /** Reads up to `size` bytes at `offset` straight into the reply; returns the bytes read. */
   read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
     return fail(Errno.ENOSYS);
   }
-  /** Writes `size` bytes at `offset` straight from the request; returns the bytes written. */
-  write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number): number {
+  /**
+   * Writes `size` bytes at `offset` straight from the request; returns the
+   * bytes written. `writeFlags` are FUSE_WRITE_*, `fileFlags` the guest file's open flags.
+   */
+  write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number {
     return fail(Errno.ENOSYS);
   }
   statfs(ctx: Context, nodeid: number): StatVfs {
     return fail(Errno.ENOSYS);
   }
-  release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number): void {
+  /** `lockOwner` matters with FUSE_RELEASE_FLUSH: the release is also the owner's last close. */
+  release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number, lockOwner: bigint): void {
     fail(Errno.ENOSYS);
   }
   flush(ctx: Context, nodeid: number, fh: number, lockOwner: bigint): void {
@@ -156,7 +218,63 @@ export class FileSystem {
   access(ctx: Context, nodeid: number, mask: number): void {
     fail(Errno.ENOSYS);
   }
-  create(ctx: Context, parent: number, name: Buffer, mode: number, flags: number, umask: number): [Entry, Opened] {
+  create(ctx: Context, parent: number, name: Buffer, mode: number, flags: number, umask: number, openFlags: number): [Entry, Opened] {
+    return fail(Errno.ENOSYS);
+  }
+  /** O_TMPFILE in directory `parent`: an unnamed file, open, counted as looked up. */
+  tmpfile(ctx: Context, parent: number, mode: number, flags: number, umask: number): [Entry, Opened] {
+    return fail(Errno.ENOSYS);
+  }
+
+  /** `name` is NUL-terminated; `setxattrFlags` are FUSE_SETXATTR_* (0 from older kernels). */
+  setxattr(ctx: Context, nodeid: number, name: Buffer, value: Buffer, flags: number, setxattrFlags: number): void {
+    fail(Errno.ENOSYS);
+  }
+  /** size 0: the value's length; otherwise the value (ERANGE when it is longer than `size`). */
+  getxattr(ctx: Context, nodeid: number, name: Buffer, size: number): number | Buffer {
+    return fail(Errno.ENOSYS);
+  }
+  /** size 0: the list's length; otherwise the NUL-separated names (ERANGE when longer than `size`). */
+  listxattr(ctx: Context, nodeid: number, size: number): number | Buffer {
+    return fail(Errno.ENOSYS);
+  }
+  removexattr(ctx: Context, nodeid: number, name: Buffer): void {
+    fail(Errno.ENOSYS);
+  }
+
+  /** The first lock that would conflict with `lock` (type F_UNLCK when none). */
+  getlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange): LockRange {
+    return fail(Errno.ENOSYS);
+  }
+  /**
+   * Takes or releases a POSIX lock (or, with `flock`, a BSD flock on the
+   * handle). With a `wait` signal it waits for a conflicting lock to go, and
+   * answers EINTR if the signal fires first; without, it fails with EAGAIN.
+   */
+  setlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange, flock: boolean, wait: AbortSignal | null): void | Promise<void> {
+    return fail(Errno.ENOSYS);
+  }
+
+  fallocate(ctx: Context, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
+    fail(Errno.ENOSYS);
+  }
+  lseek(ctx: Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
+    return fail(Errno.ENOSYS);
+  }
+  /** Copies up to `len` bytes between two open files; returns the bytes copied. */
+  copyFileRange(ctx: Context, nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number {
+    return fail(Errno.ENOSYS);
+  }
+  syncfs(ctx: Context, nodeid: number): void {
+    fail(Errno.ENOSYS);
+  }
+
+  /** FUSE_SETUPMAPPING: maps a range of the file into the DAX window. */
+  setupmapping(ctx: Context, nodeid: number, fh: bigint, mapping: SetupMapping): Promise<void> {
+    return fail(Errno.ENOSYS);
+  }
+  /** FUSE_REMOVEMAPPING: unmaps ranges of the DAX window. */
+  removemapping(ctx: Context, ranges: WindowRange[]): Promise<void> {
     return fail(Errno.ENOSYS);
   }
 }

@@ -1,6 +1,6 @@
 /**
  * Open files and directories the guest holds a handle (fh) to. The table owns
- * each handle's fd: removing a handle closes it.
+ * each handle's fds: removing a handle closes them.
  */
 import { closeQuietly } from '../sys/fs';
 import { Errno, fail } from './errors';
@@ -13,6 +13,13 @@ export interface Handle {
   readonly fd: number;
   readonly nodeid: number;
   readonly kind: HandleKind;
+  /**
+   * For files the guest opened O_APPEND: a second fd with O_APPEND, for the
+   * guest's own appending writes. `fd` lacks it, because write-back of mmap'd
+   * pages must land at the offsets the guest names. Opened on the first such
+   * write (the guest may set O_APPEND later with fcntl); -1 until then.
+   */
+  appendFd: number;
 }
 
 export class HandleTable {
@@ -26,7 +33,7 @@ export class HandleTable {
 
   /** Registers `fd` (taking ownership) and returns its new handle. */
   insert(fd: number, nodeid: number, kind: HandleKind): Handle {
-    const handle: Handle = { fh: this.nextFh++, fd, nodeid, kind };
+    const handle: Handle = { fh: this.nextFh++, fd, nodeid, kind, appendFd: -1 };
     this.handles.set(handle.fh, handle);
     return handle;
   }
@@ -38,16 +45,39 @@ export class HandleTable {
     return handle;
   }
 
-  /** Removes the handle and closes its fd; EBADF when it does not exist. */
+  /** The handle `fh` opened on `nodeid`, file or directory (SETATTR names either); EBADF otherwise. */
+  getAny(fh: number, nodeid: number): Handle {
+    const handle = this.handles.get(fh);
+    if (!handle || handle.nodeid !== nodeid) fail(Errno.EBADF);
+    return handle;
+  }
+
+  /** Whether `fh` is still open (a waiting lock must not outlive its handle). */
+  has(fh: number): boolean {
+    return this.handles.has(fh);
+  }
+
+  /** Any open handle on `nodeid`: an unlinked inode may be reachable through nothing else. */
+  anyOf(nodeid: number): Handle | undefined {
+    for (const handle of this.handles.values()) if (handle.nodeid === nodeid) return handle;
+    return undefined;
+  }
+
+  /** Removes the handle and closes its fds; EBADF when it does not exist. */
   release(fh: number, nodeid: number, kind: HandleKind): void {
     const handle = this.get(fh, nodeid, kind);
     this.handles.delete(handle.fh);
-    closeQuietly(handle.fd);
+    closeHandle(handle);
   }
 
   /** Closes every handle. */
   clear(): void {
-    for (const handle of this.handles.values()) closeQuietly(handle.fd);
+    for (const handle of this.handles.values()) closeHandle(handle);
     this.handles.clear();
   }
+}
+
+function closeHandle(handle: Handle): void {
+  closeQuietly(handle.fd);
+  if (handle.appendFd >= 0) closeQuietly(handle.appendFd);
 }

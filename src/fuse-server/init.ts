@@ -3,8 +3,10 @@
  * enable. Pure functions of the kernel's offer and what we can serve.
  */
 import { Errno, fail } from './errors';
+import type { Capabilities } from './filesystem';
 import {
   FUSE_INIT_EXT,
+  FUSE_MAP_ALIGNMENT,
   FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION,
   FUSE_MAX_PAGES,
@@ -19,7 +21,7 @@ const PAGE_SIZE = 4096;
 
 export type InitResult =
   /** Versions agree: the session is initialised with these settings. */
-  | { kind: 'ready'; reply: InitOut; minor: number; flags: number }
+  | { kind: 'ready'; reply: InitOut; minor: number; flags: number; flags2: number }
   /** The kernel speaks a newer major: tell it ours and wait for another INIT. */
   | { kind: 'retry'; reply: InitOut };
 
@@ -40,17 +42,20 @@ function emptyReply(): InitOut {
 }
 
 /**
- * Answers an INIT offer. `supported` are the FUSE_* flags (bits 0..31) the file
- * system and transport can serve; none of the flags2 features are offered yet.
- * EPROTO for a major below 7 or a minor older than any virtio-fs guest.
+ * Answers an INIT offer. `supported` are the FUSE_* flags the file system and
+ * transport can serve; each side's flags are enabled only if the kernel
+ * offered them too. flags2 needs FUSE_INIT_EXT (the caller zeroes it in
+ * offers without). EPROTO for a major below 7 or a minor older than any
+ * virtio-fs guest.
  */
-export function negotiateInit(offer: InitIn, supported: number): InitResult {
+export function negotiateInit(offer: InitIn, supported: Capabilities): InitResult {
   if (offer.major > FUSE_KERNEL_VERSION) return { kind: 'retry', reply: emptyReply() };
   if (offer.major < FUSE_KERNEL_VERSION || offer.minor < FUSE_MIN_SUPPORTED_MINOR) fail(Errno.EPROTO);
 
   const minor = Math.min(offer.minor, FUSE_KERNEL_MINOR_VERSION);
-  // FUSE_INIT_EXT is echoed when offered so the kernel reads our (empty) flags2.
-  const flags = (offer.flags & (supported | FUSE_MAX_PAGES | FUSE_INIT_EXT)) >>> 0;
+  // FUSE_INIT_EXT is echoed when offered so the kernel reads our flags2.
+  const flags = (offer.flags & (supported.flags | FUSE_MAX_PAGES | FUSE_INIT_EXT)) >>> 0;
+  const flags2 = flags & FUSE_INIT_EXT ? (offer.flags2 & supported.flags2) >>> 0 : 0;
   const reply: InitOut = {
     ...emptyReply(),
     minor,
@@ -60,6 +65,8 @@ export function negotiateInit(offer: InitIn, supported: number): InitResult {
     // Timestamps pass through with nanosecond precision.
     time_gran: 1,
     max_pages: MAX_WRITE / PAGE_SIZE,
+    map_alignment: flags & FUSE_MAP_ALIGNMENT ? supported.mapAlignment : 0,
+    flags2,
   };
-  return { kind: 'ready', reply, minor, flags };
+  return { kind: 'ready', reply, minor, flags, flags2 };
 }

@@ -1,29 +1,41 @@
 /**
  * The inodes the guest holds references to. Each is identified by the host's
- * (st_dev, st_ino), so hard links and bind-mount loops share one nodeid, and
- * owns an O_PATH fd through which every later operation reaches it (no host
- * paths are kept). The guest's lookup count is kept exactly: FORGET brings it
- * to zero and the fd is closed. Node ids are never reused within a session,
- * so the generation is always 0.
+ * (st_dev, st_ino, mount id), as virtiofsd does: hard links share one nodeid,
+ * while the same file reached through two mounts (a bind mount inside the
+ * share) gets two, so submounts can be announced per mount. An inode is
+ * reached through its own O_PATH fd, or through a file handle when
+ * `--inode-file-handles` is on (no host paths are kept either way). The
+ * guest's lookup count is kept exactly: FORGET brings it to zero and the fd
+ * is closed. Node ids are never reused within a session, so the generation is
+ * always 0.
  */
-import type { Stat } from '../sys/fs';
-import { S_IFMT, closeQuietly } from '../sys/fs';
+import type { FileHandle, Stat } from '../sys/fs';
+import { S_IFDIR, S_IFMT, closeQuietly } from '../sys/fs';
 import { Errno, fail } from './errors';
+import type { FileHandles } from './file-handles';
 import { FUSE_ROOT_ID } from './protocol';
 
 export interface Inode {
   readonly nodeid: number;
-  /** O_PATH | O_NOFOLLOW fd of the inode itself. */
+  /** O_PATH | O_NOFOLLOW fd of the inode itself; -1 when the inode is held by `handle`. */
   readonly fd: number;
+  readonly handle: FileHandle | null;
   /** S_IFMT bits: an inode's type never changes. */
   readonly type: number;
   readonly key: string;
+  /** st_dev as "major:minor" and the mount: a change of either below a directory is a submount. */
+  readonly dev: string;
+  readonly mntId: number;
   /** Lookups the guest has not yet forgotten. */
   refcount: number;
 }
 
+function devOf(st: Stat): string {
+  return `${st.devMajor}:${st.devMinor}`;
+}
+
 function keyOf(st: Stat): string {
-  return `${st.devMajor}:${st.devMinor}:${st.ino}`;
+  return `${devOf(st)}:${st.ino}:${st.mntId}`;
 }
 
 export class InodeTable {
@@ -32,9 +44,27 @@ export class InodeTable {
   private nextId = FUSE_ROOT_ID + 1;
   readonly root: Inode;
 
-  /** `rootFd` stays owned by the caller: the root is pinned and survives clear(). */
-  constructor(rootFd: number, rootStat: Stat) {
-    this.root = { nodeid: FUSE_ROOT_ID, fd: rootFd, type: rootStat.mode & S_IFMT, key: keyOf(rootStat), refcount: 1 };
+  /**
+   * `rootFd` stays owned by the caller: the root is pinned and survives
+   * clear(). `handles` (optional) turns new inodes into file handles;
+   * `onDrop` hears of every inode the guest forgets for good.
+   */
+  constructor(
+    rootFd: number,
+    rootStat: Stat,
+    private readonly handles: FileHandles | null = null,
+    private readonly onDrop: (inode: Inode) => void = () => undefined,
+  ) {
+    this.root = {
+      nodeid: FUSE_ROOT_ID,
+      fd: rootFd,
+      handle: null,
+      type: rootStat.mode & S_IFMT,
+      key: keyOf(rootStat),
+      dev: devOf(rootStat),
+      mntId: rootStat.mntId,
+      refcount: 1,
+    };
     this.insert(this.root);
   }
 
@@ -42,15 +72,27 @@ export class InodeTable {
     return this.byId.size;
   }
 
+  /** O_PATH fds held by inodes (the root included). */
+  get fdCount(): number {
+    let n = 0;
+    for (const inode of this.byId.values()) if (inode.fd >= 0) n++;
+    return n;
+  }
+
   /** The inode for `nodeid`; EBADF when the guest names one it does not hold. */
   get(nodeid: number): Inode {
     return this.byId.get(nodeid) ?? fail(Errno.EBADF);
   }
 
+  /** The inode for `nodeid`, if the guest holds it. */
+  find(nodeid: number): Inode | undefined {
+    return this.byId.get(nodeid);
+  }
+
   /**
    * Counts one more lookup of the inode that `fd` (O_PATH, described by `st`)
    * refers to. Takes ownership of `fd`: it becomes the new inode's fd, or is
-   * closed when the inode is already known.
+   * closed when the inode is already known or is kept as a file handle.
    */
   adopt(fd: number, st: Stat): Inode {
     const key = keyOf(st);
@@ -60,7 +102,22 @@ export class InodeTable {
       known.refcount++;
       return known;
     }
-    const inode: Inode = { nodeid: this.nextId++, fd, type: st.mode & S_IFMT, key, refcount: 1 };
+    const type = st.mode & S_IFMT;
+    let handle: FileHandle | null = null;
+    // An unlinked inode (O_TMPFILE, or removed meanwhile) cannot be opened by handle: keep its fd.
+    if (this.handles && st.nlink > 0) {
+      try {
+        handle = this.handles.capture(fd, type === S_IFDIR);
+      } catch (err) {
+        closeQuietly(fd);
+        throw err;
+      }
+    }
+    if (handle) {
+      closeQuietly(fd);
+      fd = -1;
+    }
+    const inode: Inode = { nodeid: this.nextId++, fd, handle, type, key, dev: devOf(st), mntId: st.mntId, refcount: 1 };
     this.insert(inode);
     return inode;
   }
@@ -70,13 +127,16 @@ export class InodeTable {
     const inode = this.byId.get(nodeid);
     if (!inode || inode === this.root) return;
     inode.refcount -= Math.min(nlookup, inode.refcount);
-    if (inode.refcount === 0) this.remove(inode);
+    if (inode.refcount === 0) {
+      this.remove(inode);
+      this.onDrop(inode);
+    }
   }
 
   /** Drops every inode but the root and closes their fds. */
   clear(): void {
     for (const inode of this.byId.values()) {
-      if (inode !== this.root) closeQuietly(inode.fd);
+      if (inode !== this.root && inode.fd >= 0) closeQuietly(inode.fd);
     }
     this.byId.clear();
     this.byKey.clear();
@@ -92,6 +152,6 @@ export class InodeTable {
   private remove(inode: Inode): void {
     this.byId.delete(inode.nodeid);
     this.byKey.delete(inode.key);
-    closeQuietly(inode.fd);
+    if (inode.fd >= 0) closeQuietly(inode.fd);
   }
 }

@@ -1,68 +1,76 @@
 /**
  * The passthrough file system: serves a host directory to the guest. Every
  * inode is reached through its own O_PATH fd (lookups are openat relative to
- * the parent's fd with O_NOFOLLOW), and data is reached by reopening that fd
- * through /proc/self/fd, as virtiofsd does; host paths are never rebuilt from
- * guest names. `..` looked up at the root answers the root, so the guest
- * cannot climb out of the shared directory by name.
+ * the parent's fd with O_NOFOLLOW) or a file handle, and data is reached by
+ * reopening it through /proc/self/fd (or open_by_handle_at), as virtiofsd
+ * does; host paths are never rebuilt from guest names. `..` looked up at the
+ * root answers the root, so the guest cannot climb out of the shared
+ * directory by name.
+ *
+ * This class is the FileSystem face: INIT negotiation, names, attributes and
+ * directories. The rest lives by concern: passthrough-core (inodes, handles,
+ * credentials), passthrough-files (open files), passthrough-xattr,
+ * passthrough-locks and passthrough-dax.
  */
-import * as nodefs from 'node:fs';
 import {
   AT_EMPTY_PATH,
-  AT_FDCWD,
   AT_REMOVEDIR,
+  AT_STATX_SYNC_TYPE,
   AT_SYMLINK_FOLLOW,
   AT_SYMLINK_NOFOLLOW,
-  O_ACCMODE,
-  O_APPEND,
   O_CLOEXEC,
-  O_CREAT,
   O_DIRECTORY,
-  O_DSYNC,
-  O_EXCL,
-  O_LARGEFILE,
-  O_NOATIME,
-  O_NOFOLLOW,
-  O_PATH,
+  O_NONBLOCK,
   O_RDONLY,
-  O_SYNC,
-  O_TRUNC,
-  O_WRONLY,
+  O_RDWR,
   S_IFDIR,
   S_IFMT,
-  S_IFREG,
   SEEK_SET,
   UTIME_NOW,
   UTIME_OMIT,
-  closeQuietly,
+  fchmod,
   fchmodat,
   fchownat,
   fstatvfs,
+  futimens,
   getdents64,
   linkat,
   lseek,
   mkdirat,
   mknodat,
-  openat,
   readlinkat,
   renameat2,
   statx,
   symlinkat,
   unlinkat,
   utimensat,
-  type Stat,
   type StatVfs,
   type TimeSpec,
 } from '../sys/fs';
-import { close, dup } from '../sys/libc';
 import type { Reader, Writer } from './chain-io';
-import { cachePolicy, type CacheMode, type CachePolicy } from './cache-policy';
-import { Credentials } from './credentials';
 import { Errno, errnoOf, fail } from './errors';
-import { type AttrReply, type Context, type DirSink, type Entry, FileSystem, type Opened, type SetattrArgs } from './filesystem';
-import { HandleTable } from './handle-table';
-import { type Inode, InodeTable } from './inode-table';
+import {
+  type AttrReply,
+  type Capabilities,
+  type Context,
+  type DirSink,
+  type Entry,
+  FileSystem,
+  type InitInfo,
+  type LockRange,
+  type Opened,
+  type SetattrArgs,
+  type SetupMapping,
+  type WindowRange,
+} from './filesystem';
+import type { Inode } from './inode-table';
 import { isDot, isDotDot } from './names';
+import { EMPTY, PassthroughCore } from './passthrough-core';
+import { DaxSupport } from './passthrough-dax';
+import { FileOps } from './passthrough-files';
+import { LockTable } from './passthrough-locks';
+import type { PassthroughOptions } from './passthrough-options';
+import type { Xattrs } from './passthrough-xattr';
 import {
   FUSE_ASYNC_DIO,
   FUSE_ASYNC_READ,
@@ -70,141 +78,185 @@ import {
   FUSE_AUTO_INVAL_DATA,
   FUSE_BIG_WRITES,
   FUSE_DO_READDIRPLUS,
+  FUSE_DONT_MASK,
   FUSE_EXPORT_SUPPORT,
+  FUSE_FLOCK_LOCKS,
+  FUSE_HANDLE_KILLPRIV_V2,
   FUSE_PARALLEL_DIROPS,
+  FUSE_POSIX_ACL,
+  FUSE_POSIX_LOCKS,
   FUSE_READDIRPLUS_AUTO,
+  FUSE_SECURITY_CTX_FLAGS2,
+  FUSE_SETXATTR_ACL_KILL_SGID,
+  FUSE_SETXATTR_EXT,
+  FUSE_SUBMOUNTS,
+  FUSE_WRITEBACK_CACHE,
 } from './protocol';
 
-export interface PassthroughOptions {
-  sharedDir: string;
-  cache: CacheMode;
-}
+export type { PassthroughOptions } from './passthrough-options';
 
-/** The empty path that, with AT_EMPTY_PATH, makes an *at call act on the dirfd itself. */
-const EMPTY = Buffer.from([0]);
-const PATH_MAX = 4096;
 /** getdents64 batch: enough for a full READDIR page of long names. */
 const DIRENT_BUFFER_SIZE = 32 * 1024;
 /** struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; } */
 const DIRENT64_NAME_OFFSET = 19;
-
+const PATH_MAX = 4096;
 const R_OK = 4;
 const W_OK = 2;
 const X_OK = 1;
-
-/**
- * Open flags passed through to the host. Everything else is dropped: creation
- * flags are the op's business, O_NOFOLLOW would break the /proc reopen,
- * O_DIRECT would impose host alignment rules on guest buffers, O_PATH and
- * O_DIRECTORY are ours to choose.
- */
-const PASSED_OPEN_FLAGS = O_ACCMODE | O_APPEND | O_TRUNC | O_DSYNC | O_SYNC | O_NOATIME | O_LARGEFILE;
+/** chown's "leave unchanged". */
+const NO_ID = 0xffffffff;
 
 export class PassthroughFs extends FileSystem {
-  private readonly policy: CachePolicy;
-  private readonly credentials = new Credentials();
-  /** /proc/self/fd, through which an inode's O_PATH fd is reopened for I/O. */
-  private readonly procSelfFd: number;
-  private readonly inodes: InodeTable;
-  private readonly handles = new HandleTable();
+  private readonly core: PassthroughCore;
+  private readonly files: FileOps;
+  private readonly locks: LockTable;
+  private readonly dax: DaxSupport | null;
   private readonly dirents = Buffer.alloc(DIRENT_BUFFER_SIZE);
   private readonly linkTarget = Buffer.alloc(PATH_MAX);
 
-  constructor(options: PassthroughOptions) {
+  /** Opens the shared directory; throws if it cannot be served. */
+  constructor(private readonly options: PassthroughOptions) {
     super();
-    this.policy = cachePolicy(options.cache);
     // The guest kernel has applied the guest's umask to every mode it sends; the host's must not
     // apply a second time (virtiofsd clears it at start-up too).
     process.umask(0);
-    this.procSelfFd = openat(AT_FDCWD, '/proc/self/fd', O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-    let rootFd = -1;
-    try {
-      rootFd = openat(AT_FDCWD, options.sharedDir, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-      this.inodes = new InodeTable(rootFd, this.stat(rootFd));
-    } catch (err) {
-      if (rootFd >= 0) closeQuietly(rootFd);
-      closeQuietly(this.procSelfFd);
-      throw err;
-    }
+    this.core = new PassthroughCore(options, (inode) => this.dropped(inode));
+    this.locks = new LockTable((nodeid) => this.openForLocks(nodeid));
+    this.files = new FileOps(this.core, this.locks);
+    this.dax = options.dax ? new DaxSupport(options.dax, (msg) => this.core.log('warn', msg)) : null;
+    if (this.dax) this.core.daxFlags = (st) => this.dax!.attrFlags(st);
   }
 
   /** Inodes currently held (the root included). */
   get inodeCount(): number {
-    return this.inodes.size;
+    return this.core.inodes.size;
   }
 
   /** Handles currently open. */
   get handleCount(): number {
-    return this.handles.size;
+    return this.core.handles.size;
   }
 
-  override capabilities(): number {
-    return (
-      FUSE_ASYNC_READ |
-      FUSE_ATOMIC_O_TRUNC |
-      FUSE_EXPORT_SUPPORT |
-      FUSE_BIG_WRITES |
-      FUSE_AUTO_INVAL_DATA |
-      FUSE_DO_READDIRPLUS |
-      FUSE_READDIRPLUS_AUTO |
-      FUSE_ASYNC_DIO |
-      FUSE_PARALLEL_DIROPS
-    );
+  /** Descriptions held for lock owners. */
+  get lockFdCount(): number {
+    return this.locks.fdCount;
+  }
+
+  override capabilities(): Capabilities {
+    const o = this.options;
+    let flags =
+      FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_BIG_WRITES | FUSE_AUTO_INVAL_DATA | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS;
+    let flags2 = 0;
+    if (o.readdirplus ?? o.cache !== 'never') flags |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+    if (o.posixLock) flags |= FUSE_POSIX_LOCKS;
+    if (o.flock) flags |= FUSE_FLOCK_LOCKS;
+    if (o.writeback) flags |= FUSE_WRITEBACK_CACHE;
+    if (o.killprivV2) flags |= FUSE_HANDLE_KILLPRIV_V2;
+    if (o.announceSubmounts) flags |= FUSE_SUBMOUNTS;
+    if (this.core.xattrs) flags |= FUSE_SETXATTR_EXT;
+    if (o.posixAcl) flags |= FUSE_POSIX_ACL | FUSE_DONT_MASK;
+    if (o.securityLabel) flags2 |= FUSE_SECURITY_CTX_FLAGS2;
+    if (this.dax) {
+      flags |= this.dax.initFlags;
+      flags2 |= this.dax.initFlags2;
+    }
+    return { flags, flags2, mapAlignment: this.dax?.mapAlignment ?? 0 };
+  }
+
+  override init(info: InitInfo): void {
+    const o = this.options;
+    // Without these the guest would silently get another file system than the one configured.
+    if (o.posixAcl && (info.flags & (FUSE_POSIX_ACL | FUSE_DONT_MASK)) !== (FUSE_POSIX_ACL | FUSE_DONT_MASK)) {
+      this.core.log('error', '--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL');
+      fail(Errno.EPROTO);
+    }
+    if (o.securityLabel && !(info.flags2 & FUSE_SECURITY_CTX_FLAGS2)) {
+      this.core.log('error', '--security-label: the guest kernel does not offer FUSE_SECURITY_CTX');
+      fail(Errno.EPROTO);
+    }
+    const optional: [boolean | undefined, number, string][] = [
+      [o.writeback, FUSE_WRITEBACK_CACHE, '--writeback'],
+      [o.killprivV2, FUSE_HANDLE_KILLPRIV_V2, '--killpriv-v2'],
+      [o.announceSubmounts, FUSE_SUBMOUNTS, '--announce-submounts'],
+    ];
+    for (const [wanted, flag, option] of optional) {
+      if (wanted && !(info.flags & flag)) this.core.log('warn', `${option}: the guest kernel does not support it; off`);
+    }
+    this.core.negotiated = info.flags;
+    if (this.core.xattrs) this.core.xattrs.posixAcl = (info.flags & FUSE_POSIX_ACL) !== 0;
+    this.dax?.init(info.flags2);
   }
 
   override destroy(): void {
-    this.handles.clear();
-    this.inodes.clear();
+    this.locks.clear();
+    this.core.clear();
+    this.dax?.destroy();
+  }
+
+  override endRequest(): void {
+    this.core.endRequest();
   }
 
   /** Releases everything, the root and /proc/self/fd included. The object is unusable afterwards. */
   close(): void {
-    this.destroy();
-    closeQuietly(this.inodes.root.fd);
-    closeQuietly(this.procSelfFd);
+    this.locks.clear();
+    this.core.close();
   }
 
   /* ---------------- names and attributes ---------------- */
 
   override lookup(ctx: Context, parent: number, name: Buffer): Entry {
-    const dir = this.inodes.get(parent);
-    if (isDotDot(name) && dir === this.inodes.root) {
-      const root = this.inodes.root;
-      root.refcount++;
-      return this.entry(root, this.stat(root.fd));
+    const { core } = this;
+    const dir = core.inodes.get(parent);
+    if (isDotDot(name) && dir === core.inodes.root) {
+      dir.refcount++;
+      return core.entry(dir, core.hostStat(dir.fd), 0);
     }
-    return this.lookupAt(dir, name);
+    return core.lookupAt(dir, name);
   }
 
   override forget(nodeid: number, nlookup: number): void {
-    this.inodes.forget(nodeid, nlookup);
+    this.core.inodes.forget(nodeid, nlookup);
   }
 
-  override getattr(ctx: Context, nodeid: number): AttrReply {
-    return { stat: this.stat(this.inodes.get(nodeid).fd), timeout: this.policy.timeout };
+  override getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply {
+    return this.core.attrReply(this.core.hostStat(this.statFd(nodeid, fh)));
+  }
+
+  override statx(ctx: Context, nodeid: number, fh: number | undefined, flags: number): AttrReply {
+    return this.core.attrReply(statx(this.statFd(nodeid, fh), EMPTY, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | (flags & AT_STATX_SYNC_TYPE)));
   }
 
   override setattr(ctx: Context, nodeid: number, args: SetattrArgs): AttrReply {
-    const inode = this.inodes.get(nodeid);
-    if (args.mode !== undefined) fchmodat(this.procSelfFd, this.procName(inode), args.mode & 0o7777, 0);
+    const { core } = this;
+    const inode = core.inodes.get(nodeid);
+    // With an open handle (FATTR_FH) the change goes through it: it still works once the name is gone.
+    const handle = args.fh !== undefined ? core.handles.getAny(args.fh, nodeid) : undefined;
+    if (args.mode !== undefined) {
+      if (handle) fchmod(handle.fd, args.mode & 0o7777);
+      else fchmodat(core.procSelfFd, core.procName(inode), args.mode & 0o7777, 0);
+    }
     if (args.uid !== undefined || args.gid !== undefined) {
-      // -1 leaves an id unchanged.
-      fchownat(inode.fd, EMPTY, args.uid ?? 0xffffffff, args.gid ?? 0xffffffff, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+      const uid = args.uid === undefined ? NO_ID : core.uidMap.toHost(args.uid);
+      const gid = args.gid === undefined ? NO_ID : core.gidMap.toHost(args.gid);
+      fchownat(handle?.fd ?? core.fdOf(inode), EMPTY, uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
     }
-    if (args.size !== undefined) this.truncate(inode, args.fh, args.size);
+    if (args.size !== undefined) this.files.truncate(inode, handle, args.size, args.killSuidgid ?? false);
     if (args.atime !== undefined || args.mtime !== undefined) {
-      utimensat(this.procSelfFd, this.procName(inode), timeSpec(args.atime), timeSpec(args.mtime), 0);
+      const [atime, mtime] = [timeSpec(args.atime), timeSpec(args.mtime)];
+      if (handle) futimens(handle.fd, atime, mtime);
+      else utimensat(core.procSelfFd, core.procName(inode), atime, mtime, 0);
     }
-    return this.getattr(ctx, nodeid);
+    return this.getattr(ctx, nodeid, handle?.fh);
   }
 
   override readlink(ctx: Context, nodeid: number): Buffer {
-    const n = readlinkat(this.inodes.get(nodeid).fd, EMPTY, this.linkTarget, this.linkTarget.length);
+    const n = readlinkat(this.core.fdOf(this.core.inodes.get(nodeid)), EMPTY, this.linkTarget, this.linkTarget.length);
     return Buffer.from(this.linkTarget.subarray(0, n));
   }
 
   override access(ctx: Context, nodeid: number, mask: number): void {
-    const st = this.stat(this.inodes.get(nodeid).fd);
+    const st = this.core.guestStat(this.core.hostStat(this.core.fdOf(this.core.inodes.get(nodeid))));
     if (mask === 0) return; // F_OK: it exists.
     // The daemon runs privileged, so the check is done by hand against the caller's ids.
     if (ctx.uid === 0) {
@@ -217,110 +269,100 @@ export class PassthroughFs extends FileSystem {
   }
 
   override statfs(ctx: Context, nodeid: number): StatVfs {
-    return fstatvfs(this.inodes.get(nodeid).fd);
+    return fstatvfs(this.core.fdOf(this.core.inodes.get(nodeid)));
   }
 
   /* ---------------- creating and removing names ---------------- */
 
-  override mkdir(ctx: Context, parent: number, name: Buffer, mode: number): Entry {
-    const dir = this.inodes.get(parent);
-    this.credentials.asCaller(ctx, () => mkdirat(dir.fd, name, mode));
-    return this.lookupAt(dir, name);
+  override mkdir(ctx: Context, parent: number, name: Buffer, mode: number, umask: number): Entry {
+    return this.created(ctx, parent, name, AT_REMOVEDIR, (dirFd) => this.core.asCaller(ctx, umask, () => mkdirat(dirFd, name, mode)));
   }
 
-  override mknod(ctx: Context, parent: number, name: Buffer, mode: number, rdev: number): Entry {
-    const dir = this.inodes.get(parent);
+  override mknod(ctx: Context, parent: number, name: Buffer, mode: number, rdev: number, umask: number): Entry {
     // fuse_mknod_in.rdev is the kernel's 32-bit device encoding, which glibc's makedev()
     // produces bit for bit for every 12-bit major / 20-bit minor.
-    this.credentials.asCaller(ctx, () => mknodat(dir.fd, name, mode, rdev));
-    return this.lookupAt(dir, name);
+    return this.created(ctx, parent, name, 0, (dirFd) => this.core.asCaller(ctx, umask, () => mknodat(dirFd, name, mode, rdev)));
   }
 
   override symlink(ctx: Context, target: Buffer, parent: number, name: Buffer): Entry {
-    const dir = this.inodes.get(parent);
-    this.credentials.asCaller(ctx, () => symlinkat(target, dir.fd, name));
-    return this.lookupAt(dir, name);
+    return this.created(ctx, parent, name, 0, (dirFd) => this.core.asCaller(ctx, 0, () => symlinkat(target, dirFd, name)));
   }
 
   override link(ctx: Context, nodeid: number, newParent: number, newName: Buffer): Entry {
-    const inode = this.inodes.get(nodeid);
-    const dir = this.inodes.get(newParent);
+    const { core } = this;
+    const inode = core.inodes.get(nodeid);
+    const dir = core.inodes.get(newParent);
     // Through /proc rather than AT_EMPTY_PATH, which would need CAP_DAC_READ_SEARCH.
-    linkat(this.procSelfFd, this.procName(inode), dir.fd, newName, AT_SYMLINK_FOLLOW);
-    return this.lookupAt(dir, newName);
+    linkat(core.procSelfFd, core.procName(inode), core.fdOf(dir), newName, AT_SYMLINK_FOLLOW);
+    return core.lookupAt(dir, newName);
   }
 
   override unlink(ctx: Context, parent: number, name: Buffer): void {
-    unlinkat(this.inodes.get(parent).fd, name, 0);
+    unlinkat(this.core.fdOf(this.core.inodes.get(parent)), name, 0);
   }
 
   override rmdir(ctx: Context, parent: number, name: Buffer): void {
-    unlinkat(this.inodes.get(parent).fd, name, AT_REMOVEDIR);
+    unlinkat(this.core.fdOf(this.core.inodes.get(parent)), name, AT_REMOVEDIR);
   }
 
   override rename(ctx: Context, parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): void {
-    renameat2(this.inodes.get(parent).fd, name, this.inodes.get(newParent).fd, newName, flags);
+    const { core } = this;
+    renameat2(core.fdOf(core.inodes.get(parent)), name, core.fdOf(core.inodes.get(newParent)), newName, flags);
   }
 
   /* ---------------- files ---------------- */
 
-  override open(ctx: Context, nodeid: number, flags: number): Opened {
-    const inode = this.inodes.get(nodeid);
-    this.requireRegular(inode);
-    const fd = openat(this.procSelfFd, this.procName(inode), (flags & PASSED_OPEN_FLAGS) | O_CLOEXEC, 0);
-    return { fh: this.handles.insert(fd, nodeid, 'file').fh, openFlags: this.policy.fileOpenFlags };
+  override open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened {
+    return this.files.open(nodeid, flags, openFlags);
   }
-
-  override create(ctx: Context, parent: number, name: Buffer, mode: number, flags: number): [Entry, Opened] {
-    const dir = this.inodes.get(parent);
-    const openFlags = (flags & (PASSED_OPEN_FLAGS | O_EXCL)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
-    const fd = this.credentials.asCaller(ctx, () => openat(dir.fd, name, openFlags, mode & 0o7777));
-    let entry: Entry;
-    try {
-      // The inode fd comes from the open file itself, so a rename racing the create cannot swap it.
-      entry = this.adopt(openat(this.procSelfFd, String(fd), O_PATH | O_CLOEXEC, 0));
-    } catch (err) {
-      closeQuietly(fd);
-      throw err;
-    }
-    const fh = this.handles.insert(fd, entry.nodeid, 'file').fh;
-    return [entry, { fh, openFlags: this.policy.fileOpenFlags }];
+  override create(ctx: Context, parent: number, name: Buffer, mode: number, flags: number, umask: number, openFlags: number): [Entry, Opened] {
+    return this.files.create(ctx, this.core.inodes.get(parent), name, mode, flags, umask, openFlags);
   }
-
+  override tmpfile(ctx: Context, parent: number, mode: number, flags: number, umask: number): [Entry, Opened] {
+    return this.files.tmpfile(ctx, this.core.inodes.get(parent), mode, flags, umask);
+  }
   override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
-    return into.writeFromFile(this.handles.get(fh, nodeid, 'file').fd, size, offset);
+    return this.files.read(nodeid, fh, into, size, offset);
   }
-
-  override write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number): number {
-    return from.readToFile(this.handles.get(fh, nodeid, 'file').fd, size, offset);
+  override write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number {
+    return this.files.write(nodeid, fh, from, size, offset, writeFlags, fileFlags);
   }
-
-  override flush(ctx: Context, nodeid: number, fh: number): void {
-    // Closing a duplicate runs the file system's close-time work (NFS write-back, lock release)
-    // while the guest's handle stays open.
-    close(dup(this.handles.get(fh, nodeid, 'file').fd));
+  override flush(ctx: Context, nodeid: number, fh: number, lockOwner: bigint): void {
+    this.files.flush(nodeid, fh, lockOwner);
   }
-
   override fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
-    syncFd(this.handles.get(fh, nodeid, 'file').fd, datasync);
+    this.files.fsync(nodeid, fh, datasync, 'file');
   }
-
-  override release(ctx: Context, nodeid: number, fh: number): void {
-    this.handles.release(fh, nodeid, 'file');
+  override release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number, lockOwner: bigint): void {
+    this.files.release(nodeid, fh, releaseFlags, lockOwner);
+  }
+  override fallocate(ctx: Context, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
+    this.files.fallocate(nodeid, fh, offset, length, mode);
+  }
+  override lseek(ctx: Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
+    return this.files.lseek(nodeid, fh, offset, whence);
+  }
+  override copyFileRange(ctx: Context, nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number {
+    return this.files.copyFileRange(nodeidIn, fhIn, offIn, nodeidOut, fhOut, offOut, len, flags);
+  }
+  override syncfs(ctx: Context, nodeid: number): void {
+    this.files.syncfs(this.core.inodes.get(nodeid));
   }
 
   /* ---------------- directories ---------------- */
 
   override opendir(ctx: Context, nodeid: number): Opened {
-    const inode = this.inodes.get(nodeid);
+    const { core } = this;
+    const inode = core.inodes.get(nodeid);
     if (inode.type !== S_IFDIR) fail(Errno.ENOTDIR);
-    const fd = openat(this.procSelfFd, this.procName(inode), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
-    return { fh: this.handles.insert(fd, nodeid, 'dir').fh, openFlags: this.policy.dirOpenFlags };
+    const fd = core.reopen(inode, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return { fh: core.handles.insert(fd, nodeid, 'dir').fh, openFlags: core.policy.dirOpenFlags };
   }
 
   override readdir(ctx: Context, nodeid: number, fh: number, offset: bigint, sink: DirSink): void {
-    const dir = this.inodes.get(nodeid);
-    const fd = this.handles.get(fh, nodeid, 'dir').fd;
+    const { core } = this;
+    const dir = core.inodes.get(nodeid);
+    const fd = core.handles.get(fh, nodeid, 'dir').fd;
     const buf = this.dirents;
     let added = 0;
     // The cookie is an off_t the host gave us earlier; it went to the guest as a u64.
@@ -344,7 +386,7 @@ export class PassthroughFs extends FileSystem {
           const name = buf.subarray(nameStart, nameEnd + 1);
           if (!isDot(name) && !isDotDot(name)) {
             try {
-              looked = this.lookupAt(dir, name);
+              looked = core.lookupAt(dir, name);
             } catch (err) {
               // Removed since getdents: leave it out. Any other failure ends the listing here,
               // or fails it when nothing was listed yet.
@@ -355,7 +397,7 @@ export class PassthroughFs extends FileSystem {
           }
         }
         if (!sink.add(entry, looked)) {
-          if (looked) this.inodes.forget(looked.nodeid, 1);
+          if (looked) core.inodes.forget(looked.nodeid, 1);
           return;
         }
         added++;
@@ -364,67 +406,107 @@ export class PassthroughFs extends FileSystem {
   }
 
   override releasedir(ctx: Context, nodeid: number, fh: number): void {
-    this.handles.release(fh, nodeid, 'dir');
+    this.core.handles.release(fh, nodeid, 'dir');
   }
 
   override fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
-    syncFd(this.handles.get(fh, nodeid, 'dir').fd, datasync);
+    this.files.fsync(nodeid, fh, datasync, 'dir');
+  }
+
+  /* ---------------- extended attributes ---------------- */
+
+  override setxattr(ctx: Context, nodeid: number, name: Buffer, value: Buffer, flags: number, setxattrFlags: number): void {
+    this.xattrs().set(this.inodeFd(nodeid), name, value, flags, (setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) !== 0);
+  }
+  override getxattr(ctx: Context, nodeid: number, name: Buffer, size: number): number | Buffer {
+    return this.xattrs().get(this.inodeFd(nodeid), name, size);
+  }
+  override listxattr(ctx: Context, nodeid: number, size: number): number | Buffer {
+    return this.xattrs().list(this.inodeFd(nodeid), size);
+  }
+  override removexattr(ctx: Context, nodeid: number, name: Buffer): void {
+    this.xattrs().remove(this.inodeFd(nodeid), name);
+  }
+
+  /* ---------------- locks ---------------- */
+
+  override getlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange): LockRange {
+    if (!this.core.has(FUSE_POSIX_LOCKS)) fail(Errno.ENOSYS);
+    this.core.handles.get(fh, nodeid, 'file');
+    return this.locks.getlk(nodeid, owner, lock);
+  }
+
+  override setlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange, flock: boolean, wait: AbortSignal | null): void | Promise<void> {
+    const { handles } = this.core;
+    if (!this.core.has(flock ? FUSE_FLOCK_LOCKS : FUSE_POSIX_LOCKS)) fail(Errno.ENOSYS);
+    const handle = handles.get(fh, nodeid, 'file');
+    if (!flock) return this.locks.setlk(nodeid, owner, lock, wait);
+    // A waiting flock re-checks its handle on each try: once released, its fd number may be reused.
+    return this.locks.flock(() => (handles.has(handle.fh) ? handle.fd : fail(Errno.EBADF)), lock.type, wait);
+  }
+
+  /* ---------------- DAX ---------------- */
+
+  override setupmapping(ctx: Context, nodeid: number, fh: bigint, mapping: SetupMapping): Promise<void> {
+    if (!this.dax) fail(Errno.ENOSYS);
+    const inode = this.core.inodes.get(nodeid);
+    this.core.requireRegular(inode);
+    const writable = DaxSupport.writable(mapping);
+    // The daemon opens as root: a writable mapping is checked against the caller like ACCESS(W_OK).
+    if (writable) this.access(ctx, nodeid, W_OK);
+    // Linux names the file by nodeid (fh is -1): open it as the mapping needs.
+    const fd = this.core.reopen(inode, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    return this.dax.setup(nodeid, fd, mapping);
+  }
+
+  override removemapping(ctx: Context, ranges: WindowRange[]): Promise<void> {
+    if (!this.dax) fail(Errno.ENOSYS);
+    return this.dax.remove(ranges);
   }
 
   /* ---------------- helpers ---------------- */
 
-  private stat(fd: number): Stat {
-    return statx(fd, EMPTY, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  private xattrs(): Xattrs {
+    return this.core.xattrs ?? fail(Errno.ENOSYS);
   }
 
-  private entry(inode: Inode, stat: Stat): Entry {
-    const t = this.policy.timeout;
-    return { nodeid: inode.nodeid, generation: 0, stat, entryTimeout: t, attrTimeout: t };
+  private inodeFd(nodeid: number): number {
+    return this.core.fdOf(this.core.inodes.get(nodeid));
   }
 
-  /** Looks `name` (one component) up in `dir` and counts the lookup. */
-  private lookupAt(dir: Inode, name: Buffer): Entry {
-    return this.adopt(openat(dir.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
-  }
-
-  /** Registers the O_PATH `fd` (taking ownership) as a looked-up inode. */
-  private adopt(fd: number): Entry {
-    let stat: Stat;
-    try {
-      stat = this.stat(fd);
-    } catch (err) {
-      closeQuietly(fd);
-      throw err;
-    }
-    return this.entry(this.inodes.adopt(fd, stat), stat);
-  }
-
-  /** The inode's name under /proc/self/fd. */
-  private procName(inode: Inode): string {
-    return String(inode.fd);
+  /** What GETATTR/STATX stat: the open handle when the guest names one, else the inode. */
+  private statFd(nodeid: number, fh: number | undefined): number {
+    const inode = this.core.inodes.get(nodeid);
+    return fh !== undefined ? this.core.handles.getAny(fh, nodeid).fd : this.core.fdOf(inode);
   }
 
   /**
-   * Only regular files are opened for I/O: opening a FIFO would block the whole
-   * daemon and opening a device node would hand the guest a host device.
+   * A name just made in `parent` by `make(dirFd)`: looked up and labelled.
+   * `removeFlags` are unlinkat's for taking it away if the label fails.
    */
-  private requireRegular(inode: Inode): void {
-    if (inode.type === S_IFDIR) fail(Errno.EISDIR);
-    if (inode.type !== S_IFREG) fail(Errno.EINVAL);
+  private created(ctx: Context, parent: number, name: Buffer, removeFlags: number, make: (dirFd: number) => void): Entry {
+    const { core } = this;
+    const dir = core.inodes.get(parent);
+    make(core.fdOf(dir));
+    return core.labelled(ctx, core.lookupAt(dir, name), () => unlinkat(core.fdOf(dir), name, removeFlags));
   }
 
-  private truncate(inode: Inode, fh: number | undefined, size: number): void {
-    if (fh !== undefined) {
-      nodefs.ftruncateSync(this.handles.get(fh, inode.nodeid, 'file').fd, size);
-      return;
-    }
-    this.requireRegular(inode);
-    const fd = openat(this.procSelfFd, this.procName(inode), O_WRONLY | O_CLOEXEC, 0);
+  /** A description of the inode for one lock owner: writable if it can be, so write locks work. */
+  private openForLocks(nodeid: number): number {
+    const inode = this.core.inodes.get(nodeid);
     try {
-      nodefs.ftruncateSync(fd, size);
-    } finally {
-      closeQuietly(fd);
+      return this.core.reopen(inode, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    } catch (err) {
+      const e = errnoOf(err);
+      if (e !== Errno.EACCES && e !== Errno.EROFS && e !== Errno.ETXTBSY && e !== Errno.EPERM) throw err;
+      return this.core.reopen(inode, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     }
+  }
+
+  /** The guest forgot the inode for good: its locks and DAX mappings go with it. */
+  private dropped(inode: Inode): void {
+    this.locks.forgetInode(inode.nodeid);
+    this.dax?.forgetInode(inode.nodeid);
   }
 }
 
@@ -432,9 +514,4 @@ function timeSpec(t: TimeSpec | 'now' | undefined): TimeSpec {
   if (t === undefined) return { sec: 0, nsec: UTIME_OMIT };
   if (t === 'now') return { sec: 0, nsec: UTIME_NOW };
   return t;
-}
-
-function syncFd(fd: number, datasync: boolean): void {
-  if (datasync) nodefs.fdatasyncSync(fd);
-  else nodefs.fsyncSync(fd);
 }

@@ -60,6 +60,8 @@ export enum Opcode {
   FUSE_REMOVEMAPPING = 49,
   FUSE_SYNCFS = 50,
   FUSE_TMPFILE = 51,
+  /** Protocol 7.39; Linux >= 6.6 sends it whatever minor was agreed, to learn the birth time. */
+  FUSE_STATX = 52,
 }
 
 /** fuse_setattr_in.valid */
@@ -121,7 +123,12 @@ export const FUSE_INIT_RESERVED = 0x8000_0000;
 /** flags2 bits: FUSE_SECURITY_CTX is 1ULL << 32, i.e. bit 0 of flags2. */
 export const FUSE_SECURITY_CTX_FLAGS2 = 1 << 0;
 export const FUSE_HAS_INODE_DAX_FLAGS2 = 1 << 1;
+export const FUSE_CREATE_SUPP_GROUP_FLAGS2 = 1 << 2;
 export const FUSE_HAS_EXPIRE_ONLY_FLAGS2 = 1 << 3;
+
+/** fuse_attr.flags */
+export const FUSE_ATTR_SUBMOUNT = 1 << 0;
+export const FUSE_ATTR_DAX = 1 << 1;
 
 export const FUSE_RELEASE_FLUSH = 1 << 0;
 export const FUSE_RELEASE_FLOCK_UNLOCK = 1 << 1;
@@ -132,6 +139,14 @@ export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
 export const FUSE_READ_LOCKOWNER = 1 << 1;
 export const FUSE_FSYNC_FDATASYNC = 1 << 0;
 export const FUSE_OPEN_KILL_SUIDGID = 1 << 0;
+export const FUSE_LK_FLOCK = 1 << 0;
+export const FUSE_SETXATTR_ACL_KILL_SGID = 1 << 0;
+export const FUSE_SETUPMAPPING_FLAG_WRITE = 1 << 0;
+export const FUSE_SETUPMAPPING_FLAG_READ = 1 << 1;
+/** Lock ranges end at OFFSET_MAX when they run to the end of the file. */
+export const OFFSET_MAX = 0x7fff_ffff_ffff_ffffn;
+/** Extension types 0..31 are security contexts: the type is their count (fuse_secctx_header). */
+export const FUSE_MAX_NR_SECCTX = 31;
 
 /* ---------------- layouts ---------------- */
 
@@ -292,6 +307,92 @@ export const fuse_fsync_in = struct('fuse_fsync_in', { fh: 'u64n', fsync_flags: 
 export const fuse_access_in = struct('fuse_access_in', { mask: 'u32', padding: pad(4) });
 export const fuse_interrupt_in = struct('fuse_interrupt_in', { unique: 'u64' });
 
+export const fuse_setxattr_in = struct('fuse_setxattr_in', { size: 'u32', flags: 'u32', setxattr_flags: 'u32', padding: pad(4) });
+/** Without FUSE_SETXATTR_EXT the kernel sends only size and flags (FUSE_COMPAT_SETXATTR_IN_SIZE). */
+export const fuse_setxattr_in_compat = struct('fuse_setxattr_in', { size: 'u32', flags: 'u32' });
+export const fuse_getxattr_in = struct('fuse_getxattr_in', { size: 'u32', padding: pad(4) });
+export const fuse_getxattr_out = struct('fuse_getxattr_out', { size: 'u32', padding: pad(4) });
+
+export const fuse_file_lock = struct('fuse_file_lock', { start: 'u64', end: 'u64', type: 'u32', pid: 'u32' });
+export const fuse_lk_in = struct('fuse_lk_in', { fh: 'u64n', owner: 'u64', lk: fuse_file_lock, lk_flags: 'u32', padding: pad(4) });
+export const fuse_lk_out = struct('fuse_lk_out', { lk: fuse_file_lock });
+
+export const fuse_fallocate_in = struct('fuse_fallocate_in', {
+  fh: 'u64n',
+  offset: 'u64n',
+  length: 'u64n',
+  mode: 'u32',
+  padding: pad(4),
+});
+export const fuse_lseek_in = struct('fuse_lseek_in', { fh: 'u64n', offset: 'u64', whence: 'u32', padding: pad(4) });
+export const fuse_lseek_out = struct('fuse_lseek_out', { offset: 'u64' });
+export const fuse_copy_file_range_in = struct('fuse_copy_file_range_in', {
+  fh_in: 'u64n',
+  off_in: 'u64n',
+  nodeid_out: 'u64n',
+  fh_out: 'u64n',
+  off_out: 'u64n',
+  len: 'u64n',
+  flags: 'u64n',
+});
+export const fuse_syncfs_in = struct('fuse_syncfs_in', { padding: pad(8) });
+
+export const fuse_setupmapping_in = struct('fuse_setupmapping_in', {
+  fh: 'u64',
+  foffset: 'u64',
+  len: 'u64',
+  flags: 'u64',
+  moffset: 'u64',
+});
+export const fuse_removemapping_in = struct('fuse_removemapping_in', { count: 'u32' });
+export const fuse_removemapping_one = struct('fuse_removemapping_one', { moffset: 'u64', len: 'u64' });
+
+/** Request extensions (7.38): each starts with this header; the type says what follows. */
+export const fuse_ext_header = struct('fuse_ext_header', { size: 'u32', type: 'u32' });
+/** The security-context extension: its fuse_ext_header is read as this (size, number of contexts). */
+export const fuse_secctx_header = struct('fuse_secctx_header', { size: 'u32', nr_secctx: 'u32' });
+/** One context: `size` bytes of value after the NUL-terminated xattr name that follows this struct. */
+export const fuse_secctx = struct('fuse_secctx', { size: 'u32', padding: pad(4) });
+
+export const fuse_statx_in = struct('fuse_statx_in', {
+  getattr_flags: 'u32',
+  reserved: pad(4),
+  fh: 'u64n',
+  sx_flags: 'u32',
+  sx_mask: 'u32',
+});
+export const fuse_sx_time = struct('fuse_sx_time', { tv_sec: 'i64n', tv_nsec: 'u32', reserved: pad(4) });
+export const fuse_statx = struct('fuse_statx', {
+  mask: 'u32',
+  blksize: 'u32',
+  attributes: 'u64n',
+  nlink: 'u32',
+  uid: 'u32',
+  gid: 'u32',
+  mode: 'u16',
+  spare0: pad(2),
+  ino: 'u64',
+  size: 'u64n',
+  blocks: 'u64n',
+  attributes_mask: 'u64n',
+  atime: fuse_sx_time,
+  btime: fuse_sx_time,
+  ctime: fuse_sx_time,
+  mtime: fuse_sx_time,
+  rdev_major: 'u32',
+  rdev_minor: 'u32',
+  dev_major: 'u32',
+  dev_minor: 'u32',
+  spare2: pad(14 * 8),
+});
+export const fuse_statx_out = struct('fuse_statx_out', {
+  attr_valid: 'u64n',
+  attr_valid_nsec: 'u32',
+  flags: 'u32',
+  spare: pad(16),
+  stat: fuse_statx,
+});
+
 export const fuse_init_in = struct('fuse_init_in', {
   major: 'u32',
   minor: 'u32',
@@ -343,3 +444,4 @@ export type EntryOut = ValueOfLayout<typeof fuse_entry_out>;
 export type InitIn = ValueOfLayout<typeof fuse_init_in>;
 export type InitOut = ValueOfLayout<typeof fuse_init_out>;
 export type SetattrIn = ValueOfLayout<typeof fuse_setattr_in>;
+export type FuseFileLock = ValueOfLayout<typeof fuse_file_lock>;

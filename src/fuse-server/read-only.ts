@@ -1,13 +1,27 @@
 /**
  * Read-only mode as a decorator: reads pass through to the wrapped file
  * system, every operation that would change the shared directory answers
- * EROFS, and so does any open that asks for write access or truncation.
+ * EROFS, and so does any open (or DAX mapping) that asks for write access or
+ * truncation. Locks pass: they change no data.
  */
 import type { StatVfs } from '../sys/fs';
 import { O_ACCMODE, O_RDONLY, O_TRUNC } from '../sys/fs';
 import type { Writer } from './chain-io';
 import { Errno, fail } from './errors';
-import { type AttrReply, type Context, type DirSink, type Entry, FileSystem, type InitInfo, type Opened } from './filesystem';
+import {
+  type AttrReply,
+  type Capabilities,
+  type Context,
+  type DirSink,
+  type Entry,
+  FileSystem,
+  type InitInfo,
+  type LockRange,
+  type Opened,
+  type SetupMapping,
+  type WindowRange,
+} from './filesystem';
+import { FUSE_SETUPMAPPING_FLAG_WRITE, FUSE_WRITEBACK_CACHE } from './protocol';
 
 const W_OK = 2;
 
@@ -16,14 +30,19 @@ export class ReadOnlyFs extends FileSystem {
     super();
   }
 
-  override capabilities(): number {
-    return this.inner.capabilities();
+  override capabilities(): Capabilities {
+    const caps = this.inner.capabilities();
+    // Nothing will be written back.
+    return { ...caps, flags: caps.flags & ~FUSE_WRITEBACK_CACHE };
   }
   override init(info: InitInfo): void {
     this.inner.init(info);
   }
   override destroy(): void {
     this.inner.destroy();
+  }
+  override endRequest(): void {
+    this.inner.endRequest();
   }
 
   override lookup(ctx: Context, parent: number, name: Buffer): Entry {
@@ -34,6 +53,9 @@ export class ReadOnlyFs extends FileSystem {
   }
   override getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply {
     return this.inner.getattr(ctx, nodeid, fh);
+  }
+  override statx(ctx: Context, nodeid: number, fh: number | undefined, flags: number, mask: number): AttrReply {
+    return this.inner.statx(ctx, nodeid, fh, flags, mask);
   }
   override readlink(ctx: Context, nodeid: number): Buffer {
     return this.inner.readlink(ctx, nodeid);
@@ -46,9 +68,9 @@ export class ReadOnlyFs extends FileSystem {
     return this.inner.statfs(ctx, nodeid);
   }
 
-  override open(ctx: Context, nodeid: number, flags: number): Opened {
+  override open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened {
     if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) fail(Errno.EROFS);
-    return this.inner.open(ctx, nodeid, flags);
+    return this.inner.open(ctx, nodeid, flags, openFlags);
   }
   override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
     return this.inner.read(ctx, nodeid, fh, into, size, offset);
@@ -59,8 +81,14 @@ export class ReadOnlyFs extends FileSystem {
   override fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
     this.inner.fsync(ctx, nodeid, fh, datasync);
   }
-  override release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number): void {
-    this.inner.release(ctx, nodeid, fh, flags, releaseFlags);
+  override release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number, lockOwner: bigint): void {
+    this.inner.release(ctx, nodeid, fh, flags, releaseFlags, lockOwner);
+  }
+  override lseek(ctx: Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
+    return this.inner.lseek(ctx, nodeid, fh, offset, whence);
+  }
+  override syncfs(ctx: Context, nodeid: number): void {
+    this.inner.syncfs(ctx, nodeid);
   }
 
   override opendir(ctx: Context, nodeid: number, flags: number): Opened {
@@ -74,6 +102,27 @@ export class ReadOnlyFs extends FileSystem {
   }
   override fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
     this.inner.fsyncdir(ctx, nodeid, fh, datasync);
+  }
+
+  override getxattr(ctx: Context, nodeid: number, name: Buffer, size: number): number | Buffer {
+    return this.inner.getxattr(ctx, nodeid, name, size);
+  }
+  override listxattr(ctx: Context, nodeid: number, size: number): number | Buffer {
+    return this.inner.listxattr(ctx, nodeid, size);
+  }
+  override getlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange): LockRange {
+    return this.inner.getlk(ctx, nodeid, fh, owner, lock);
+  }
+  override setlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange, flock: boolean, wait: AbortSignal | null): void | Promise<void> {
+    return this.inner.setlk(ctx, nodeid, fh, owner, lock, flock, wait);
+  }
+
+  override setupmapping(ctx: Context, nodeid: number, fh: bigint, mapping: SetupMapping): Promise<void> {
+    if (mapping.flags & BigInt(FUSE_SETUPMAPPING_FLAG_WRITE)) fail(Errno.EROFS);
+    return this.inner.setupmapping(ctx, nodeid, fh, mapping);
+  }
+  override removemapping(ctx: Context, ranges: WindowRange[]): Promise<void> {
+    return this.inner.removemapping(ctx, ranges);
   }
 
   override setattr(): AttrReply {
@@ -104,6 +153,21 @@ export class ReadOnlyFs extends FileSystem {
     return fail(Errno.EROFS);
   }
   override create(): [Entry, Opened] {
+    return fail(Errno.EROFS);
+  }
+  override tmpfile(): [Entry, Opened] {
+    return fail(Errno.EROFS);
+  }
+  override setxattr(): void {
+    fail(Errno.EROFS);
+  }
+  override removexattr(): void {
+    fail(Errno.EROFS);
+  }
+  override fallocate(): void {
+    fail(Errno.EROFS);
+  }
+  override copyFileRange(): number {
     return fail(Errno.EROFS);
   }
 }

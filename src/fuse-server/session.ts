@@ -1,65 +1,94 @@
 /**
  * One FUSE connection as the virtqueue code sees it: a descriptor chain in, a
- * used length out. The session frames requests and replies (in/out headers),
- * owns the INIT/DESTROY state and turns every failure into an errno reply, so
- * nothing a guest sends can throw out of handle().
+ * used length out (or a promise of it, for requests that wait). The session
+ * frames requests and replies (in/out headers), owns the INIT/DESTROY state,
+ * tracks waiting requests so FUSE_INTERRUPT can cancel them, and turns every
+ * failure into an errno reply, so nothing a guest sends can throw out of
+ * handle().
  */
+import type { DaxMapper } from '../dax-mapper/dax-mapper';
 import { Reader, Writer } from './chain-io';
-import type { CacheMode } from './cache-policy';
 import { NO_REPLY, Request, dispatch, expectsNoReply } from './dispatcher';
 import { Errno, errnoOf, fail, isExpectedError } from './errors';
 import type { FileSystem } from './filesystem';
+import { IdMap } from './id-map';
 import { negotiateInit } from './init';
 import { PassthroughFs } from './passthrough';
+import type { DaxPolicy } from './passthrough-dax';
+import type { PassthroughOptions } from './passthrough-options';
 import {
   FUSE_COMPAT_INIT_IN_SIZE,
   FUSE_INIT_EXT,
+  FUSE_SECURITY_CTX_FLAGS2,
+  FUSE_SETXATTR_EXT,
   type InHeader,
   Opcode,
   fuse_in_header,
   fuse_init_in,
   fuse_init_out,
+  fuse_interrupt_in,
   fuse_out_header,
 } from './protocol';
 import { ReadOnlyFs } from './read-only';
+import { XattrMap } from './xattr-map';
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
-export interface FuseSessionOptions {
-  /** Host directory to pass through. */
-  sharedDir: string;
-  cache: CacheMode;
+/** The share's settings; every field but the first three is optional and off by default. */
+export interface FuseSessionOptions extends Omit<PassthroughOptions, 'xattrmap' | 'uidMap' | 'gidMap' | 'dax' | 'log'> {
   readonly: boolean;
+  /** `--xattrmap` rules (virtiofsd(1) syntax). */
+  xattrmap?: string;
+  /** `--translate-uid` / `--translate-gid` rules (see id-map.ts). */
+  translateUid?: string[];
+  translateGid?: string[];
+  /** The DAX window's mapper (`--dax-window`) and which files to offer for DAX. */
+  dax?: { mapper: DaxMapper; policy: DaxPolicy } | null;
   log?: (level: LogLevel, msg: string) => void;
 }
+
+/** Bytes per unit of fuse_in_header.total_extlen. */
+const EXTLEN_UNIT = 8;
+/** FUSE 7.38 moved security contexts into request extensions. */
+const EXTENSIONS_MINOR = 38;
 
 export class FuseSession {
   private readonly passthrough: PassthroughFs;
   private readonly fs: FileSystem;
   private readonly log: (level: LogLevel, msg: string) => void;
-  // Reused for every request: handle() runs to completion before the next one starts.
+  // Reused for every request: handle() decodes everything it needs before it returns.
   private readonly reader = new Reader();
   private readonly writer = new Writer();
   private readonly request = new Request(this.reader, this.writer);
   private readonly outHeader = Buffer.alloc(fuse_out_header.size);
+  /** Requests that wait (SETLKW ...), by unique, so FUSE_INTERRUPT and DESTROY can cancel them. */
+  private readonly waiting = new Map<bigint, AbortController>();
   private initialized = false;
 
-  /** Opens the shared directory; throws if it cannot be served. */
+  /** Opens the shared directory; throws if it cannot be served (bad xattrmap or id map, mandatory file handles ...). */
   constructor(options: FuseSessionOptions) {
     this.log = options.log ?? (() => {});
-    this.passthrough = new PassthroughFs({ sharedDir: options.sharedDir, cache: options.cache });
+    this.passthrough = new PassthroughFs({
+      ...options,
+      xattrmap: options.xattrmap !== undefined ? new XattrMap(options.xattrmap) : null,
+      uidMap: new IdMap(options.translateUid),
+      gidMap: new IdMap(options.translateGid),
+      log: this.log,
+    });
     this.fs = options.readonly ? new ReadOnlyFs(this.passthrough) : this.passthrough;
   }
 
-  /** Inodes the guest holds (the root included) and open handles: for tests and diagnostics. */
-  get stats(): { inodes: number; handles: number } {
-    return { inodes: this.passthrough.inodeCount, handles: this.passthrough.handleCount };
+  /** Inodes the guest holds (the root included), open handles, lock descriptions and waiting requests. */
+  get stats(): { inodes: number; handles: number; lockFds: number; waiting: number } {
+    const p = this.passthrough;
+    return { inodes: p.inodeCount, handles: p.handleCount, lockFds: p.lockFdCount, waiting: this.waiting.size };
   }
 
   /**
    * Serves one request. `readable`/`writable` are the chain's device-readable and
    * device-writable buffers, in order. Returns the bytes written into `writable`,
-   * 0 for requests without a reply or too malformed to answer. Never throws.
+   * 0 for requests without a reply or too malformed to answer, or a promise of
+   * that for requests that wait. Never throws; the promise never rejects.
    */
   handle(readable: Buffer[], writable: Buffer[]): number | Promise<number> {
     try {
@@ -73,17 +102,21 @@ export class FuseSession {
 
   /** Device reset or front-end disconnect: every inode and handle of the guest is dropped. */
   reset(): void {
+    this.cancelWaiting();
     this.fs.destroy();
     this.initialized = false;
+    this.request.secctxFormat = 'none';
+    this.request.setxattrExt = false;
   }
 
   /** Releases everything, the shared directory's fd included; the session is unusable afterwards. */
   close(): void {
+    this.cancelWaiting();
     this.initialized = false;
     this.passthrough.close();
   }
 
-  private serve(readable: Buffer[], writable: Buffer[]): number {
+  private serve(readable: Buffer[], writable: Buffer[]): number | Promise<number> {
     const r = this.reader.reset(readable);
     if (r.remaining < fuse_in_header.size) {
       this.log('warn', `FUSE request of ${r.remaining} bytes has no header; dropped`);
@@ -102,8 +135,14 @@ export class FuseSession {
     let errno = 0;
     try {
       if (header.len < fuse_in_header.size || header.len > chainLength) fail(Errno.EINVAL);
-      r.limit(header.len - fuse_in_header.size);
-      if (this.run(header) === NO_REPLY) return 0;
+      const extLength = header.total_extlen * EXTLEN_UNIT;
+      const argsLength = header.len - fuse_in_header.size - extLength;
+      if (argsLength < 0) fail(Errno.EINVAL);
+      const extensions = extLength > 0 ? r.peekBytes(argsLength, extLength) : null;
+      r.limit(argsLength);
+      const result = this.run(header, extensions);
+      if (result === NO_REPLY) return 0;
+      if (result instanceof Promise) return this.answerLater(result, writable, header);
     } catch (err) {
       if (expectsNoReply(header.opcode)) return 0;
       errno = errnoOf(err);
@@ -111,18 +150,20 @@ export class FuseSession {
       // Whatever the handler wrote is discarded: an error reply is the header alone.
       w.reset(writable);
       w.skip(fuse_out_header.size);
+    } finally {
+      this.fs.endRequest();
     }
-    fuse_out_header.encode({ len: w.bytesWritten, error: -errno, unique: header.unique }, this.outHeader, 0);
-    w.patch(0, this.outHeader);
-    return w.bytesWritten;
+    return this.finish(w, header.unique, errno);
   }
 
-  private run(header: InHeader): void | typeof NO_REPLY {
+  private run(header: InHeader, extensions: Buffer | null): void | typeof NO_REPLY | Promise<void> {
     switch (header.opcode) {
       case Opcode.FUSE_INIT:
         return this.init();
       case Opcode.FUSE_INTERRUPT:
-        // Every request completes synchronously, so there is never anything left to interrupt.
+        // The interrupted request answers EINTR; INTERRUPT itself gets no reply. One that already
+        // finished (or never waited) has nothing left to interrupt.
+        this.waiting.get(this.reader.readStruct(fuse_interrupt_in).unique)?.abort();
         return NO_REPLY;
     }
     if (!this.initialized) {
@@ -134,12 +175,40 @@ export class FuseSession {
       return;
     }
     const req = this.request;
-    req.opcode = header.opcode;
-    req.nodeid = header.nodeid;
-    req.uid = header.uid;
-    req.gid = header.gid;
-    req.pid = header.pid;
-    return dispatch(this.fs, req);
+    req.reset(header.opcode, header.unique, header.nodeid, header.uid, header.gid, header.pid, extensions);
+    const result = dispatch(this.fs, req);
+    const controller = req.takeController();
+    if (result instanceof Promise && controller) {
+      this.waiting.set(header.unique, controller);
+      const forget = (): void => void this.waiting.delete(header.unique);
+      result.then(forget, forget);
+    }
+    return result;
+  }
+
+  /** Writes the reply header of a waiting request once it settles. The writable buffers stay the chain's until then. */
+  private async answerLater(result: Promise<void>, writable: Buffer[], header: InHeader): Promise<number> {
+    let errno = 0;
+    try {
+      await result;
+    } catch (err) {
+      errno = errnoOf(err);
+      if (!isExpectedError(err)) this.log('error', `FUSE ${opName(header.opcode)} failed: ${describe(err)}`);
+    }
+    try {
+      const w = new Writer().reset(writable);
+      w.skip(fuse_out_header.size);
+      return this.finish(w, header.unique, errno);
+    } catch (err) {
+      this.log('error', `FUSE ${opName(header.opcode)} reply lost: ${describe(err)}`);
+      return 0;
+    }
+  }
+
+  private finish(w: Writer, unique: bigint, errno: number): number {
+    fuse_out_header.encode({ len: w.bytesWritten, error: -errno, unique }, this.outHeader, 0);
+    w.patch(0, this.outHeader);
+    return w.bytesWritten;
   }
 
   private init(): void {
@@ -151,14 +220,25 @@ export class FuseSession {
     const offer = this.reader.readStructPrefix(fuse_init_in, FUSE_COMPAT_INIT_IN_SIZE);
     if (!(offer.flags & FUSE_INIT_EXT)) offer.flags2 = 0;
     const result = negotiateInit(offer, this.fs.capabilities());
-    this.writer.writeStruct(fuse_init_out, result.reply);
     if (result.kind === 'retry') {
+      this.writer.writeStruct(fuse_init_out, result.reply);
       this.log('info', `FUSE INIT offered major ${offer.major}; answered ${result.reply.major}`);
       return;
     }
-    this.fs.init({ minor: result.minor, flags: result.flags });
+    // The file system may refuse what was agreed (a required feature missing): then INIT fails.
+    this.fs.init({ minor: result.minor, flags: result.flags, flags2: result.flags2 });
+    this.writer.writeStruct(fuse_init_out, result.reply);
+    const req = this.request;
+    req.secctxFormat = result.flags2 & FUSE_SECURITY_CTX_FLAGS2 ? (result.minor >= EXTENSIONS_MINOR ? 'extension' : 'after-args') : 'none';
+    req.setxattrExt = (result.flags & FUSE_SETXATTR_EXT) !== 0;
     this.initialized = true;
-    this.log('info', `FUSE ${offer.major}.${result.minor} initialised, flags 0x${result.flags.toString(16)}`);
+    this.log('info', `FUSE ${offer.major}.${result.minor} initialised, flags 0x${result.flags.toString(16)} flags2 0x${result.flags2.toString(16)}`);
+  }
+
+  /** Every waiting request answers EINTR. */
+  private cancelWaiting(): void {
+    for (const controller of this.waiting.values()) controller.abort();
+    this.waiting.clear();
   }
 }
 

@@ -10,13 +10,22 @@ export function errnoCode(errno: number): string {
   return codeByErrno.get(errno) ?? `E${errno}`;
 }
 
-/** An Error from a syscall: `errno` is the positive Linux errno, `code` its name. */
+/**
+ * An Error from a syscall: `errno` is the positive Linux errno, `code` its name.
+ * It carries no stack trace: guests make syscalls fail all the time (a lookup
+ * of a missing name is an ENOENT), the errno is the whole story, and capturing
+ * a stack would cost more than the syscall itself.
+ */
 export class SysError extends Error {
-  constructor(
-    readonly syscall: string,
-    readonly errno: number,
-  ) {
+  readonly syscall: string;
+  readonly errno: number;
+  constructor(syscall: string, errno: number) {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(`${syscall}: ${errnoCode(errno)}`);
+    Error.stackTraceLimit = limit;
+    this.syscall = syscall;
+    this.errno = errno;
     this.name = 'SysError';
   }
   get code(): string {

@@ -1,8 +1,10 @@
 import { close, libc, syscall } from './libc';
+export { O_NONBLOCK } from './libc';
 
 /**
  * File-system syscalls Node lacks: the *at family relative to directory fds,
- * statx, getdents64 and the per-thread fs credentials. Paths are `string`
+ * statx, getdents64, xattrs, OFD locks, file handles and the per-thread fs
+ * credentials and capabilities a file server juggles. Paths are `string`
  * (UTF-8) or a NUL-terminated Buffer, so names that are not UTF-8 pass through
  * byte for byte.
  */
@@ -32,13 +34,19 @@ export const O_NOATIME = 0o1000000;
 export const O_CLOEXEC = 0o2000000;
 export const O_SYNC = 0o4010000;
 export const O_PATH = 0o10000000;
+export const O_TMPFILE = 0o20000000 | O_DIRECTORY;
 
 export const S_IFMT = 0o170000;
 export const S_IFDIR = 0o040000;
 export const S_IFREG = 0o100000;
 export const S_IFLNK = 0o120000;
+export const S_ISUID = 0o4000;
+export const S_ISGID = 0o2000;
+export const S_IXGRP = 0o010;
 
 export const SEEK_SET = 0;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
 
 export const RENAME_NOREPLACE = 1 << 0;
 export const RENAME_EXCHANGE = 1 << 1;
@@ -48,7 +56,11 @@ export const RENAME_WHITEOUT = 1 << 2;
 export const UTIME_NOW = (1 << 30) - 1;
 export const UTIME_OMIT = (1 << 30) - 2;
 
-const STATX_BASIC_STATS = 0x7ff;
+export const STATX_BASIC_STATS = 0x7ff;
+export const STATX_BTIME = 0x800;
+export const STATX_MNT_ID = 0x1000;
+/** statx flags choosing how hard a network file system must sync the answer. */
+export const AT_STATX_SYNC_TYPE = 0x6000;
 const STATX_SIZE = 256;
 const STATVFS_SIZE = 112;
 
@@ -92,10 +104,12 @@ export const fchownat = syscall<(dirfd: number, path: PathArg, uid: number, gid:
   'fchownat',
   'int fchownat(int, const char *, uint32_t, uint32_t, int)',
 );
-const rawUtimensat = syscall<(dirfd: number, path: PathArg | null, times: Buffer, flags: number) => number>(
+const rawUtimensat = syscall<(dirfd: number, path: PathArg, times: Buffer, flags: number) => number>(
   'utimensat',
   'int utimensat(int, const char *, const uint8_t *, int)',
 );
+// glibc's utimensat refuses a NULL path (EINVAL); futimens is its way to set an fd's times.
+const rawFutimens = syscall<(fd: number, times: Buffer) => number>('futimens', 'int futimens(int, const uint8_t *)');
 export const getdents64 = syscall<(fd: number, buf: Buffer, size: number) => number>(
   'getdents64',
   'intptr_t getdents64(int, _Out_ uint8_t *, size_t)',
@@ -109,6 +123,18 @@ const rawStatx = syscall<(dirfd: number, path: PathArg, flags: number, mask: num
   'int statx(int, const char *, int, unsigned int, _Out_ uint8_t *)',
 );
 const rawFstatvfs = syscall<(fd: number, buf: Buffer) => number>('fstatvfs', 'int fstatvfs(int, _Out_ uint8_t *)');
+export const fchdir = syscall<(fd: number) => number>('fchdir', 'int fchdir(int)');
+export const fchmod = syscall<(fd: number, mode: number) => number>('fchmod', 'int fchmod(int, uint32_t)');
+export const syncfs = syscall<(fd: number) => number>('syncfs', 'int syncfs(int)');
+export const flock = syscall<(fd: number, operation: number) => number>('flock', 'int flock(int, int)');
+export const fallocate = syscall<(fd: number, mode: number, offset: number, len: number) => number>(
+  'fallocate',
+  'int fallocate(int, int, int64_t, int64_t)',
+);
+const rawCopyFileRange = syscall<
+  (fdIn: number, offIn: Buffer, fdOut: number, offOut: Buffer, len: number, flags: number) => number
+>('copy_file_range', 'intptr_t copy_file_range(int, _Inout_ int64_t *, int, _Inout_ int64_t *, size_t, unsigned int)');
+const rawFcntlLock = syscall<(fd: number, cmd: number, lock: Buffer) => number>('fcntl', 'int fcntl(int, int, _Inout_ uint8_t *)');
 
 // setfsuid/setfsgid cannot fail in the -1/errno way: they return the previous id.
 const rawSetfsuid = libc.func('int setfsuid(uint32_t)') as unknown as (uid: number) => number;
@@ -117,6 +143,8 @@ const rawGeteuid = libc.func('uint32_t geteuid()') as unknown as () => number;
 
 /** struct statx, reduced to what a file server needs. */
 export interface Stat {
+  /** STATX_* bits of the fields the kernel filled in. */
+  mask: number;
   devMajor: number;
   devMinor: number;
   /** Exact: inode numbers may use all 64 bits (e.g. overlayfs xino). */
@@ -136,6 +164,13 @@ export interface Stat {
   mtimeNsec: number;
   ctimeSec: number;
   ctimeNsec: number;
+  btimeSec: number;
+  btimeNsec: number;
+  /** STATX_ATTR_* flags and which of them the file system supports. */
+  attributes: number;
+  attributesMask: number;
+  /** The mount the file was reached through (0 if the kernel predates STATX_MNT_ID). */
+  mntId: number;
 }
 
 /** struct statvfs (64-bit Linux layout, identical on x86_64 and aarch64). */
@@ -165,11 +200,17 @@ function encodeDev(major: number, minor: number): number {
   return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
-/** statx(dirfd, path, flags) decoded; use AT_EMPTY_PATH with "" to stat the fd itself (O_PATH fds too). */
-export function statx(dirfd: number, path: PathArg, flags: number): Stat {
+/**
+ * statx(dirfd, path, flags) decoded; use AT_EMPTY_PATH with "" to stat the fd
+ * itself (O_PATH fds too). Asks for the basic stats, the birth time and the
+ * mount id unless told otherwise; `mask` says which the kernel filled in.
+ */
+export function statx(dirfd: number, path: PathArg, flags: number, want = STATX_BASIC_STATS | STATX_BTIME | STATX_MNT_ID): Stat {
   const b = statxBuf;
-  rawStatx(dirfd, path, flags, STATX_BASIC_STATS, b);
+  rawStatx(dirfd, path, flags, want, b);
+  const mask = b.readUInt32LE(0);
   return {
+    mask,
     devMajor: b.readUInt32LE(136),
     devMinor: b.readUInt32LE(140),
     ino: b.readBigUInt64LE(32),
@@ -187,6 +228,11 @@ export function statx(dirfd: number, path: PathArg, flags: number): Stat {
     ctimeNsec: b.readUInt32LE(104),
     mtimeSec: s64(b, 112),
     mtimeNsec: b.readUInt32LE(120),
+    btimeSec: s64(b, 80),
+    btimeNsec: b.readUInt32LE(88),
+    attributes: u64(b, 8),
+    attributesMask: u64(b, 56),
+    mntId: mask & STATX_MNT_ID ? u64(b, 144) : 0,
   };
 }
 
@@ -211,13 +257,31 @@ export interface TimeSpec {
   nsec: number;
 }
 
-export function utimensat(dirfd: number, path: PathArg | null, atime: TimeSpec, mtime: TimeSpec, flags: number): void {
+function encodeTimes(atime: TimeSpec, mtime: TimeSpec): Buffer {
   const b = timesBuf;
   b.writeBigInt64LE(BigInt(Math.trunc(atime.sec)), 0);
   b.writeBigInt64LE(BigInt(atime.nsec), 8);
   b.writeBigInt64LE(BigInt(Math.trunc(mtime.sec)), 16);
   b.writeBigInt64LE(BigInt(mtime.nsec), 24);
-  rawUtimensat(dirfd, path, b, flags);
+  return b;
+}
+
+export function utimensat(dirfd: number, path: PathArg, atime: TimeSpec, mtime: TimeSpec, flags: number): void {
+  rawUtimensat(dirfd, path, encodeTimes(atime, mtime), flags);
+}
+
+/** Sets the times of an open (non-O_PATH) fd. */
+export function futimens(fd: number, atime: TimeSpec, mtime: TimeSpec): void {
+  rawFutimens(fd, encodeTimes(atime, mtime));
+}
+
+/** copy_file_range(2) between explicit offsets; returns the bytes copied (0 at end of file). */
+export function copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number, flags: number): number {
+  const a = Buffer.alloc(8);
+  const b = Buffer.alloc(8);
+  a.writeBigInt64LE(BigInt(offIn));
+  b.writeBigInt64LE(BigInt(offOut));
+  return rawCopyFileRange(fdIn, a, fdOut, b, len, flags);
 }
 
 /** lseek; offsets are bigint so directory cookies (63-bit hashes on ext4) stay exact. */
@@ -252,4 +316,154 @@ export function closeQuietly(fd: number): void {
   } catch {
     // Already released; see above.
   }
+}
+
+/* ---------------- record locks ---------------- */
+
+export const F_RDLCK = 0;
+export const F_WRLCK = 1;
+export const F_UNLCK = 2;
+/** Open-file-description locks: owned by the open file, not the process (Linux 3.15). */
+export const F_OFD_GETLK = 36;
+export const F_OFD_SETLK = 37;
+export const F_OFD_SETLKW = 38;
+
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+/** struct flock with l_whence SEEK_SET; `len` 0 means "to the end of the file", as in fcntl(2). */
+export interface FileLock {
+  type: number;
+  start: bigint;
+  len: bigint;
+}
+
+// struct flock on x86_64 and aarch64: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
+const flockBuf = Buffer.alloc(32);
+
+/**
+ * fcntl(fd, F_OFD_GETLK | F_OFD_SETLK, lock). GETLK returns the first
+ * conflicting lock (type F_UNLCK when there is none); SETLK returns `lock`.
+ */
+export function fcntlLock(fd: number, cmd: number, lock: FileLock): FileLock {
+  const b = flockBuf.fill(0);
+  b.writeInt16LE(lock.type, 0);
+  b.writeInt16LE(SEEK_SET, 2);
+  b.writeBigInt64LE(lock.start, 8);
+  b.writeBigInt64LE(lock.len, 16);
+  // OFD locks insist on l_pid 0.
+  rawFcntlLock(fd, cmd, b);
+  return { type: b.readInt16LE(0), start: b.readBigInt64LE(8), len: b.readBigInt64LE(16) };
+}
+
+/* ---------------- extended attributes ---------------- */
+
+// Path calls, because the f*xattr calls refuse O_PATH fds: callers reach an inode through its
+// /proc/self/fd/N magic link, which resolves to the inode itself, symlinks included.
+export const getxattr = syscall<(path: PathArg, name: PathArg, value: Buffer | null, size: number) => number>(
+  'getxattr',
+  'intptr_t getxattr(const char *, const char *, _Out_ uint8_t *, size_t)',
+);
+export const listxattr = syscall<(path: PathArg, list: Buffer | null, size: number) => number>(
+  'listxattr',
+  'intptr_t listxattr(const char *, _Out_ uint8_t *, size_t)',
+);
+export const setxattr = syscall<(path: PathArg, name: PathArg, value: Buffer, size: number, flags: number) => number>(
+  'setxattr',
+  'int setxattr(const char *, const char *, const uint8_t *, size_t, int)',
+);
+export const removexattr = syscall<(path: PathArg, name: PathArg) => number>('removexattr', 'int removexattr(const char *, const char *)');
+
+/* ---------------- file handles ---------------- */
+
+/** MAX_HANDLE_SZ: the largest f_handle the kernel produces. */
+const MAX_HANDLE_SZ = 128;
+const FILE_HANDLE_HEADER = 8;
+
+export interface FileHandle {
+  /** struct file_handle as open_by_handle_at takes it: handle_bytes, handle_type, f_handle. */
+  readonly bytes: Buffer;
+  /** The (non-unique) mount id name_to_handle_at reports: which mount fd opens it. */
+  readonly mountId: number;
+}
+
+const rawNameToHandleAt = syscall<(dirfd: number, path: PathArg, handle: Buffer, mountId: Int32Array, flags: number) => number>(
+  'name_to_handle_at',
+  'int name_to_handle_at(int, const char *, _Inout_ uint8_t *, _Out_ int32_t *, int)',
+);
+export const openByHandleAt = syscall<(mountFd: number, handle: Buffer, flags: number) => number>(
+  'open_by_handle_at',
+  'int open_by_handle_at(int, const uint8_t *, int)',
+);
+
+/** name_to_handle_at(dirfd, path, flags): a handle that names the inode for as long as it exists. */
+export function nameToHandleAt(dirfd: number, path: PathArg, flags: number): FileHandle {
+  const buf = Buffer.alloc(FILE_HANDLE_HEADER + MAX_HANDLE_SZ);
+  buf.writeUInt32LE(MAX_HANDLE_SZ, 0);
+  const mountId = new Int32Array(1);
+  rawNameToHandleAt(dirfd, path, buf, mountId, flags);
+  return { bytes: buf.subarray(0, FILE_HANDLE_HEADER + buf.readUInt32LE(0)), mountId: mountId[0] };
+}
+
+/* ---------------- capabilities ---------------- */
+
+export const CAP_FSETID = 4;
+const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
+const rawCapget = syscall<(header: Buffer, data: Buffer) => number>('capget', 'int capget(_Inout_ uint8_t *, _Out_ uint8_t *)');
+const rawCapset = syscall<(header: Buffer, data: Buffer) => number>('capset', 'int capset(_Inout_ uint8_t *, const uint8_t *)');
+const capHeader = Buffer.alloc(8);
+const capData = Buffer.alloc(24);
+
+/**
+ * Runs `fn` with capability `cap` dropped from this thread's effective set
+ * (and restores it): the kernel then treats the calling syscalls as an
+ * unprivileged caller's, e.g. a write by a process without CAP_FSETID clears
+ * the file's set-id bits. Without the capability there is nothing to drop.
+ */
+export function withoutEffectiveCapability<T>(cap: number, fn: () => T): T {
+  capHeader.writeUInt32LE(LINUX_CAPABILITY_VERSION_3, 0);
+  capHeader.writeInt32LE(0, 4);
+  rawCapget(capHeader, capData);
+  const word = cap >> 5;
+  const bit = 1 << (cap & 31);
+  const effective = capData.readUInt32LE(word * 12);
+  if (!(effective & bit)) return fn();
+  const saved = Buffer.from(capData);
+  capData.writeUInt32LE((effective & ~bit) >>> 0, word * 12);
+  rawCapset(capHeader, capData);
+  try {
+    return fn();
+  } finally {
+    rawCapset(capHeader, saved);
+  }
+}
+
+/* ---------------- resource limits ---------------- */
+
+const RLIMIT_NOFILE = 7;
+const rawPrlimit = syscall<(pid: number, resource: number, newLimit: Buffer | null, oldLimit: Buffer | null) => number>(
+  'prlimit',
+  'int prlimit(int, int, const uint8_t *, _Out_ uint8_t *)',
+);
+
+export interface RLimit {
+  soft: number;
+  hard: number;
+}
+
+/** This process's RLIMIT_NOFILE. */
+export function getNofileLimit(): RLimit {
+  const old = Buffer.alloc(16);
+  rawPrlimit(0, RLIMIT_NOFILE, null, old);
+  return { soft: u64(old, 0), hard: u64(old, 8) };
+}
+
+/** Sets this process's RLIMIT_NOFILE (raising the hard limit needs CAP_SYS_RESOURCE). */
+export function setNofileLimit(limit: RLimit): void {
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64LE(BigInt(limit.soft), 0);
+  b.writeBigUInt64LE(BigInt(limit.hard), 8);
+  rawPrlimit(0, RLIMIT_NOFILE, b, null);
 }

@@ -226,6 +226,7 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
     let window: DaxWindow | null = null;
     const { fuse, dir } = await open({
       onBackendRequest: (msg) => window?.handleBackendRequest(msg) ?? 1n,
+      daxWindow: 8 << 20,
       populate: (d) => fs.writeFileSync(path.join(d, 'f'), Buffer.alloc(1 << 21, 0x5a)),
     });
     expect(fuse.frontend.shmemSizes.length).toBeGreaterThan(0);

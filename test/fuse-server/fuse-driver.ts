@@ -41,6 +41,8 @@ export interface RequestOptions {
   replySize?: number;
   /** Overrides fuse_in_header.len. */
   len?: number;
+  /** Request extensions (a multiple of 8 bytes), appended and counted in total_extlen. */
+  extensions?: Buffer;
 }
 
 /** Sizes the readable side is cut into, cycling: every header field boundary gets crossed somewhere. */
@@ -78,35 +80,51 @@ export function cstr(s: string | Buffer): Buffer {
 
 export class FuseDriver {
   private unique = 1n;
+  /** The unique of the request built last. */
+  lastUnique = 0n;
 
   constructor(readonly session: FuseSession) {}
 
   /** Builds the raw request bytes. */
   build(opcode: number, nodeid: number, parts: Buffer[], opts: RequestOptions = {}): Buffer {
-    const payload = Buffer.concat(parts);
+    const ext = opts.extensions ?? Buffer.alloc(0);
+    const payload = Buffer.concat([...parts, ext]);
+    this.lastUnique = this.unique++;
     const header = encode(fuse_in_header, {
       len: opts.len ?? fuse_in_header.size + payload.length,
       opcode,
-      unique: this.unique++,
+      unique: this.lastUnique,
       nodeid,
       uid: opts.uid ?? 0,
       gid: opts.gid ?? 0,
       pid: 4242,
-      total_extlen: 0,
+      total_extlen: ext.length / 8,
     });
     return Buffer.concat([header, payload]);
   }
 
   /** Sends raw request bytes split at odd offsets; decodes whatever comes back. */
   sendRaw(request: Buffer, replySize = 65536 + 16, readCuts = READ_CUTS): Reply {
+    const result = this.sendRawAsync(request, replySize, readCuts);
+    if (result instanceof Promise) throw new Error('unexpected asynchronous reply');
+    return result;
+  }
+
+  /** Like sendRaw, for requests that may wait: a Reply, or a promise of one. */
+  sendRawAsync(request: Buffer, replySize = 65536 + 16, readCuts = READ_CUTS): Reply | Promise<Reply> {
     const writable = writableChain(replySize);
     const used = this.session.handle(cut(request, readCuts), writable);
-    if (typeof used !== 'number') throw new Error('unexpected asynchronous reply');
-    const all = Buffer.concat(writable);
-    if (used === 0) return { used, error: 0, unique: 0n, body: Buffer.alloc(0) };
-    const h = fuse_out_header.decode(all, 0);
-    if (h.len !== used) throw new Error(`out header len ${h.len} != used ${used}`);
-    return { used, error: h.error, unique: h.unique, body: all.subarray(fuse_out_header.size, used) };
+    return typeof used === 'number' ? decodeReply(writable, used) : used.then((n) => decodeReply(writable, n));
+  }
+
+  /** A request that may wait: the reply, or a promise of it (see lastUnique to interrupt it). */
+  start(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Reply | Promise<Reply> {
+    return this.sendRawAsync(this.build(opcode, nodeid, parts, opts), opts.replySize);
+  }
+
+  /** Awaits a request that may wait; the reply either way. */
+  async requestAsync(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Promise<Reply> {
+    return this.start(opcode, nodeid, parts, opts);
   }
 
   request(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Reply {
@@ -121,15 +139,23 @@ export class FuseDriver {
     return r.body;
   }
 
-  init(minor = 38, flags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_INIT_EXT): Buffer {
+  init(minor = 38, flags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_INIT_EXT, flags2 = 0): Buffer {
     return this.ok(Opcode.FUSE_INIT, 0, [
-      encode(fuse_init_in, { major: 7, minor, max_readahead: 131072, flags, flags2: 0 }),
+      encode(fuse_init_in, { major: 7, minor, max_readahead: 131072, flags, flags2 }),
     ]);
   }
 
   lookup(parent: number, name: string): EntryOut {
     return fuse_entry_out.decode(this.ok(Opcode.FUSE_LOOKUP, parent, [cstr(name)]), 0);
   }
+}
+
+function decodeReply(writable: Buffer[], used: number): Reply {
+  const all = Buffer.concat(writable);
+  if (used === 0) return { used, error: 0, unique: 0n, body: Buffer.alloc(0) };
+  const h = fuse_out_header.decode(all, 0);
+  if (h.len !== used) throw new Error(`out header len ${h.len} != used ${used}`);
+  return { used, error: h.error, unique: h.unique, body: all.subarray(fuse_out_header.size, used) };
 }
 
 export interface ParsedDirent {

@@ -27,9 +27,7 @@ export const REFERENCE_LACKS: Lacks = {
   survivesMalformedChains: 'C virtiofsd 7.2 exits on a chain shorter than fuse_in_header',
 };
 
-export const OURS_LACKS: Lacks = {
-  dax: 'virtiofsd-ts has no DAX window option yet: DaemonConfig has none and daemon.ts wires no VirtioFsExtensions',
-};
+export const OURS_LACKS: Lacks = {};
 
 /** A back-end listening on `socketPath`, serving one connection. */
 export interface RunningBackend {
@@ -46,10 +44,16 @@ export interface RunningBackend {
   stop(): Promise<void>;
 }
 
+/** Per-session choices a back-end may honour. */
+export interface BackendOptions {
+  /** Offer a DAX window of this many bytes (only back-ends that have DAX). */
+  daxWindow?: number;
+}
+
 export interface Backend {
   name: string;
   lacks: Lacks;
-  start(sharedDir: string, socketPath: string): Promise<RunningBackend>;
+  start(sharedDir: string, socketPath: string, options?: BackendOptions): Promise<RunningBackend>;
 }
 
 /** Polls until `socketPath` exists; fails early if the process has already exited. */
@@ -122,9 +126,21 @@ export const reference: Backend = {
 export const ours: Backend = {
   name: 'virtiofsd-ts',
   lacks: OURS_LACKS,
-  async start(sharedDir, socketPath) {
+  async start(sharedDir, socketPath, options = {}) {
     const lines: string[] = [];
-    const daemon = new Daemon({ socketPath, sharedDir, cache: 'auto', readonly: false, logLevel: 'warn' }, (level, msg) => {
+    // The same features the reference is started with (-o xattr,posix_lock,flock), so cases compare like with like.
+    const config = {
+      socketPath,
+      sharedDir,
+      cache: 'auto' as const,
+      readonly: false,
+      logLevel: 'warn' as const,
+      xattr: true,
+      posixLock: true,
+      flock: true,
+      daxWindow: options.daxWindow !== undefined ? BigInt(options.daxWindow) : undefined,
+    };
+    const daemon = new Daemon(config, (level, msg) => {
       if (level === 'error' || level === 'warn') lines.push(`${level}: ${msg}`);
     });
     daemon.start();
@@ -172,5 +188,9 @@ export const oursCli: Backend = {
   name: 'virtiofsd-ts CLI',
   lacks: OURS_LACKS,
   start: (sharedDir, socketPath) =>
-    startProcess(process.execPath, [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--log-level', 'warn'], socketPath),
+    startProcess(
+      process.execPath,
+      [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--xattr', '--posix-lock', '--flock', '--log-level', 'warn'],
+      socketPath,
+    ),
 };

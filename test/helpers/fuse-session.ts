@@ -16,6 +16,8 @@ export interface SessionOptions extends FuseDriverOptions, FrontendOptions {
   init?: boolean;
   /** Prepares the shared directory before the back-end starts. */
   populate?: (dir: string) => void;
+  /** Ask the back-end for a DAX window of this many bytes. */
+  daxWindow?: number;
 }
 
 export interface Session {
@@ -42,7 +44,7 @@ export async function openSession(backend: Backend, options: SessionOptions = {}
     fs.rmSync(base, { recursive: true, force: true });
   };
   try {
-    running = await backend.start(dir, path.join(base, 'sock'));
+    running = await backend.start(dir, path.join(base, 'sock'), { daxWindow: options.daxWindow });
     fuse = await FuseDriver.connect(running.socketPath, {
       ramRegions: [32 << 20, 32 << 20],
       timeoutMs: REQUEST_TIMEOUT_MS,

@@ -1,0 +1,102 @@
+/**
+ * The daemon's half of DAX (`--dax-window`): FUSE_SETUPMAPPING and
+ * FUSE_REMOVEMAPPING turned into DaxMapper calls, and which files the guest
+ * is told to map.
+ *
+ * The guest's mount option decides whether it uses the window at all
+ * (dax=always|never|inode; the default is "inode"). In the per-inode modes it
+ * maps exactly the files whose attributes carry FUSE_ATTR_DAX, and that flag
+ * is ours to set, by `--dax-policy`:
+ * - always: every regular file;
+ * - inode:  regular files of at least DAX_MIN_FILE_SIZE bytes (small files
+ *   gain nothing from a 2 MiB window range and would crowd it out);
+ * - never:  none (a guest mounted with dax=always still maps everything).
+ */
+import type { DaxMapper } from '../dax-mapper/dax-mapper';
+import { MAP_ALIGNMENT_LOG2 } from '../dax-mapper/dax-mapper';
+import { S_IFMT, S_IFREG, closeQuietly, type Stat } from '../sys/fs';
+import { fail } from './errors';
+import type { SetupMapping, WindowRange } from './filesystem';
+import { FUSE_ATTR_DAX, FUSE_HAS_INODE_DAX_FLAGS2, FUSE_MAP_ALIGNMENT, FUSE_SETUPMAPPING_FLAG_WRITE } from './protocol';
+
+export type DaxPolicy = 'always' | 'never' | 'inode';
+export const DAX_POLICIES: readonly DaxPolicy[] = ['always', 'never', 'inode'];
+
+/** Files below this size are not offered for DAX under `--dax-policy inode`. */
+export const DAX_MIN_FILE_SIZE = 32 * 1024;
+
+export interface DaxOptions {
+  mapper: DaxMapper;
+  policy: DaxPolicy;
+}
+
+export class DaxSupport {
+  /** FUSE_HAS_INODE_DAX was agreed: attributes carry per-file DAX hints. */
+  private inodeDax = false;
+
+  constructor(
+    private readonly options: DaxOptions,
+    private readonly log: (msg: string) => void,
+  ) {}
+
+  get initFlags(): number {
+    return FUSE_MAP_ALIGNMENT;
+  }
+
+  get initFlags2(): number {
+    return this.options.policy === 'never' ? 0 : FUSE_HAS_INODE_DAX_FLAGS2;
+  }
+
+  get mapAlignment(): number {
+    return MAP_ALIGNMENT_LOG2;
+  }
+
+  init(flags2: number): void {
+    this.inodeDax = (flags2 & FUSE_HAS_INODE_DAX_FLAGS2) !== 0;
+  }
+
+  /** FUSE_ATTR_DAX for the files the policy picks (see the module comment). */
+  attrFlags(st: Stat): number {
+    if (!this.inodeDax || (st.mode & S_IFMT) !== S_IFREG) return 0;
+    return this.options.policy === 'always' || st.size >= DAX_MIN_FILE_SIZE ? FUSE_ATTR_DAX : 0;
+  }
+
+  static writable(m: SetupMapping): boolean {
+    return (m.flags & BigInt(FUSE_SETUPMAPPING_FLAG_WRITE)) !== 0n;
+  }
+
+  /**
+   * Maps [foffset, foffset+len) of the file open as `fd` at `moffset` of the
+   * window. Takes `fd` over: the mapper keeps its own duplicate, ours is
+   * closed before this returns.
+   */
+  async setup(nodeid: number, fd: number, m: SetupMapping): Promise<void> {
+    let result: Promise<number>;
+    try {
+      result = this.options.mapper.setup({ nodeid: BigInt(nodeid), fd, foffset: m.foffset, len: m.len, moffset: m.moffset, writable: DaxSupport.writable(m) });
+    } finally {
+      closeQuietly(fd);
+    }
+    const errno = await result;
+    if (errno) fail(errno);
+  }
+
+  /** Unmaps every range; all are attempted, the first failure is the answer. */
+  async remove(ranges: WindowRange[]): Promise<void> {
+    const results = await Promise.all(ranges.map((r) => this.options.mapper.remove(r.moffset, r.len)));
+    const errno = results.find((e) => e !== 0);
+    if (errno) fail(errno);
+  }
+
+  /** The guest forgot an inode: its mappings go too (nobody waits for that). */
+  forgetInode(nodeid: number): void {
+    this.options.mapper.forgetInode(BigInt(nodeid)).catch((err: Error) => this.log(`DAX: unmapping inode ${nodeid}: ${err.message}`));
+  }
+
+  /** DESTROY: the guest unmounted, every mapping of the window goes. */
+  destroy(): void {
+    this.inodeDax = false;
+    const { mapper } = this.options;
+    mapper.remove(0n, mapper.windowSize).catch((err: Error) => this.log(`DAX: clearing the window: ${err.message}`));
+  }
+}

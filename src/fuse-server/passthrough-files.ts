@@ -1,0 +1,216 @@
+/**
+ * Open files of the passthrough file system: opening and creating them (with
+ * the guest's flags translated for the host), reading and writing through the
+ * handle's fd, and the operations on an open file (truncate, allocate, seek
+ * for data, copy ranges, sync).
+ */
+import * as nodefs from 'node:fs';
+import {
+  O_ACCMODE,
+  O_APPEND,
+  O_CLOEXEC,
+  O_CREAT,
+  O_DIRECT,
+  O_DIRECTORY,
+  O_DSYNC,
+  O_EXCL,
+  O_LARGEFILE,
+  O_NOATIME,
+  O_NOFOLLOW,
+  O_NONBLOCK,
+  O_PATH,
+  O_RDONLY,
+  O_RDWR,
+  O_SYNC,
+  O_TMPFILE,
+  O_TRUNC,
+  O_WRONLY,
+  S_IFDIR,
+  closeQuietly,
+  copyFileRange,
+  fallocate,
+  lseek,
+  openat,
+  syncfs,
+  unlinkat,
+} from '../sys/fs';
+import { close, dup } from '../sys/libc';
+import type { Reader, Writer } from './chain-io';
+import type { Context, Entry, Opened } from './filesystem';
+import type { Handle } from './handle-table';
+import type { Inode } from './inode-table';
+import type { PassthroughCore } from './passthrough-core';
+import type { LockTable } from './passthrough-locks';
+import { FUSE_HANDLE_KILLPRIV_V2, FUSE_OPEN_KILL_SUIDGID, FUSE_RELEASE_FLUSH, FUSE_WRITE_CACHE, FUSE_WRITE_KILL_SUIDGID, FUSE_WRITEBACK_CACHE } from './protocol';
+
+const DOT = Buffer.from('.\0');
+/**
+ * One COPY_FILE_RANGE copies at most this much: the reply's size is a u32, and
+ * the copy runs on the event loop. The guest's copy_file_range(2) caller sees
+ * a short copy and continues, as the call allows.
+ */
+const MAX_COPY_CHUNK = 64 * 1024 * 1024;
+
+/**
+ * Open flags passed through to the host. Everything else is dropped: creation
+ * flags are the op's business, O_NOFOLLOW would break the /proc reopen,
+ * O_PATH and O_DIRECTORY are ours to choose; O_DIRECT, O_NOATIME and O_APPEND
+ * are adjusted by hostFlags().
+ */
+const PASSED_OPEN_FLAGS = O_ACCMODE | O_APPEND | O_TRUNC | O_DSYNC | O_SYNC | O_NOATIME | O_DIRECT | O_LARGEFILE;
+
+export class FileOps {
+  constructor(
+    private readonly core: PassthroughCore,
+    private readonly locks: LockTable,
+  ) {}
+
+  open(nodeid: number, flags: number, openFlags: number): Opened {
+    const { core } = this;
+    const inode = core.inodes.get(nodeid);
+    core.requireRegular(inode);
+    const hostFlags = this.hostFlags(flags) | O_CLOEXEC;
+    const fd = this.killingPrivs(openFlags, hostFlags, () => core.reopen(inode, hostFlags));
+    return { fh: core.handles.insert(fd, nodeid, 'file').fh, openFlags: core.policy.fileOpenFlags };
+  }
+
+  create(ctx: Context, dir: Inode, name: Buffer, mode: number, flags: number, umask: number, openFlags: number): [Entry, Opened] {
+    const { core } = this;
+    const hostFlags = this.hostFlags(flags) | (flags & O_EXCL) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
+    const fd = this.killingPrivs(openFlags, hostFlags, () => core.asCaller(ctx, umask, () => openat(core.fdOf(dir), name, hostFlags, mode & 0o7777)));
+    return this.openedNew(ctx, fd, () => unlinkat(core.fdOf(dir), name, 0));
+  }
+
+  tmpfile(ctx: Context, dir: Inode, mode: number, flags: number, umask: number): [Entry, Opened] {
+    const { core } = this;
+    const hostFlags = this.hostFlags(flags) | O_TMPFILE | O_CLOEXEC;
+    const fd = core.asCaller(ctx, umask, () => openat(core.fdOf(dir), DOT, hostFlags, mode & 0o7777));
+    // Nameless: a failed label leaves nothing to remove.
+    return this.openedNew(ctx, fd, () => undefined);
+  }
+
+  read(nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
+    return into.writeFromFile(this.core.handles.get(fh, nodeid, 'file').fd, size, offset);
+  }
+
+  write(nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number {
+    const { core } = this;
+    const handle = core.handles.get(fh, nodeid, 'file');
+    // The guest's own appending writes append on the host too (another guest or a host process
+    // may have grown the file); write-back of cached pages carries exact offsets (FUSE_WRITE_CACHE).
+    const append = fileFlags & O_APPEND && !(writeFlags & FUSE_WRITE_CACHE) && !core.has(FUSE_WRITEBACK_CACHE);
+    const fd = append ? this.appendFd(handle) : handle.fd;
+    const write = (): number => from.readToFile(fd, size, offset);
+    if (writeFlags & FUSE_WRITE_KILL_SUIDGID && core.has(FUSE_HANDLE_KILLPRIV_V2)) return core.credentials.withoutFsetid(write);
+    return write();
+  }
+
+  flush(nodeid: number, fh: number, lockOwner: bigint): void {
+    // Closing a duplicate runs the file system's close-time work (NFS write-back)
+    // while the guest's handle stays open.
+    close(dup(this.core.handles.get(fh, nodeid, 'file').fd));
+    // close(2) drops the process's POSIX locks on the file; FLUSH is the guest's close.
+    this.locks.releaseOwner(nodeid, lockOwner);
+  }
+
+  fsync(nodeid: number, fh: number, datasync: boolean, kind: 'file' | 'dir'): void {
+    syncFd(this.core.handles.get(fh, nodeid, kind).fd, datasync);
+  }
+
+  release(nodeid: number, fh: number, releaseFlags: number, lockOwner: bigint): void {
+    this.core.handles.release(fh, nodeid, 'file');
+    if (releaseFlags & FUSE_RELEASE_FLUSH) this.locks.releaseOwner(nodeid, lockOwner);
+  }
+
+  /** SETATTR's size change: through the open handle if there is one, else a write-only reopen. */
+  truncate(inode: Inode, handle: Handle | undefined, size: number, killSuidgid: boolean): void {
+    const { core } = this;
+    const truncate = (): void => {
+      if (handle) return nodefs.ftruncateSync(handle.fd, size);
+      core.requireRegular(inode);
+      const fd = core.reopen(inode, O_WRONLY | O_CLOEXEC);
+      try {
+        nodefs.ftruncateSync(fd, size);
+      } finally {
+        closeQuietly(fd);
+      }
+    };
+    if (killSuidgid && core.has(FUSE_HANDLE_KILLPRIV_V2)) core.credentials.withoutFsetid(truncate);
+    else truncate();
+  }
+
+  fallocate(nodeid: number, fh: number, offset: number, length: number, mode: number): void {
+    fallocate(this.core.handles.get(fh, nodeid, 'file').fd, mode, offset, length);
+  }
+
+  lseek(nodeid: number, fh: number, offset: bigint, whence: number): bigint {
+    // The handle's file position is never used for I/O (pread/pwrite), so moving it is harmless.
+    return lseek(this.core.handles.get(fh, nodeid, 'file').fd, offset, whence);
+  }
+
+  copyFileRange(nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number {
+    const from = this.core.handles.get(fhIn, nodeidIn, 'file');
+    const to = this.core.handles.get(fhOut, nodeidOut, 'file');
+    return copyFileRange(from.fd, offIn, to.fd, offOut, Math.min(len, MAX_COPY_CHUNK), flags);
+  }
+
+  syncfs(inode: Inode): void {
+    // syncfs(2) wants a real fd; O_NONBLOCK so that a FIFO cannot hold the open.
+    const fd = this.core.reopen(inode, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (inode.type === S_IFDIR ? O_DIRECTORY : 0));
+    try {
+      syncfs(fd);
+    } finally {
+      closeQuietly(fd);
+    }
+  }
+
+  /** Guest open flags -> host open flags, per the options (see PASSED_OPEN_FLAGS). */
+  private hostFlags(flags: number): number {
+    const { options } = this.core;
+    let f = flags & PASSED_OPEN_FLAGS;
+    if (!options.allowDirectIo) f &= ~O_DIRECT;
+    if (!options.preserveNoatime) f &= ~O_NOATIME;
+    // Appending is done per write (see write()); the handle's fd writes at the offsets given.
+    f &= ~O_APPEND;
+    // With a write-back cache the guest reads pages around partial writes from write-only files.
+    if (this.core.has(FUSE_WRITEBACK_CACHE) && (f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+    return f;
+  }
+
+  /** Runs an open that truncates without CAP_FSETID when the guest asks for set-id bits to go. */
+  private killingPrivs(openFlags: number, hostFlags: number, open: () => number): number {
+    if (openFlags & FUSE_OPEN_KILL_SUIDGID && hostFlags & O_TRUNC && this.core.has(FUSE_HANDLE_KILLPRIV_V2)) {
+      return this.core.credentials.withoutFsetid(open);
+    }
+    return open();
+  }
+
+  private appendFd(handle: Handle): number {
+    if (handle.appendFd < 0) handle.appendFd = openat(this.core.procSelfFd, String(handle.fd), O_WRONLY | O_APPEND | O_CLOEXEC, 0);
+    return handle.appendFd;
+  }
+
+  /**
+   * A file just created and opened as `fd` (owned): registered as looked up,
+   * labelled, and given a handle. `remove` takes the name away again if the
+   * label cannot be set.
+   */
+  private openedNew(ctx: Context, fd: number, remove: () => void): [Entry, Opened] {
+    const { core } = this;
+    let entry: Entry;
+    try {
+      // The inode fd comes from the open file itself, so a rename racing the create cannot swap it.
+      entry = core.labelled(ctx, core.adopt(openat(core.procSelfFd, String(fd), O_PATH | O_CLOEXEC, 0), null), remove);
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
+    const fh = core.handles.insert(fd, entry.nodeid, 'file').fh;
+    return [entry, { fh, openFlags: core.policy.fileOpenFlags }];
+  }
+}
+
+function syncFd(fd: number, datasync: boolean): void {
+  if (datasync) nodefs.fdatasyncSync(fd);
+  else nodefs.fsyncSync(fd);
+}

@@ -1,0 +1,35 @@
+/** Options of the passthrough file system: the command line's share settings, validated. */
+import type { CacheMode } from './cache-policy';
+import type { FileHandleMode } from './file-handles';
+import type { IdMap } from './id-map';
+import type { DaxOptions } from './passthrough-dax';
+import type { XattrMap } from './xattr-map';
+
+export interface PassthroughOptions {
+  sharedDir: string;
+  cache: CacheMode;
+  /** Overrides the cache mode's entry/attribute timeout (seconds; `-o timeout=`). */
+  timeout?: number;
+  /** Extended attributes (`--xattr`); implied by xattrmap, posixAcl and securityLabel. */
+  xattr?: boolean;
+  xattrmap?: XattrMap | null;
+  posixAcl?: boolean;
+  securityLabel?: boolean;
+  /** POSIX record locks on the host (`-o posix_lock`) and flock(2) (`-o flock`). */
+  posixLock?: boolean;
+  flock?: boolean;
+  writeback?: boolean;
+  /** READDIRPLUS (default on, except with cache=never). */
+  readdirplus?: boolean;
+  /** Pass the guest's O_DIRECT to the host open. */
+  allowDirectIo?: boolean;
+  killprivV2?: boolean;
+  announceSubmounts?: boolean;
+  /** Keep the guest's O_NOATIME (by default it is dropped: it fails for files the daemon does not own). */
+  preserveNoatime?: boolean;
+  inodeFileHandles?: FileHandleMode;
+  uidMap?: IdMap;
+  gidMap?: IdMap;
+  dax?: DaxOptions | null;
+  log?: (level: 'error' | 'warn' | 'info' | 'debug', msg: string) => void;
+}
