@@ -38,27 +38,10 @@ export class Daemon {
     applyNofileLimit(config.rlimitNofile, this.log);
     if (config.daxWindow !== undefined) this.mapper = new DaxMapper(config.daxWindow, (msg) => this.log('warn', msg));
     // One session for the one connection, opened now so that a bad share fails at start-up.
+    const { socketPath, fd, socketGroup, logLevel, rlimitNofile, daxWindow, daxPolicy, ...share } = config;
     this.session = new FuseSession({
-      sharedDir: config.sharedDir,
-      cache: config.cache,
-      readonly: config.readonly,
-      timeout: config.timeout,
-      xattr: config.xattr,
-      xattrmap: config.xattrmap,
-      posixAcl: config.posixAcl,
-      securityLabel: config.securityLabel,
-      posixLock: config.posixLock,
-      flock: config.flock,
-      writeback: config.writeback,
-      readdirplus: config.readdirplus,
-      allowDirectIo: config.allowDirectIo,
-      killprivV2: config.killprivV2,
-      announceSubmounts: config.announceSubmounts,
-      preserveNoatime: config.preserveNoatime,
-      inodeFileHandles: config.inodeFileHandles,
-      translateUid: config.translateUid,
-      translateGid: config.translateGid,
-      dax: this.mapper ? { mapper: this.mapper, policy: config.daxPolicy ?? 'always' } : null,
+      ...share,
+      dax: this.mapper ? { mapper: this.mapper, policy: daxPolicy ?? 'always' } : null,
       log: this.log,
     });
     this.listener = config.fd !== undefined ? UnixListener.fromFd(config.fd) : UnixListener.listen(config.socketPath!);

@@ -26,7 +26,8 @@ abstract class ChainCursor {
   /** Reused iovec array: preadv/pwritev copy it before returning. */
   private readonly iov: Buffer[] = [];
 
-  protected start(bufs: readonly Buffer[]): void {
+  /** Starts over on the buffers of another chain. */
+  reset(bufs: readonly Buffer[]): this {
     this.bufs = bufs;
     this.index = 0;
     this.offset = 0;
@@ -34,6 +35,7 @@ abstract class ChainCursor {
     let total = 0;
     for (const b of bufs) total += b.length;
     this.left = total;
+    return this;
   }
 
   get remaining(): number {
@@ -92,6 +94,30 @@ abstract class ChainCursor {
     return iov;
   }
 
+  /**
+   * Moves `count` (<= left) bytes between the chain's buffers at the cursor and
+   * `fd` at `position` with `io` (preadv or pwritev), advancing. Stops early on
+   * a 0 return (end of file); a failure after partial progress returns the
+   * progress, as read(2)/write(2) would.
+   */
+  protected fileIo(io: typeof fs.readvSync, fd: number, count: number, position: number): number {
+    let done = 0;
+    while (done < count) {
+      this.settle();
+      let n: number;
+      try {
+        n = io(fd, this.views(count - done), position + done);
+      } catch (err) {
+        if (done > 0) break;
+        throw err;
+      }
+      if (n === 0) break;
+      this.advance(n);
+      done += n;
+    }
+    return done;
+  }
+
   /** Copies the next `n` bytes out into `dst` (n <= left), advancing. */
   protected gather(dst: Buffer, n: number): void {
     let done = 0;
@@ -121,11 +147,6 @@ abstract class ChainCursor {
 
 /** Reads a request from the device-readable buffers of a chain. */
 export class Reader extends ChainCursor {
-  reset(bufs: readonly Buffer[]): this {
-    this.start(bufs);
-    return this;
-  }
-
   /** Bytes read so far. */
   get bytesRead(): number {
     return this.consumed;
@@ -225,31 +246,12 @@ export class Reader extends ChainCursor {
    */
   readToFile(fd: number, count: number, position: number): number {
     if (count > this.left) fail(Errno.EINVAL);
-    let done = 0;
-    while (done < count) {
-      this.settle();
-      let n: number;
-      try {
-        n = fs.writevSync(fd, this.views(count - done), position + done);
-      } catch (err) {
-        if (done > 0) break;
-        throw err;
-      }
-      if (n === 0) break;
-      this.advance(n);
-      done += n;
-    }
-    return done;
+    return this.fileIo(fs.writevSync, fd, count, position);
   }
 }
 
 /** Writes a reply into the device-writable buffers of a chain. */
 export class Writer extends ChainCursor {
-  reset(bufs: readonly Buffer[]): this {
-    this.start(bufs);
-    return this;
-  }
-
   /** Bytes written so far (the used length once the reply is complete). */
   get bytesWritten(): number {
     return this.consumed;
@@ -310,21 +312,6 @@ export class Writer extends ChainCursor {
    * chain's buffers. Stops at end of file; returns the bytes read.
    */
   writeFromFile(fd: number, count: number, position: number): number {
-    count = Math.min(count, this.left);
-    let done = 0;
-    while (done < count) {
-      this.settle();
-      let n: number;
-      try {
-        n = fs.readvSync(fd, this.views(count - done), position + done);
-      } catch (err) {
-        if (done > 0) break;
-        throw err;
-      }
-      if (n === 0) break;
-      this.advance(n);
-      done += n;
-    }
-    return done;
+    return this.fileIo(fs.readvSync, fd, Math.min(count, this.left), position);
   }
 }

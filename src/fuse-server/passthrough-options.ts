@@ -27,6 +27,7 @@ export interface PassthroughOptions {
   announceSubmounts?: boolean;
   /** Keep the guest's O_NOATIME (by default it is dropped: it fails for files the daemon does not own). */
   preserveNoatime?: boolean;
+  /** Hold inodes as file handles (default: never). */
   inodeFileHandles?: FileHandleMode;
   uidMap?: IdMap;
   gidMap?: IdMap;

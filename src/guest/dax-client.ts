@@ -1,7 +1,7 @@
 import { DaxChunkManager } from './dax-chunks';
 import { DaxWindow, VIRTIO_FS_SHMCAP_ID_CACHE } from './dax-window';
 import type { FuseDriver } from './fuse-driver';
-import { FUSE_SETUPMAPPING_FLAG_READ, FUSE_SETUPMAPPING_FLAG_WRITE } from './fuse-layouts';
+import { FUSE_SETUPMAPPING_FLAG_READ, FUSE_SETUPMAPPING_FLAG_WRITE } from '../fuse-server/protocol';
 
 /** Linux resolves DAX mappings by nodeid and sends no file handle: fh = -1. */
 const NO_FILE_HANDLE = -1;

@@ -33,6 +33,7 @@ import {
   FUSE_INIT_EXT,
   FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION,
+  FUSE_LK_FLOCK,
   FUSE_MAP_ALIGNMENT,
   FUSE_MAX_PAGES,
   FUSE_PARALLEL_DIROPS,
@@ -41,24 +42,33 @@ import {
   FUSE_ROOT_ID,
   FUSE_SETXATTR_EXT,
   type EntryOut,
+  type FuseFileLock as FileLock,
   type InitOut,
   Opcode,
   fuse_access_in,
   fuse_attr_out,
   fuse_batch_forget_in,
+  fuse_copy_file_range_in,
   fuse_create_in,
   fuse_dirent,
   fuse_direntplus,
   fuse_entry_out,
+  fuse_fallocate_in,
   fuse_flush_in,
   fuse_forget_in,
   fuse_forget_one,
   fuse_fsync_in,
   fuse_getattr_in,
+  fuse_getxattr_in,
+  fuse_getxattr_out,
   fuse_init_in,
   fuse_init_out,
   fuse_kstatfs,
   fuse_link_in,
+  fuse_lk_in,
+  fuse_lk_out,
+  fuse_lseek_in,
+  fuse_lseek_out,
   fuse_mkdir_in,
   fuse_mknod_in,
   fuse_open_in,
@@ -66,9 +76,14 @@ import {
   fuse_read_in,
   fuse_readdir_in,
   fuse_release_in,
+  fuse_removemapping_in,
+  fuse_removemapping_one,
   fuse_rename2_in,
   fuse_rename_in,
   fuse_setattr_in,
+  fuse_setupmapping_in,
+  fuse_setxattr_in,
+  fuse_setxattr_in_compat,
   fuse_statfs_out,
   fuse_write_in,
   fuse_write_out,
@@ -78,29 +93,27 @@ import type { Layout, ValueOfLayout } from '../fuse-server/layout';
 import { Errno } from '../sys/errno';
 import { VIRTIO_RING_F_INDIRECT_DESC, bit } from '../vhost-user/protocol';
 import { type FrontendOptions, VhostUserFrontend } from './frontend';
-import {
-  FUSE_COMPAT_SETXATTR_IN_SIZE,
-  FUSE_LK_FLOCK,
-  type FileLock,
-  fuse_copy_file_range_in,
-  fuse_fallocate_in,
-  fuse_getxattr_in,
-  fuse_getxattr_out,
-  fuse_lk_in,
-  fuse_lk_out,
-  fuse_lseek_in,
-  fuse_lseek_out,
-  fuse_removemapping_in,
-  fuse_removemapping_one,
-  fuse_setupmapping_in,
-  fuse_setxattr_in,
-} from './fuse-layouts';
 import { type CallOptions, FuseError, type FuseReply, FuseTransport } from './fuse-transport';
 
 export { FuseError, type CallOptions, type FuseReply } from './fuse-transport';
 export type { EntryOut, FuseAttr, InitOut } from '../fuse-server/protocol';
-export type { FileLock } from './fuse-layouts';
+export type { FileLock };
 export { FUSE_ROOT_ID };
+
+/* Flags and modes the methods take, beside the FUSE_* ones of src/fuse-server/protocol.ts. */
+
+/** Lock types (getlk/setlk), renameat2() flags (rename), lseek() whence values (lseek): the host's syscall values. */
+export { F_RDLCK, F_UNLCK, F_WRLCK, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, SEEK_SET } from '../sys/fs';
+export const SEEK_CUR = 1;
+export const SEEK_END = 2;
+
+/** fallocate() modes (linux/falloc.h). */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+/** setxattr() flags (linux/xattr.h). */
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
 
 export type AttrOut = ValueOfLayout<typeof fuse_attr_out>;
 export type OpenOut = ValueOfLayout<typeof fuse_open_out>;
@@ -209,12 +222,13 @@ export interface MappingRange {
 export type Name = string | Buffer;
 
 /** A NUL-terminated name or path. */
-function cstr(name: Name): Buffer {
+export function cstr(name: Name): Buffer {
   const body = Buffer.isBuffer(name) ? name : Buffer.from(name);
   return Buffer.concat([body, Buffer.alloc(1)]);
 }
 
-function encode<T>(layout: Layout<T>, value: T): Buffer {
+/** A request argument: `value` encoded as `layout` in a Buffer of its own. */
+export function encode<T>(layout: Layout<T>, value: T): Buffer {
   const b = Buffer.alloc(layout.size);
   layout.encode(value, b, 0);
   return b;
@@ -513,7 +527,8 @@ export class FuseDriver {
     await this.call(Opcode.FUSE_FALLOCATE, nodeid, [encode(fuse_fallocate_in, { fh, offset, length, mode })], 0);
   }
 
-  async lseek(nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
+  /** Offsets are bigint: a u64 file position, exact beyond 2^53. */
+  async lseek(nodeid: number, fh: number, offset: bigint, whence: number): Promise<bigint> {
     const body = await this.call(Opcode.FUSE_LSEEK, nodeid, [encode(fuse_lseek_in, { fh, offset, whence })], fuse_lseek_out.size);
     return decode(Opcode.FUSE_LSEEK, fuse_lseek_out, body).offset;
   }
@@ -549,13 +564,13 @@ export class FuseDriver {
   /** One READDIR reply of at most `size` bytes from cookie `offset` (0n: the start). Empty at the end. */
   async readdir(nodeid: number, fh: number, offset = 0n, size = 4096): Promise<Dirent[]> {
     const body = await this.call(Opcode.FUSE_READDIR, nodeid, [encode(fuse_readdir_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })], size);
-    return parseDirents(Opcode.FUSE_READDIR, body, false);
+    return parseDirents(body, false);
   }
 
   /** One READDIRPLUS reply; every entry with a nodeid holds a lookup reference the caller must forget. */
   async readdirplus(nodeid: number, fh: number, offset = 0n, size = 4096): Promise<DirentPlus[]> {
     const body = await this.call(Opcode.FUSE_READDIRPLUS, nodeid, [encode(fuse_readdir_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })], size);
-    return parseDirents(Opcode.FUSE_READDIRPLUS, body, true) as DirentPlus[];
+    return parseDirents(body, true);
   }
 
   /** Lists a whole open directory, resuming from each reply's last cookie, until an empty reply. */
@@ -577,9 +592,11 @@ export class FuseDriver {
 
   async setxattr(nodeid: number, name: Name, value: Buffer | string, flags = 0): Promise<void> {
     const v = Buffer.isBuffer(value) ? value : Buffer.from(value);
-    let args = encode(fuse_setxattr_in, { size: v.length, flags, setxattr_flags: 0 });
     // Without FUSE_SETXATTR_EXT the back-end expects the 8-byte compat struct.
-    if (!(this.flags & FUSE_SETXATTR_EXT)) args = args.subarray(0, FUSE_COMPAT_SETXATTR_IN_SIZE);
+    const args =
+      this.flags & FUSE_SETXATTR_EXT
+        ? encode(fuse_setxattr_in, { size: v.length, flags, setxattr_flags: 0 })
+        : encode(fuse_setxattr_in_compat, { size: v.length, flags });
     await this.call(Opcode.FUSE_SETXATTR, nodeid, [args, cstr(name), v], 0);
   }
 
@@ -641,22 +658,32 @@ export class FuseDriver {
 
   /* ---------------- DAX ---------------- */
 
-  /** Maps [foffset, foffset+len) of an open file at `moffset` of the DAX window (FUSE_SETUPMAPPING_FLAG_*). */
+  /** Maps [foffset, foffset+len) of an open file at `moffset` of the DAX window (FUSE_SETUPMAPPING_FLAG_*); fh -1 is "no handle". */
   async setupMapping(nodeid: number, fh: number, m: { foffset: number; len: number; moffset: number; flags: number }): Promise<void> {
-    await this.call(Opcode.FUSE_SETUPMAPPING, nodeid, [encode(fuse_setupmapping_in, { fh, ...m })], 0);
+    const args = encode(fuse_setupmapping_in, { fh: BigInt(fh), foffset: BigInt(m.foffset), len: BigInt(m.len), moffset: BigInt(m.moffset), flags: BigInt(m.flags) });
+    await this.call(Opcode.FUSE_SETUPMAPPING, nodeid, [args], 0);
   }
 
   async removeMapping(nodeid: number, ranges: MappingRange[]): Promise<void> {
     const body = Buffer.alloc(fuse_removemapping_in.size + ranges.length * fuse_removemapping_one.size);
     fuse_removemapping_in.encode({ count: ranges.length }, body, 0);
-    ranges.forEach((r, i) => fuse_removemapping_one.encode(r, body, fuse_removemapping_in.size + i * fuse_removemapping_one.size));
+    ranges.forEach((r, i) =>
+      fuse_removemapping_one.encode({ moffset: BigInt(r.moffset), len: BigInt(r.len) }, body, fuse_removemapping_in.size + i * fuse_removemapping_one.size),
+    );
     await this.call(Opcode.FUSE_REMOVEMAPPING, nodeid, [body], 0);
   }
 }
 
-/** Parses the packed, 8-byte aligned records of a READDIR or READDIRPLUS reply. */
-function parseDirents(opcode: number, body: Buffer, plus: boolean): (Dirent | DirentPlus)[] {
-  const out: (Dirent | DirentPlus)[] = [];
+/**
+ * Parses the packed, 8-byte aligned records of a READDIR (`plus` false) or
+ * READDIRPLUS reply; a record that overruns the reply is a protocol error.
+ */
+export function parseDirents(body: Buffer, plus: false): Dirent[];
+export function parseDirents(body: Buffer, plus: true): DirentPlus[];
+export function parseDirents(body: Buffer, plus: boolean): (Dirent & { entry?: EntryOut })[];
+export function parseDirents(body: Buffer, plus: boolean): (Dirent & { entry?: EntryOut })[] {
+  const opcode = plus ? Opcode.FUSE_READDIRPLUS : Opcode.FUSE_READDIR;
+  const out: (Dirent & { entry?: EntryOut })[] = [];
   const header = plus ? fuse_direntplus.size : fuse_dirent.size;
   for (let pos = 0; pos < body.length; ) {
     if (pos + header > body.length) throw new FuseError(opcode, Errno.EPROTO, 'protocol', `truncated dirent at ${pos}`);

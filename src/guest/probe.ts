@@ -7,6 +7,7 @@
  */
 import yargs from 'yargs';
 import * as P from '../fuse-server/protocol';
+import { O_RDWR } from '../sys/fs';
 import {
   ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES,
@@ -18,7 +19,6 @@ import { VhostUserFrontend } from './frontend';
 import { FUSE_ROOT_ID, FuseDriver } from './fuse-driver';
 
 const DEFAULT_TIMEOUT_MS = 3000;
-const O_RDWR = 2;
 
 /** Names of virtio feature bits a vhost-user-fs back-end may offer (virtio 1.2, 6; vhost-user.rst). */
 const VIRTIO_FEATURE_NAMES: Record<number, string> = {

@@ -16,13 +16,13 @@ import {
   SEEK_HOLE,
   XATTR_CREATE,
   XATTR_REPLACE,
-} from '../../src/guest/fuse-layouts';
+} from '../../src/guest/fuse-driver';
 import { BACKENDS } from '../helpers/backends';
 import { itIfCan } from '../helpers/fuse-session';
 import { O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT, S_IFREG, expectErrno, sessions } from './conformance';
 
 const MiB = 1 << 20;
-const WHOLE_FILE = Number.MAX_SAFE_INTEGER;
+const WHOLE_FILE = BigInt(Number.MAX_SAFE_INTEGER);
 
 function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
@@ -173,21 +173,21 @@ describe.each(BACKENDS)('files on $name', (backend) => {
     const A = 0xa1n;
     const B = 0xb2n;
 
-    expect((await fuse.getlk(f.nodeid, hb.fh, B, { start: 0, end: 99, type: F_WRLCK })).type).toBe(F_UNLCK);
-    await fuse.setlk(f.nodeid, ha.fh, A, { start: 0, end: 99, type: F_WRLCK });
-    const conflict = await fuse.getlk(f.nodeid, hb.fh, B, { start: 50, end: 60, type: F_RDLCK });
+    expect((await fuse.getlk(f.nodeid, hb.fh, B, { start: 0n, end: 99n, type: F_WRLCK })).type).toBe(F_UNLCK);
+    await fuse.setlk(f.nodeid, ha.fh, A, { start: 0n, end: 99n, type: F_WRLCK });
+    const conflict = await fuse.getlk(f.nodeid, hb.fh, B, { start: 50n, end: 60n, type: F_RDLCK });
     expect(conflict.type).toBe(F_WRLCK);
-    expect([conflict.start, conflict.end]).toEqual([0, 99]);
+    expect([conflict.start, conflict.end]).toEqual([0n, 99n]);
     // Outside the locked range nothing conflicts.
-    expect((await fuse.getlk(f.nodeid, hb.fh, B, { start: 100, end: 200, type: F_WRLCK })).type).toBe(F_UNLCK);
-    await expectErrno(fuse.setlk(f.nodeid, hb.fh, B, { start: 10, end: 20, type: F_WRLCK }), 'EAGAIN', 'EACCES');
+    expect((await fuse.getlk(f.nodeid, hb.fh, B, { start: 100n, end: 200n, type: F_WRLCK })).type).toBe(F_UNLCK);
+    await expectErrno(fuse.setlk(f.nodeid, hb.fh, B, { start: 10n, end: 20n, type: F_WRLCK }), 'EAGAIN', 'EACCES');
 
-    await fuse.setlk(f.nodeid, ha.fh, A, { start: 0, end: 99, type: F_UNLCK });
-    await fuse.setlk(f.nodeid, hb.fh, B, { start: 10, end: 20, type: F_WRLCK });
-    expect((await fuse.getlk(f.nodeid, ha.fh, A, { start: 0, end: WHOLE_FILE, type: F_WRLCK })).type).toBe(F_WRLCK);
+    await fuse.setlk(f.nodeid, ha.fh, A, { start: 0n, end: 99n, type: F_UNLCK });
+    await fuse.setlk(f.nodeid, hb.fh, B, { start: 10n, end: 20n, type: F_WRLCK });
+    expect((await fuse.getlk(f.nodeid, ha.fh, A, { start: 0n, end: WHOLE_FILE, type: F_WRLCK })).type).toBe(F_WRLCK);
     // Shared locks coexist.
-    await fuse.setlk(f.nodeid, hb.fh, B, { start: 10, end: 20, type: F_RDLCK });
-    await fuse.setlk(f.nodeid, ha.fh, A, { start: 0, end: 50, type: F_RDLCK });
+    await fuse.setlk(f.nodeid, hb.fh, B, { start: 10n, end: 20n, type: F_RDLCK });
+    await fuse.setlk(f.nodeid, ha.fh, A, { start: 0n, end: 50n, type: F_RDLCK });
   });
 
   itIfCan(backend, 'setlkw', 'waits in SETLKW until a conflicting lock is released', async () => {
@@ -195,14 +195,14 @@ describe.each(BACKENDS)('files on $name', (backend) => {
     const f = await fuse.lookup(ROOT, 'f');
     const ha = await fuse.open(f.nodeid, O_RDWR);
     const hb = await fuse.open(f.nodeid, O_RDWR);
-    await fuse.setlk(f.nodeid, ha.fh, 1n, { start: 0, end: WHOLE_FILE, type: F_WRLCK });
+    await fuse.setlk(f.nodeid, ha.fh, 1n, { start: 0n, end: WHOLE_FILE, type: F_WRLCK });
     let granted = false;
-    const waiting = fuse.setlkw(f.nodeid, hb.fh, 2n, { start: 0, end: WHOLE_FILE, type: F_WRLCK }).then(() => (granted = true));
+    const waiting = fuse.setlkw(f.nodeid, hb.fh, 2n, { start: 0n, end: WHOLE_FILE, type: F_WRLCK }).then(() => (granted = true));
     await new Promise((r) => setTimeout(r, 100));
     expect(granted).toBe(false);
     // Other requests are still served while SETLKW waits.
     expect((await fuse.getattr(f.nodeid)).attr.size).toBe(1);
-    await fuse.setlk(f.nodeid, ha.fh, 1n, { start: 0, end: WHOLE_FILE, type: F_UNLCK });
+    await fuse.setlk(f.nodeid, ha.fh, 1n, { start: 0n, end: WHOLE_FILE, type: F_UNLCK });
     await waiting;
     expect(granted).toBe(true);
   });
@@ -212,11 +212,11 @@ describe.each(BACKENDS)('files on $name', (backend) => {
     const f = await fuse.lookup(ROOT, 'f');
     const h1 = await fuse.open(f.nodeid, O_RDWR);
     const h2 = await fuse.open(f.nodeid, O_RDWR);
-    await fuse.setlk(f.nodeid, h1.fh, 1n, { start: 0, end: WHOLE_FILE, type: F_WRLCK }, true);
-    await expectErrno(fuse.setlk(f.nodeid, h2.fh, 2n, { start: 0, end: WHOLE_FILE, type: F_RDLCK }, true), 'EAGAIN', 'EWOULDBLOCK');
-    await fuse.setlk(f.nodeid, h1.fh, 1n, { start: 0, end: WHOLE_FILE, type: F_UNLCK }, true);
-    await fuse.setlk(f.nodeid, h2.fh, 2n, { start: 0, end: WHOLE_FILE, type: F_RDLCK }, true);
-    await fuse.setlk(f.nodeid, h1.fh, 1n, { start: 0, end: WHOLE_FILE, type: F_RDLCK }, true);
+    await fuse.setlk(f.nodeid, h1.fh, 1n, { start: 0n, end: WHOLE_FILE, type: F_WRLCK }, true);
+    await expectErrno(fuse.setlk(f.nodeid, h2.fh, 2n, { start: 0n, end: WHOLE_FILE, type: F_RDLCK }, true), 'EAGAIN', 'EWOULDBLOCK');
+    await fuse.setlk(f.nodeid, h1.fh, 1n, { start: 0n, end: WHOLE_FILE, type: F_UNLCK }, true);
+    await fuse.setlk(f.nodeid, h2.fh, 2n, { start: 0n, end: WHOLE_FILE, type: F_RDLCK }, true);
+    await fuse.setlk(f.nodeid, h1.fh, 1n, { start: 0n, end: WHOLE_FILE, type: F_RDLCK }, true);
   });
 
   it('allocates, keeps size and punches holes with FALLOCATE', async () => {
@@ -246,11 +246,11 @@ describe.each(BACKENDS)('files on $name', (backend) => {
     });
     const f = await fuse.lookup(ROOT, 'sparse');
     const h = await fuse.open(f.nodeid, O_RDONLY);
-    expect(await fuse.lseek(f.nodeid, h.fh, 0, SEEK_DATA)).toBe(0);
-    expect(await fuse.lseek(f.nodeid, h.fh, 0, SEEK_HOLE)).toBe(4096);
-    expect(await fuse.lseek(f.nodeid, h.fh, 8192, SEEK_DATA)).toBe(MiB);
-    expect(await fuse.lseek(f.nodeid, h.fh, MiB, SEEK_HOLE)).toBe(MiB + 4096);
-    await expectErrno(fuse.lseek(f.nodeid, h.fh, MiB + 4096, SEEK_DATA), 'ENXIO');
+    expect(await fuse.lseek(f.nodeid, h.fh, 0n, SEEK_DATA)).toBe(0n);
+    expect(await fuse.lseek(f.nodeid, h.fh, 0n, SEEK_HOLE)).toBe(4096n);
+    expect(await fuse.lseek(f.nodeid, h.fh, 8192n, SEEK_DATA)).toBe(BigInt(MiB));
+    expect(await fuse.lseek(f.nodeid, h.fh, BigInt(MiB), SEEK_HOLE)).toBe(BigInt(MiB + 4096));
+    await expectErrno(fuse.lseek(f.nodeid, h.fh, BigInt(MiB + 4096), SEEK_DATA), 'ENXIO');
   });
 
   it('copies between files with COPY_FILE_RANGE', async () => {

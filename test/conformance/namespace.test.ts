@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { RENAME_EXCHANGE, RENAME_NOREPLACE } from '../../src/guest/fuse-layouts';
+import { RENAME_EXCHANGE, RENAME_NOREPLACE } from '../../src/guest/fuse-driver';
 import { BACKENDS } from '../helpers/backends';
 import { O_RDWR, ROOT, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, expectErrno, sessions } from './conformance';
 

@@ -7,22 +7,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { Layout } from '../../src/fuse-server/layout';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
 import { DaxWindow } from '../../src/guest/dax-window';
-import { DEFAULT_INIT_FLAGS } from '../../src/guest/fuse-driver';
-import { FUSE_SETUPMAPPING_FLAG_READ, FUSE_SETUPMAPPING_FLAG_WRITE } from '../../src/guest/fuse-layouts';
+import { DEFAULT_INIT_FLAGS, encode } from '../../src/guest/fuse-driver';
 import { Errno } from '../../src/sys/errno';
 import { BACKENDS } from '../helpers/backends';
 import { itIfCan } from '../helpers/fuse-session';
 import { O_RDWR, ROOT, expectErrno, sessions } from './conformance';
-
-function encode<T>(layout: Layout<T>, value: T): Buffer {
-  const b = Buffer.alloc(layout.size);
-  layout.encode(value, b, 0);
-  return b;
-}
 
 describe.each(BACKENDS)('protocol on $name', (backend) => {
   const open = sessions(backend);
@@ -218,7 +210,7 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
     expect(fuse.frontend.shmemSizes).toEqual([]);
     const f = await fuse.lookup(ROOT, 'f');
     const h = await fuse.open(f.nodeid, O_RDWR);
-    await expectErrno(fuse.setupMapping(f.nodeid, h.fh, { foffset: 0, len: 1 << 21, moffset: 0, flags: FUSE_SETUPMAPPING_FLAG_READ }), 'ENOSYS');
+    await expectErrno(fuse.setupMapping(f.nodeid, h.fh, { foffset: 0, len: 1 << 21, moffset: 0, flags: P.FUSE_SETUPMAPPING_FLAG_READ }), 'ENOSYS');
     await expectErrno(fuse.removeMapping(f.nodeid, [{ moffset: 0, len: 1 << 21 }]), 'ENOSYS');
   });
 
@@ -236,7 +228,7 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
       const f = await fuse.lookup(ROOT, 'f');
       const h = await fuse.open(f.nodeid, O_RDWR);
       const len = 1 << 21;
-      await fuse.setupMapping(f.nodeid, h.fh, { foffset: 0, len, moffset: 0, flags: FUSE_SETUPMAPPING_FLAG_READ | FUSE_SETUPMAPPING_FLAG_WRITE });
+      await fuse.setupMapping(f.nodeid, h.fh, { foffset: 0, len, moffset: 0, flags: P.FUSE_SETUPMAPPING_FLAG_READ | P.FUSE_SETUPMAPPING_FLAG_WRITE });
       expect(window.mappingCount).toBe(1);
       const view = window.view(0, 4096);
       expect(view[0]).toBe(0x5a);

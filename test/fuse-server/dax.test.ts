@@ -1,15 +1,11 @@
 import * as fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DaxMapper, MAP_ALIGNMENT_LOG2 } from '../../src/dax-mapper/dax-mapper';
+import { MAP_ALIGNMENT_LOG2 } from '../../src/dax-mapper/dax-mapper';
 import type { DaxPolicy } from '../../src/fuse-server/passthrough-dax';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
-import { DaxWindow } from '../../src/guest/dax-window';
-import { Errno, UnixStreamSocket, close } from '../../src/sys';
-import { BackendChannel } from '../../src/vhost-user/backend-channel';
-import { Connection } from '../../src/vhost-user/connection';
-import { U64 } from '../../src/vhost-user/messages';
-import { VHOST_USER_REPLY_MASK } from '../../src/vhost-user/protocol';
+import { Errno } from '../../src/sys';
+import { daxPair } from '../helpers/dax-pair';
 import type { Reply } from './fuse-driver';
 import { encode, openFdCount } from './fuse-driver';
 import { Harness, LINUX_FLAGS, LINUX_FLAGS2 } from './harness';
@@ -25,20 +21,8 @@ afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
 
 /** A session with a DAX window: the daemon's mapper, joined to the guest's window as the front-end would be. */
 function daxHarness(policy: DaxPolicy = 'always', options: ConstructorParameters<typeof Harness>[1] = {}) {
-  const [backendEnd, frontendEnd] = UnixStreamSocket.pair();
-  const window = new DaxWindow(WINDOW);
-  const frontend = new Connection(frontendEnd);
-  frontend.start(
-    (msg) => {
-      const status = window.handleBackendRequest(msg);
-      for (const fd of msg.fds.splice(0)) close(fd);
-      frontend.send(msg.request, VHOST_USER_REPLY_MASK, U64.encode({ value: status }));
-    },
-    () => undefined,
-  );
-  const channel = new BackendChannel(backendEnd, true, () => undefined);
-  const mapper = new DaxMapper(BigInt(WINDOW));
-  mapper.setBackendChannel(channel);
+  const pair = daxPair(WINDOW);
+  const { window, mapper } = pair;
   const content = Buffer.alloc(4 * MiB);
   for (let i = 0; i < content.length; i += 4) content.writeUInt32LE(i, i);
   const h = Harness.create({ dax: { mapper, policy }, ...options }, (d) => {
@@ -48,10 +32,7 @@ function daxHarness(policy: DaxPolicy = 'always', options: ConstructorParameters
   });
   cleanups.push(() => {
     h.close();
-    mapper.reset();
-    channel.close();
-    frontend.close();
-    window.close();
+    pair.close();
   });
   return { h, window, mapper, content };
 }

@@ -3,21 +3,14 @@ import { afterEach, describe, expect, it } from 'vitest';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys/errno';
-import { STATX_BTIME } from '../../src/sys/fs';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../src/guest/fuse-driver';
+import { O_DIRECT, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, STATX_BTIME } from '../../src/sys/fs';
 import { cstr, encode } from './fuse-driver';
 import { Harness, LINUX_FLAGS, O_APPEND, O_NOATIME, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY } from './harness';
 
 let h: Harness;
 afterEach(() => h?.close());
 
-const FALLOC_FL_KEEP_SIZE = 1;
-const FALLOC_FL_PUNCH_HOLE = 2;
-const SEEK_DATA = 3;
-const SEEK_HOLE = 4;
-const O_DIRECT = 0o40000;
-const RENAME_NOREPLACE = 1;
-const RENAME_EXCHANGE = 2;
-const RENAME_WHITEOUT = 4;
 const MiB = 1024 * 1024;
 
 /** open(2) flags of this process's fds on `file` (from /proc/self/fdinfo). */

@@ -5,7 +5,6 @@
  */
 import * as fs from 'node:fs';
 import type { FuseSession } from '../../src/fuse-server/session';
-import type { Layout } from '../../src/fuse-server/layout';
 import {
   FUSE_ASYNC_READ,
   FUSE_BIG_WRITES,
@@ -14,15 +13,16 @@ import {
   FUSE_MAX_PAGES,
   FUSE_READDIRPLUS_AUTO,
   Opcode,
-  fuse_dirent,
-  fuse_direntplus,
   fuse_entry_out,
   fuse_in_header,
   fuse_init_in,
   fuse_out_header,
-  fuseRecAlign,
   type EntryOut,
 } from '../../src/fuse-server/protocol';
+import { cstr, encode } from '../../src/guest/fuse-driver';
+
+/** The guest's encoders and READDIR parser serve the test client as well. */
+export { cstr, encode, parseDirents } from '../../src/guest/fuse-driver';
 
 export interface Reply {
   /** Bytes the session reported as written (0: no reply). */
@@ -66,16 +66,6 @@ export function cut(data: Buffer, sizes: number[]): Buffer[] {
 
 export function writableChain(total: number, sizes = WRITE_CUTS): Buffer[] {
   return cut(Buffer.alloc(total), sizes);
-}
-
-export function encode<T>(layout: Layout<T>, value: T): Buffer {
-  const b = Buffer.alloc(layout.size);
-  layout.encode(value, b, 0);
-  return b;
-}
-
-export function cstr(s: string | Buffer): Buffer {
-  return Buffer.concat([Buffer.isBuffer(s) ? s : Buffer.from(s), Buffer.from([0])]);
 }
 
 export class FuseDriver {
@@ -156,35 +146,6 @@ function decodeReply(writable: Buffer[], used: number): Reply {
   const h = fuse_out_header.decode(all, 0);
   if (h.len !== used) throw new Error(`out header len ${h.len} != used ${used}`);
   return { used, error: h.error, unique: h.unique, body: all.subarray(fuse_out_header.size, used) };
-}
-
-export interface ParsedDirent {
-  ino: bigint;
-  off: bigint;
-  type: number;
-  name: string;
-  entry?: EntryOut;
-}
-
-/** Parses a READDIR or READDIRPLUS reply body. */
-export function parseDirents(body: Buffer, plus: boolean): ParsedDirent[] {
-  const out: ParsedDirent[] = [];
-  const header = plus ? fuse_direntplus.size : fuse_dirent.size;
-  for (let pos = 0; pos < body.length; ) {
-    let entry: EntryOut | undefined;
-    let d;
-    if (plus) {
-      const dp = fuse_direntplus.decode(body, pos);
-      entry = dp.entry_out;
-      d = dp.dirent;
-    } else {
-      d = fuse_dirent.decode(body, pos);
-    }
-    const name = body.subarray(pos + header, pos + header + d.namelen).toString();
-    out.push({ ino: d.ino, off: d.off, type: d.type, name, entry });
-    pos += fuseRecAlign(header + d.namelen);
-  }
-  return out;
 }
 
 /** Open file descriptors of this process. */

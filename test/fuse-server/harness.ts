@@ -10,21 +10,10 @@ import * as path from 'node:path';
 import { FuseSession, type FuseSessionOptions } from '../../src/fuse-server/session';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
+import { O_CREAT, O_RDWR, S_IFREG } from '../../src/sys/fs';
 import { FuseDriver, type Reply, type RequestOptions, cstr, encode } from './fuse-driver';
 
-export const O_RDONLY = 0;
-export const O_WRONLY = 1;
-export const O_RDWR = 2;
-export const O_CREAT = 0o100;
-export const O_EXCL = 0o200;
-export const O_TRUNC = 0o1000;
-export const O_APPEND = 0o2000;
-export const O_NOATIME = 0o1000000;
-export const S_IFREG = 0o100000;
-export const S_IFDIR = 0o040000;
-export const F_RDLCK = 0;
-export const F_WRLCK = 1;
-export const F_UNLCK = 2;
+export { F_RDLCK, F_UNLCK, F_WRLCK, O_APPEND, O_CREAT, O_EXCL, O_NOATIME, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, S_IFDIR, S_IFLNK, S_IFREG } from '../../src/sys/fs';
 
 /** What a Linux 6.x virtio-fs guest offers in FUSE_INIT. */
 export const LINUX_FLAGS =
@@ -56,6 +45,25 @@ export const LINUX_FLAGS =
   P.FUSE_SETXATTR_EXT |
   P.FUSE_INIT_EXT;
 export const LINUX_FLAGS2 = P.FUSE_SECURITY_CTX_FLAGS2 | P.FUSE_HAS_INODE_DAX_FLAGS2 | P.FUSE_CREATE_SUPP_GROUP_FLAGS2 | P.FUSE_HAS_EXPIRE_ONLY_FLAGS2;
+
+/** A fuse_setattr_in changing `fields` (as `valid` says), every other field 0. */
+export function setattrIn(fields: Partial<P.SetattrIn> & { valid: number }): Buffer {
+  return encode(P.fuse_setattr_in, {
+    fh: 0,
+    size: 0,
+    lock_owner: 0n,
+    atime: 0,
+    mtime: 0,
+    ctime: 0,
+    atimensec: 0,
+    mtimensec: 0,
+    ctimensec: 0,
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    ...fields,
+  });
+}
 
 export class Harness {
   readonly session: FuseSession;
@@ -110,10 +118,15 @@ export class Harness {
     return P.fuse_attr_out.decode(body, 0).attr;
   }
 
-  create(parent: number, name: string, opts: { flags?: number; mode?: number; uid?: number; gid?: number; umask?: number; extensions?: Buffer } = {}): { entry: P.EntryOut; fh: number } {
+  create(
+    parent: number,
+    name: string,
+    opts: { flags?: number; mode?: number; uid?: number; gid?: number; umask?: number; extensions?: Buffer } = {},
+  ): { entry: P.EntryOut; fh: number; openFlags: number } {
     const r = this.createRaw(parent, name, opts);
     if (r.error) throw new Error(`CREATE ${name}: error ${r.error}`);
-    return { entry: P.fuse_entry_out.decode(r.body, 0), fh: P.fuse_open_out.decode(r.body, P.fuse_entry_out.size).fh };
+    const open = P.fuse_open_out.decode(r.body, P.fuse_entry_out.size);
+    return { entry: P.fuse_entry_out.decode(r.body, 0), fh: open.fh, openFlags: open.open_flags };
   }
 
   createRaw(parent: number, name: string, opts: { flags?: number; mode?: number; uid?: number; gid?: number; umask?: number; extensions?: Buffer } = {}): Reply {
@@ -154,22 +167,7 @@ export class Harness {
   }
 
   setattr(nodeid: number, fields: Partial<P.SetattrIn> & { valid: number }): Reply {
-    const a = encode(P.fuse_setattr_in, {
-      fh: 0,
-      size: 0,
-      lock_owner: 0n,
-      atime: 0,
-      mtime: 0,
-      ctime: 0,
-      atimensec: 0,
-      mtimensec: 0,
-      ctimensec: 0,
-      mode: 0,
-      uid: 0,
-      gid: 0,
-      ...fields,
-    });
-    return this.fuse.request(Opcode.FUSE_SETATTR, nodeid, [a]);
+    return this.fuse.request(Opcode.FUSE_SETATTR, nodeid, [setattrIn(fields)]);
   }
 
   setxattr(nodeid: number, name: string, value: Buffer | string, flags = 0, setxattrFlags = 0, ext = true): Reply {

@@ -2,30 +2,24 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FuseSession, type FuseSessionOptions } from '../../src/fuse-server/session';
+import type { FuseSession, FuseSessionOptions } from '../../src/fuse-server/session';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys/errno';
-import { FuseDriver, cstr, encode, openFdCount, parseDirents } from './fuse-driver';
+import { type FuseDriver, cstr, encode, openFdCount, parseDirents } from './fuse-driver';
+import { Harness, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, S_IFDIR, S_IFLNK, S_IFREG, setattrIn } from './harness';
 
-const O_RDONLY = 0;
-const O_WRONLY = 1;
-const O_RDWR = 2;
-const O_CREAT = 0o100;
-const O_EXCL = 0o200;
-const O_TRUNC = 0o1000;
-const S_IFREG = 0o100000;
-const S_IFDIR = 0o040000;
-const S_IFLNK = 0o120000;
 const S_IFIFO = 0o010000;
 
 let dir: string;
+let h: Harness;
 let session: FuseSession;
 let fuse: FuseDriver;
 
 function start(options: Partial<FuseSessionOptions> = {}): void {
-  session = new FuseSession({ sharedDir: dir, cache: 'auto', readonly: false, ...options });
-  fuse = new FuseDriver(session);
+  h = new Harness(dir, options);
+  session = h.session;
+  fuse = h.fuse;
 }
 
 beforeEach(() => {
@@ -33,7 +27,7 @@ beforeEach(() => {
 });
 
 afterEach(() => {
-  session?.close();
+  h?.shutdown();
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -52,33 +46,6 @@ function writeIn(fh: number, offset: number, size: number): Buffer {
 function releaseIn(fh: number): Buffer {
   return encode(P.fuse_release_in, { fh, flags: 0, release_flags: 0, lock_owner: 0n });
 }
-function setattrIn(fields: Partial<P.SetattrIn> & { valid: number }): Buffer {
-  return encode(P.fuse_setattr_in, {
-    fh: 0,
-    size: 0,
-    lock_owner: 0n,
-    atime: 0,
-    mtime: 0,
-    ctime: 0,
-    atimensec: 0,
-    mtimensec: 0,
-    ctimensec: 0,
-    mode: 0,
-    uid: 0,
-    gid: 0,
-    ...fields,
-  });
-}
-function getattr(nodeid: number): P.FuseAttr {
-  const body = fuse.ok(Opcode.FUSE_GETATTR, nodeid, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })]);
-  return P.fuse_attr_out.decode(body, 0).attr;
-}
-function create(parent: number, name: string, flags = O_RDWR, mode = 0o644, uid = 0): { entry: P.EntryOut; fh: number; openFlags: number } {
-  const body = fuse.ok(Opcode.FUSE_CREATE, parent, [encode(P.fuse_create_in, { flags: flags | O_CREAT, mode: S_IFREG | mode, umask: 0o022, open_flags: 0 }), cstr(name)], { uid, gid: uid });
-  const entry = P.fuse_entry_out.decode(body, 0);
-  const open = P.fuse_open_out.decode(body, P.fuse_entry_out.size);
-  return { entry, fh: open.fh, openFlags: open.open_flags };
-}
 function open(nodeid: number, flags: number): { fh: number; openFlags: number } {
   const o = P.fuse_open_out.decode(fuse.ok(Opcode.FUSE_OPEN, nodeid, [openIn(flags)]), 0);
   return { fh: o.fh, openFlags: o.open_flags };
@@ -86,9 +53,6 @@ function open(nodeid: number, flags: number): { fh: number; openFlags: number } 
 function opendir(nodeid: number): { fh: number; openFlags: number } {
   const o = P.fuse_open_out.decode(fuse.ok(Opcode.FUSE_OPENDIR, nodeid, [openIn(O_RDONLY)]), 0);
   return { fh: o.fh, openFlags: o.open_flags };
-}
-function mkdir(parent: number, name: string, mode = 0o755): P.EntryOut {
-  return P.fuse_entry_out.decode(fuse.ok(Opcode.FUSE_MKDIR, parent, [encode(P.fuse_mkdir_in, { mode, umask: 0 }), cstr(name)]), 0);
 }
 function forget(nodeid: number, nlookup: number): void {
   expect(fuse.request(Opcode.FUSE_FORGET, nodeid, [encode(P.fuse_forget_in, { nlookup })]).used).toBe(0);
@@ -178,8 +142,8 @@ describe('passthrough operations', () => {
     expect(e.entry_valid).toBe(1);
     expect(e.attr_valid).toBe(1);
     expect(fuse.lookup(1, 'hello.txt').nodeid).toBe(e.nodeid);
-    expect(getattr(e.nodeid).size).toBe(11);
-    expect(getattr(1).mode & S_IFDIR).toBe(S_IFDIR);
+    expect(h.getattr(e.nodeid).size).toBe(11);
+    expect(h.getattr(1).mode & S_IFDIR).toBe(S_IFDIR);
   });
 
   it('gives hard links one nodeid', () => {
@@ -189,7 +153,7 @@ describe('passthrough operations', () => {
   });
 
   it('creates, writes and reads back a file, data split across buffers', () => {
-    const { entry, fh, openFlags } = create(1, 'new.bin');
+    const { entry, fh, openFlags } = h.create(1, 'new.bin');
     expect(openFlags).toBe(0); // cache=auto: page cache, not kept across opens
     const data = Buffer.alloc(100_000);
     for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 3) & 0xff;
@@ -256,10 +220,10 @@ describe('passthrough operations', () => {
   });
 
   it('makes, renames and removes names', () => {
-    const d = mkdir(1, 'dir', 0o750);
+    const d = h.mkdir(1, 'dir', 0o750);
     expect(d.attr.mode).toBe(S_IFDIR | 0o750);
     expect(fs.statSync(path.join(dir, 'dir')).mode & 0o777).toBe(0o750);
-    const f = create(d.nodeid, 'a');
+    const f = h.create(d.nodeid, 'a');
     fuse.ok(Opcode.FUSE_RELEASE, f.entry.nodeid, [releaseIn(f.fh)]);
 
     fuse.ok(Opcode.FUSE_RENAME, d.nodeid, [encode(P.fuse_rename_in, { newdir: 1 }), cstr('a'), cstr('b')]);
@@ -286,7 +250,7 @@ describe('passthrough operations', () => {
     expect(fuse.ok(Opcode.FUSE_READLINK, link.nodeid).toString()).toBe('../outside/target');
     expect(fs.readlinkSync(path.join(dir, 'ln'))).toBe('../outside/target');
     // Lookups never follow a symlink: getattr describes the link itself.
-    expect(getattr(link.nodeid).mode & 0o170000).toBe(S_IFLNK);
+    expect(h.getattr(link.nodeid).mode & 0o170000).toBe(S_IFLNK);
 
     fs.writeFileSync(path.join(dir, 'orig'), 'x');
     const orig = fuse.lookup(1, 'orig');
@@ -341,7 +305,7 @@ describe('passthrough operations', () => {
 
   it('creates files as the calling guest user', () => {
     fs.chmodSync(dir, 0o777);
-    const f = create(1, 'mine', O_RDWR, 0o600, 1000);
+    const f = h.create(1, 'mine', { mode: 0o600, uid: 1000, gid: 1000 });
     expect([f.entry.attr.uid, f.entry.attr.gid]).toEqual([1000, 1000]);
     expect(fs.statSync(path.join(dir, 'mine')).uid).toBe(1000);
     const d = P.fuse_entry_out.decode(fuse.ok(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o700, umask: 0 }), cstr('d')], { uid: 1000, gid: 1000 }), 0);
@@ -389,7 +353,7 @@ describe('passthrough operations', () => {
     expect(openFdCount()).toBe(fds);
     // The root is never forgotten.
     forget(1, 100);
-    expect(getattr(1).mode & S_IFDIR).toBe(S_IFDIR);
+    expect(h.getattr(1).mode & S_IFDIR).toBe(S_IFDIR);
   });
 
   it('reset() closes every inode and handle fd', () => {
@@ -449,7 +413,7 @@ describe('guest input that must be refused', () => {
     expect(fuse.request(Opcode.FUSE_GETATTR, 1, [Buffer.alloc(15)]).error).toBe(-Errno.EINVAL);
     expect(fuse.request(Opcode.FUSE_READ, 1, []).error).toBe(-Errno.EINVAL);
     // WRITE claiming more data than the request carries.
-    const f = create(1, 'w');
+    const f = h.create(1, 'w');
     expect(fuse.request(Opcode.FUSE_WRITE, f.entry.nodeid, [writeIn(f.fh, 0, 100), Buffer.alloc(99)]).error).toBe(-Errno.EINVAL);
     // A header whose len runs past the chain.
     expect(fuse.request(Opcode.FUSE_STATFS, 1, [], { len: 1000 }).error).toBe(-Errno.EINVAL);
@@ -504,7 +468,7 @@ describe('cache modes', () => {
   it('never: zero timeouts and direct I/O', () => {
     start({ cache: 'never' });
     fuse.init();
-    const f = create(1, 'f');
+    const f = h.create(1, 'f');
     expect([f.entry.entry_valid, f.entry.attr_valid, f.entry.entry_valid_nsec]).toEqual([0, 0, 0]);
     expect(f.openFlags).toBe(P.FOPEN_DIRECT_IO);
   });

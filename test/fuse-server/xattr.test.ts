@@ -4,14 +4,12 @@ import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys/errno';
 import { getxattr, listxattr, setxattr } from '../../src/sys/fs';
+import { XATTR_CREATE, XATTR_REPLACE } from '../../src/guest/fuse-driver';
 import { cstr, encode } from './fuse-driver';
 import { Harness, LINUX_FLAGS, LINUX_FLAGS2, O_RDWR } from './harness';
 
 let h: Harness;
 afterEach(() => h?.close());
-
-const XATTR_CREATE = 1;
-const XATTR_REPLACE = 2;
 
 function hostGet(file: string, name: string): Buffer | null {
   const b = Buffer.alloc(256);

@@ -56,15 +56,37 @@ export interface Backend {
   start(sharedDir: string, socketPath: string, options?: BackendOptions): Promise<RunningBackend>;
 }
 
-/** Polls until `socketPath` exists; fails early if the process has already exited. */
+/**
+ * Polls until something listens at `socketPath` (the file appears at bind(),
+ * before listen(), so its existence alone is not enough); fails early if the
+ * process has already exited.
+ */
 async function waitForSocket(socketPath: string, exitedEarly: () => string | null, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!fs.existsSync(socketPath)) {
+  for (;;) {
     const why = exitedEarly();
     if (why) throw new Error(why);
-    if (Date.now() > deadline) throw new Error(`no socket at ${socketPath} after ${timeoutMs} ms`);
+    if (isListening(socketPath)) return;
+    if (Date.now() > deadline) throw new Error(`nothing listening at ${socketPath} after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 5));
   }
+}
+
+/**
+ * Whether some socket is listening at `socketPath`, read from /proc/net/unix
+ * (flag __SO_ACCEPTCON). Connecting to find out would not do: a back-end that
+ * serves one connection would take the probe for its front-end.
+ */
+function isListening(socketPath: string): boolean {
+  const SO_ACCEPTCON = 0x10000;
+  return fs
+    .readFileSync('/proc/net/unix', 'utf8')
+    .split('\n')
+    .slice(1)
+    .some((line) => {
+      const fields = line.trim().split(/\s+/);
+      return fields[7] === socketPath && (parseInt(fields[3], 16) & SO_ACCEPTCON) !== 0;
+    });
 }
 
 /** Runs `command` as a child process that creates `socketPath`. */
