@@ -206,4 +206,23 @@ describe('GuestMemory', () => {
     expect(memory.views(0xffff, 2, [])).toBe(false);
     expect(memory.slice(0x10000, 1)).toBeNull();
   });
+
+  it('maps a region larger than a Node Buffer (5 GiB) in chunks and translates across them', () => {
+    const size = 5 * 1024 * 1024 * 1024; // sparse memfd: nothing is committed
+    const { memory, fds } = makeGuestMemory([{ gpa: 0x100000000, size }]);
+    cleanup.push(() => {
+      memory.clear();
+      fds.forEach((fd) => close(fd));
+    });
+    const at = 0x100000000 + 4 * 1024 * 1024 * 1024 - 8; // straddles the 4 GiB chunk boundary
+    const views: Buffer[] = [];
+    expect(memory.views(at, 16, views)).toBe(true);
+    expect(views.map((v) => v.length)).toEqual([8, 8]);
+    views[0].write('straddle');
+    views[1].write('boundary');
+    const far = memory.slice(0x100000000 + size - 4096, 4096)!;
+    far.write('end of a 5 GiB region');
+    expect(memory.slice(0x100000000 + size - 4096, 21)!.toString()).toBe('end of a 5 GiB region');
+    expect(memory.views(0x100000000 + size - 4, 8, [])).toBe(false);
+  });
 });
