@@ -56,6 +56,8 @@ export class DaxMapper {
   private channel: BackendChannel | null = null;
   /** Window operations run one at a time: each waits for the front-end's acknowledgements. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Bumped by reset(): an operation that started before a reset must not touch the new state. */
+  private generation = 0;
 
   constructor(
     readonly windowSize: bigint,
@@ -84,17 +86,20 @@ export class DaxMapper {
     const err = validateRange(this.windowSize, req.foffset, req.len, req.moffset);
     if (err) return Promise.resolve(err);
     if (!this.channel) return Promise.resolve(Errno.ENOTSUP);
-    const fd = dup(req.fd);
+    const m: Mapping = { moffset: req.moffset, len: req.len, foffset: req.foffset, nodeid: req.nodeid, writable: req.writable, fd: dup(req.fd) };
     return this.serialize(async () => {
       const removed = await this.unmapRange(req.moffset, req.len);
       if (removed < 0) {
-        close(fd);
+        closeFd(m);
         return -removed;
       }
-      const m: Mapping = { moffset: req.moffset, len: req.len, foffset: req.foffset, nodeid: req.nodeid, writable: req.writable, fd };
       const status = await this.map(m);
-      if (status !== 0) close(fd);
+      if (status !== 0) closeFd(m);
       return status;
+    }).catch(() => {
+      // The window was reset before this mapping's turn came.
+      closeFd(m);
+      return Errno.EIO;
     });
   }
 
@@ -104,30 +109,38 @@ export class DaxMapper {
     return this.serialize(async () => {
       const r = await this.unmapRange(moffset, len);
       return r < 0 ? -r : 0;
-    });
+    }).catch(() => 0); // reset meanwhile: nothing is mapped any more
   }
 
   /** The guest forgot an inode: its mappings go too. */
   forgetInode(nodeid: bigint): Promise<void> {
     return this.serialize(async () => {
       for (const m of this.mappings.filter((x) => x.nodeid === nodeid)) await this.unmapOne(m);
-    });
+    }).catch(() => undefined); // reset meanwhile: nothing is mapped any more
   }
 
-  /** Device reset or disconnect: the front-end drops its window; we drop our records. */
+  /**
+   * Device reset or disconnect: the front-end drops its window; we drop our
+   * records. Operations still waiting for an acknowledgement find out through
+   * the generation and leave the new state alone.
+   */
   reset(): void {
-    for (const m of this.mappings) close(m.fd);
+    this.generation++;
+    for (const m of this.mappings) closeFd(m);
     this.mappings = [];
   }
 
   private serialize<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(op, op);
+    const generation = this.generation;
+    const guarded = (): Promise<T> => (generation === this.generation ? op() : Promise.reject(new Error('DAX window reset')));
+    const run = this.queue.then(guarded, guarded);
     this.queue = run.catch(() => undefined);
     return run;
   }
 
   private async map(m: Mapping): Promise<number> {
-    if (!this.channel) return Errno.ENOTSUP;
+    if (!this.channel || m.fd < 0) return Errno.ENOTSUP;
+    const generation = this.generation;
     const body = encodeShmemMap({
       shmid: DAX_SHMID,
       fdOffset: m.foffset,
@@ -141,6 +154,8 @@ export class DaxMapper {
       this.log(`DAX: mapping 0x${m.moffset.toString(16)}+0x${m.len.toString(16)} refused: ${(err as Error).message}`);
       return Errno.EIO;
     }
+    // Reset while the front-end was answering: the new window does not have this mapping.
+    if (generation !== this.generation) return Errno.EIO;
     this.mappings.push(m);
     return 0;
   }
@@ -157,7 +172,7 @@ export class DaxMapper {
         status = Errno.EIO;
       }
     }
-    close(m.fd);
+    closeFd(m);
     return status;
   }
 
@@ -170,6 +185,7 @@ export class DaxMapper {
     const hit = this.mappings.filter((m) => m.moffset < end && moffset < m.moffset + m.len);
     for (const m of hit) {
       const keep: Mapping[] = [];
+      if (m.fd < 0) continue; // already dropped by a reset
       if (m.moffset < moffset) keep.push({ ...m, len: moffset - m.moffset, fd: dup(m.fd) });
       if (m.moffset + m.len > end) {
         const cut = end - m.moffset;
@@ -177,10 +193,16 @@ export class DaxMapper {
       }
       const status = await this.unmapOne(m);
       for (const k of keep) {
-        if ((await this.map(k)) !== 0) close(k.fd);
+        if ((await this.map(k)) !== 0) closeFd(k);
       }
       if (status) return -status;
     }
     return 0;
   }
+}
+
+/** Closes a mapping's own fd once, however many paths reach it. */
+function closeFd(m: Mapping): void {
+  if (m.fd >= 0) close(m.fd);
+  m.fd = -1;
 }

@@ -1,4 +1,4 @@
-import { UnixStreamSocket } from '../sys';
+import { UnixStreamSocket, close } from '../sys';
 import { Connection } from './connection';
 import { BackendRequest, VHOST_USER_NEED_REPLY_MASK } from './protocol';
 import { U64, isReply } from './messages';
@@ -25,6 +25,8 @@ export class BackendChannel {
     this.connection = new Connection(socket);
     this.connection.start(
       (msg) => {
+        // Replies carry no fds; anything a front-end sends along is closed, not leaked.
+        for (const fd of msg.fds.splice(0)) close(fd);
         const pending = this.waiting.shift();
         if (!pending || !isReply(msg.flags) || msg.request !== pending.request) {
           this.log(`back-end channel: unexpected message ${msg.request} from the front-end`);

@@ -2,7 +2,7 @@ import { UnixStreamSocket, close } from '../sys';
 import { BackendChannel } from './backend-channel';
 import { Connection } from './connection';
 import { VhostUserDevice } from './device';
-import { GuestMemory } from './guest-memory';
+import { GuestMemory, GuestRegion, unmapRegions } from './guest-memory';
 import {
   ConfigHeader,
   MemoryRegionDesc,
@@ -30,7 +30,7 @@ import {
   VRING_NOFD_MASK,
   bit,
 } from './protocol';
-import { SplitVirtqueue, VirtqueueError } from './virtqueue';
+import { SplitVirtqueue } from './virtqueue';
 import { Vring } from './vring';
 
 export type { Logger } from '../log';
@@ -173,16 +173,20 @@ export class VhostUserBackend {
         if (msg.fds.length !== 1) throw new ProtocolError(`ADD_MEM_REG with ${msg.fds.length} fds`);
         if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new ProtocolError('no free memory slot');
         this.memory.addRegion(r, msg.fds.shift()!);
-        this.remapRings();
         return undefined;
       }
       case FrontendRequest.REM_MEM_REG: {
         const r = SingleMemoryRegion.decode(p);
-        this.waitForIdle();
-        if (!this.memory.removeRegion(r.guestPhysAddr, r.memorySize)) {
-          throw new Error(`no memory region at 0x${r.guestPhysAddr.toString(16)}`);
+        const removed = this.memory.detachRegion(r.guestPhysAddr, r.memorySize);
+        if (!removed) throw new Error(`no memory region at 0x${r.guestPhysAddr.toString(16)}`);
+        try {
+          this.checkRings(this.memory);
+        } catch (err) {
+          this.memory.reattachRegion(removed);
+          throw err;
         }
         this.remapRings();
+        this.retire([removed]);
         return undefined;
       }
       case FrontendRequest.SET_VRING_NUM: {
@@ -272,10 +276,41 @@ export class VhostUserBackend {
     const regions = Array.from({ length: h.nregions }, (_, i) =>
       MemoryRegionDesc.decode(msg.payload, MemoryTableHeader.size + i * MemoryRegionDesc.size),
     );
-    this.waitForIdle();
-    this.memory.clear();
-    for (const r of regions) this.memory.addRegion(r, msg.fds.shift()!);
+    // Build and check the whole new table before the old one is touched: a refused
+    // table leaves every ring on memory that is still mapped.
+    const next = new GuestMemory();
+    try {
+      for (const r of regions) next.addRegion(r, msg.fds.shift()!);
+      this.checkRings(next);
+    } catch (err) {
+      next.clear();
+      throw err instanceof ProtocolError ? err : new ProtocolError((err as Error).message);
+    }
+    this.retire(this.memory.replaceWith(next));
     this.remapRings();
+  }
+
+  /** Throws unless every started ring lies inside `memory`. */
+  private checkRings(memory: GuestMemory): void {
+    for (const v of this.vrings) {
+      if (!v.queue) continue;
+      const sizes = [
+        [v.descUserAddr, 16 * v.size],
+        [v.availUserAddr, 6 + 2 * v.size],
+        [v.usedUserAddr, 6 + 8 * v.size],
+      ];
+      for (const [uva, len] of sizes) {
+        if (!memory.sliceUserAddr(uva, len)) throw new ProtocolError(`queue ${v.index} would lie outside the new memory table`);
+      }
+    }
+  }
+
+  /**
+   * Unmaps regions taken out of the table once no request is in flight:
+   * requests waiting (e.g. SETLKW) hold views of them and will still reply into them.
+   */
+  private retire(regions: GuestRegion[]): void {
+    if (regions.length > 0) this.device.whenIdle(() => unmapRegions(regions));
   }
 
   /** Ring views point into the old mappings: rebuild them after the memory table changed. */
@@ -283,11 +318,6 @@ export class VhostUserBackend {
     for (const vring of this.vrings) {
       if (vring.queue) vring.queue.setAddresses(vring.descUserAddr, vring.availUserAddr, vring.usedUserAddr);
     }
-  }
-
-  private waitForIdle(): void {
-    // Requests still in flight hold views of guest memory; unmapping under them would crash.
-    if (this.device.inflight() > 0) throw new Error('memory table changed while requests are in flight');
   }
 
   private setVringFd(msg: Message, which: 'kickFd' | 'callFd' | 'errFd'): void {
@@ -329,9 +359,9 @@ export class VhostUserBackend {
     try {
       this.device.processQueue(vring);
     } catch (err) {
-      if (!(err instanceof VirtqueueError)) throw err;
-      // The driver broke the ring's invariants: stop serving this queue, keep the others.
-      this.log('error', `queue ${vring.index}: ${err.message}; queue stopped`);
+      // Nothing may escape into the event loop. A driver that broke the ring's
+      // invariants loses this queue; the others keep going.
+      this.log('error', `queue ${vring.index}: ${(err as Error).message}; queue stopped`);
       vring.stop();
     }
   }
@@ -352,7 +382,8 @@ export class VhostUserBackend {
     this.backendChannel = null;
     this.device.reset();
     this.connection.close();
-    if (this.device.inflight() === 0) this.memory.clear();
+    const regions = this.memory.replaceWith(new GuestMemory());
+    this.retire(regions);
     this.onDisconnect(err);
   }
 

@@ -20,6 +20,8 @@ export interface VhostUserDevice {
   setBackendChannel(channel: BackendChannel | null): void;
   /** Requests the device is still working on (memory must stay mapped until 0). */
   inflight(): number;
+  /** Runs `callback` once no request is in flight (at once if none is). */
+  whenIdle(callback: () => void): void;
   /** Device reset, front-end disconnect: forget all state. */
   reset(): void;
 }

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { MappedRegion, close } from '../sys';
 import { MemoryRegionDescription } from './messages';
 
@@ -47,26 +48,51 @@ export class GuestMemory {
           throw new GuestMemoryError(`region at 0x${gpa.toString(16)} overlaps another`);
         }
       }
+      // Touching a mapping past the end of its file raises SIGBUS: the file must hold the whole region.
+      const fileSize = fs.fstatSync(fd).size;
+      if (base + size > fileSize) {
+        throw new GuestMemoryError(`region at 0x${gpa.toString(16)} needs ${base + size} bytes of its fd, which has ${fileSize}`);
+      }
       // mmap needs a page-aligned file offset: map from 0 and skip mmapOffset, as libvhost-user does.
       const mapping = MappedRegion.mapFd(fd, base + size, 0);
       this.regions.push({ guestPhysAddr: gpa, size, userspaceAddr: uva, mmapOffset: base, mapping, base });
-      this.regions.sort((a, b) => (a.guestPhysAddr < b.guestPhysAddr ? -1 : 1));
+      this.regions.sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
     } finally {
       close(fd);
     }
   }
 
-  /** Unmaps the region that starts at `guestPhysAddr` with `size` bytes. */
-  removeRegion(guestPhysAddr: bigint, size: bigint): boolean {
+  /**
+   * Takes the region that starts at `guestPhysAddr` with `size` bytes out of
+   * the table, still mapped (the caller unmaps it once nothing uses it), or
+   * returns null if there is none.
+   */
+  detachRegion(guestPhysAddr: bigint, size: bigint): GuestRegion | null {
     const i = this.regions.findIndex((r) => BigInt(r.guestPhysAddr) === guestPhysAddr && BigInt(r.size) === size);
-    if (i < 0) return false;
-    this.regions[i].mapping.unmap();
-    this.regions.splice(i, 1);
-    return true;
+    if (i < 0) return null;
+    return this.regions.splice(i, 1)[0];
   }
 
+  /** Puts a detached region back (the change it was detached for was refused). */
+  reattachRegion(region: GuestRegion): void {
+    this.regions.push(region);
+    this.regions.sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
+  }
+
+  /**
+   * Replaces this table's regions with `next`'s (which is left empty) and
+   * returns the old ones, still mapped: requests in flight may hold views of them.
+   */
+  replaceWith(next: GuestMemory): GuestRegion[] {
+    const old = this.regions;
+    this.regions = next.regions;
+    next.regions = [];
+    return old;
+  }
+
+  /** Unmaps and forgets every region. */
   clear(): void {
-    for (const r of this.regions) r.mapping.unmap();
+    unmapRegions(this.regions);
     this.regions = [];
   }
 
@@ -119,4 +145,9 @@ export class GuestMemory {
     }
     return undefined;
   }
+}
+
+/** Unmaps regions taken out of a table (see detachRegion, replaceWith). */
+export function unmapRegions(regions: GuestRegion[]): void {
+  for (const r of regions) r.mapping.unmap();
 }

@@ -132,6 +132,8 @@ export class SplitVirtqueue {
         if (inIndirect) return { head, error: 'nested indirect descriptor' };
         if (flags & VIRTQ_DESC_F_NEXT) return { head, error: 'indirect descriptor with NEXT' };
         if (len === 0 || len % DESC_SIZE !== 0) return { head, error: `indirect table of ${len} bytes` };
+        // A chain may not be longer than the queue (virtio 1.x, 2.7.5.3.1), indirect or not.
+        if (len / DESC_SIZE > this.size) return { head, error: `indirect table of ${len / DESC_SIZE} descriptors for a queue of ${this.size}` };
         const t = this.memory.slice(addr, len);
         if (!t) return { head, error: 'indirect table outside guest memory' };
         table = t;

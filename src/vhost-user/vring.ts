@@ -44,14 +44,25 @@ export class Vring {
     });
   }
 
-  /** Signals the driver through the call eventfd (if it gave one). */
-  signal(): void {
-    if (this.callFd >= 0) fs.writeSync(this.callFd, ONE, 0, 8, null);
+  /**
+   * Signals the driver through the call eventfd (if it gave one). A call fd that
+   * cannot be written (the front-end sent something else) is dropped, with the
+   * error returned for the owner to log: signals stop, the daemon does not.
+   */
+  signal(): Error | null {
+    if (this.callFd < 0) return null;
+    try {
+      fs.writeSync(this.callFd, ONE, 0, 8, null);
+      return null;
+    } catch (err) {
+      this.replaceFd('callFd', -1);
+      return err as Error;
+    }
   }
 
   /** Signals if the driver asked to be told about what was used since the last signal. */
-  signalIfNeeded(): void {
-    if (this.queue && this.queue.needsSignal()) this.signal();
+  signalIfNeeded(): Error | null {
+    return this.queue && this.queue.needsSignal() ? this.signal() : null;
   }
 
   /** Stops processing (GET_VRING_BASE): returns the next available index to resume from. */

@@ -31,6 +31,7 @@ export class VirtioFsDevice implements VhostUserDevice {
   readonly maxQueues = 1 + MAX_REQUEST_QUEUES;
   readonly deviceFeatures = 0n;
   private pending = 0;
+  private idleWaiters: (() => void)[] = [];
 
   constructor(
     private readonly server: FuseRequestHandler,
@@ -62,17 +63,26 @@ export class VirtioFsDevice implements VhostUserDevice {
         }
       }
     } while (queue.armKick());
-    if (used > 0) vring.signalIfNeeded();
+    if (used > 0) this.signal(vring);
+  }
+
+  private signal(vring: Vring): void {
+    const err = vring.signalIfNeeded();
+    if (err) this.log('error', `queue ${vring.index}: cannot signal the driver (${err.message}); no more signals on this queue`);
   }
 
   private completeLater(vring: Vring, queue: SplitVirtqueue, head: number, result: Promise<number>): void {
     this.pending++;
     const done = (len: number): void => {
-      this.pending--;
-      // A ring stopped or reset meanwhile no longer belongs to this request.
-      if (vring.queue !== queue) return;
-      queue.pushUsed(head, len);
-      vring.signalIfNeeded();
+      try {
+        // A ring stopped or reset meanwhile no longer belongs to this request.
+        if (vring.queue === queue) {
+          queue.pushUsed(head, len);
+          this.signal(vring);
+        }
+      } finally {
+        if (--this.pending === 0) for (const waiter of this.idleWaiters.splice(0)) waiter();
+      }
     };
     result.then(done, (err: Error) => {
       this.log('error', `queue ${vring.index}: request failed: ${err.message}`);
@@ -82,6 +92,11 @@ export class VirtioFsDevice implements VhostUserDevice {
 
   inflight(): number {
     return this.pending;
+  }
+
+  whenIdle(callback: () => void): void {
+    if (this.pending === 0) callback();
+    else this.idleWaiters.push(callback);
   }
 
   shmemRegions(): bigint[] {

@@ -2,7 +2,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { validateRange } from '../../src/dax-mapper/dax-mapper';
+import { DaxMapper, validateRange } from '../../src/dax-mapper/dax-mapper';
+import { BackendChannel } from '../../src/vhost-user/backend-channel';
 import { Errno } from '../../src/sys';
 import { daxPair } from '../helpers/dax-pair';
 
@@ -89,5 +90,37 @@ describe('DaxMapper with the guest DaxWindow', () => {
     const { mapper, fd } = setup(8 * 1024 * 1024, true);
     expect(await mapper.setup({ nodeid: 2n, fd, foffset: 0n, len: 2n * MiB, moffset: 0n, writable: false })).toBe(Errno.EIO);
     expect(mapper.list()).toEqual([]);
+  });
+});
+
+describe('DaxMapper reset while the front-end is answering', () => {
+  it('never closes an fd twice, nor keeps mappings across the reset', async () => {
+    const acks: (() => void)[] = [];
+    const channel = { request: () => new Promise<void>((resolve) => acks.push(resolve)) };
+    const mapper = new DaxMapper(8n * MiB);
+    mapper.setBackendChannel(channel as unknown as BackendChannel);
+    const fd = fs.openSync('/etc/hostname', 'r');
+    const flush = async () => {
+      for (let i = 0; i < 20; i++) {
+        await new Promise((r) => setImmediate(r));
+        acks.splice(0).forEach((ack) => ack());
+      }
+    };
+    const a = mapper.setup({ nodeid: 2n, fd, foffset: 0n, len: 2n * MiB, moffset: 0n, writable: false });
+    await flush();
+    expect(await a).toBe(0);
+    // A removal waits for its acknowledgement; the device is reset meanwhile.
+    const removal = mapper.remove(0n, 8n * MiB);
+    await new Promise((r) => setImmediate(r));
+    const pendingMap = mapper.setup({ nodeid: 3n, fd, foffset: 0n, len: 2n * MiB, moffset: 2n * MiB, writable: false });
+    mapper.reset();
+    const victim = fs.openSync('/etc/hostname', 'r'); // likely takes a number the mapper just closed
+    await flush();
+    expect(await removal).toBe(0);
+    expect(await pendingMap).toBe(Errno.EIO);
+    expect(mapper.list()).toEqual([]);
+    expect(() => fs.fstatSync(victim)).not.toThrow();
+    fs.closeSync(victim);
+    fs.closeSync(fd);
   });
 });

@@ -7,6 +7,9 @@ import { UnixListener } from '../../src/sys';
 import { VhostUserBackend } from '../../src/vhost-user/backend';
 import { VhostUserDevice } from '../../src/vhost-user/device';
 import { FrontendRequest, ProtocolFeature, VHOST_USER_NEED_REPLY_MASK } from '../../src/vhost-user/protocol';
+import { MFD_CLOEXEC, close, ftruncate, memfdCreate } from '../../src/sys';
+import { MemoryRegionDesc, MemoryTableHeader, SingleMemoryRegion, U64 } from '../../src/vhost-user/messages';
+import { VIRTQ_DESC_F_INDIRECT } from '../../src/vhost-user/virtqueue';
 import { Vring } from '../../src/vhost-user/vring';
 
 /** A device that copies each chain's readable bytes into its writable ones. */
@@ -37,6 +40,9 @@ class EchoDevice implements VhostUserDevice {
   setBackendChannel(): void {}
   inflight(): number {
     return 0;
+  }
+  whenIdle(callback: () => void): void {
+    callback();
   }
   reset(): void {
     this.resets++;
@@ -129,5 +135,61 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
     expect(len).toBe(0);
     expect(frontend.queues[1].driver.freeCount).toBe(free);
     expect(await echo(frontend, 1, 'after bad chain')).toBe('after bad chain');
+  });
+
+  it('survives a call fd it cannot write and keeps serving', async () => {
+    const { frontend, disconnected } = await start();
+    const readOnly = fs.openSync('/etc/hostname', 'r');
+    await frontend.send(FrontendRequest.SET_VRING_CALL, U64.encode({ value: 2n }), [readOnly]);
+    fs.closeSync(readOnly);
+    const b = frontend.ram.alloc(16);
+    // No signal can come back on queue 2: look at its used ring instead.
+    void frontend.queues[2].submit([{ addr: b.addr, len: 16 }], []);
+    const usedIdx = () => frontend.queues[2].used.view.readUInt16LE(2);
+    await until(() => usedIdx() === 1);
+    expect(usedIdx()).toBe(1); // served, though the driver could not be told
+    expect(disconnected()).toBeNull();
+    expect(await echo(frontend, 1, 'queue 1 unaffected')).toBe('queue 1 unaffected');
+  });
+
+  it('refuses a memory table it cannot use without unmapping the one in use', async () => {
+    const { frontend, disconnected, logs } = await start();
+    const table = Buffer.alloc(MemoryTableHeader.size + MemoryRegionDesc.size);
+    MemoryTableHeader.encode({ nregions: 1, padding: 0 }, table);
+    MemoryRegionDesc.encode({ guestPhysAddr: 0n, memorySize: 0n, userspaceAddr: 0n, mmapOffset: 0n }, table, MemoryTableHeader.size);
+    await expect(frontend.send(FrontendRequest.SET_MEM_TABLE, table, [frontend.ram.regions[0].fd])).rejects.toThrow();
+    await until(disconnected);
+    expect(logs.join('\n')).toMatch(/unusable region/);
+  });
+
+  it('refuses a region whose fd is smaller than the region', async () => {
+    const { frontend } = await start();
+    const fd = memfdCreate('small', MFD_CLOEXEC);
+    ftruncate(fd, 4096);
+    const region = SingleMemoryRegion.encode({ padding: 0n, guestPhysAddr: 0x300000000n, memorySize: 1n << 20n, userspaceAddr: 0x700000000000n, mmapOffset: 0n });
+    await expect(frontend.send(FrontendRequest.ADD_MEM_REG, region, [fd])).rejects.toThrow();
+    close(fd);
+  });
+
+  it('refuses to remove the memory region that holds a running ring', async () => {
+    const { frontend, disconnected } = await start();
+    const r = frontend.ram.regions[1]; // queue 1's rings live in region 1
+    const region = SingleMemoryRegion.encode({
+      padding: 0n,
+      guestPhysAddr: BigInt(r.guestPhysAddr),
+      memorySize: BigInt(r.size),
+      userspaceAddr: BigInt(r.userspaceAddr),
+      mmapOffset: 0n,
+    });
+    await expect(frontend.send(FrontendRequest.REM_MEM_REG, region, [])).rejects.toThrow();
+    await until(disconnected);
+    expect(disconnected()?.err?.message).toMatch(/outside the new memory table/);
+  });
+
+  it('returns an indirect table longer than the queue as a broken chain', async () => {
+    const { frontend } = await start();
+    const len = await frontend.queues[1].submitRaw([{ index: 0, addr: 0x1000, len: 16 * 1024, flags: VIRTQ_DESC_F_INDIRECT, next: 0 }], 0);
+    expect(len).toBe(0);
+    expect(await echo(frontend, 1, 'next')).toBe('next');
   });
 });
