@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Prepares what the end-to-end tests (test/e2e/) need to boot a real Linux
 # guest under QEMU against a virtio-fs back-end:
-#   - Debian packages: qemu-system-x86, busybox-static, cpio, kmod
+#   - Debian packages: qemu-system-x86, busybox-static, cpio, kmod, and
+#     gcc + libc6-dev for the battery program
 #   - two guest kernels, unpacked under .cache/e2e/ (the machine's apt setup
 #     is left alone):
 #       bookworm/   the bookworm cloud kernel (6.1: virtio and fuse are modules)
 #       backports/  the bookworm-backports cloud kernel (6.12: all built in,
 #                   spreads requests over several request queues)
-#   - one busybox initramfs per kernel holding test/e2e/guest/init and
-#     test/e2e/guest/workload.sh (see those files for what the guest does).
+#   - $CACHE/battery: test/e2e/guest/battery.c built with `gcc -static`; the
+#     guest runs it as /bin/battery, the host tests run it for their probes
+#   - one busybox initramfs per kernel holding test/e2e/guest/init,
+#     test/e2e/guest/workload.sh and the battery (see those files for what
+#     the guest does).
 # Idempotent: work already done is skipped, so a re-run takes well under a
 # second. Run as root (installs packages). E2E_CACHE_DIR overrides the cache.
 set -euo pipefail
@@ -16,7 +20,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE=${E2E_CACHE_DIR:-$ROOT/.cache/e2e}
 GUEST_SRC=$ROOT/test/e2e/guest
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod)
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod gcc libc6-dev)
 # Modules the guest needs; the 6.1 kernel has them as .ko files, 6.12 built in.
 GUEST_MODULES=(virtio_pci virtiofs)
 
@@ -125,11 +129,24 @@ module_order() {
   printf '%s\n' "${order[@]}"
 }
 
+# build_battery: $CACHE/battery from test/e2e/guest/battery.c, statically
+# linked (the initramfs has no libc); skipped when newer than its source.
+build_battery() {
+  local src=$GUEST_SRC/battery.c bin=$CACHE/battery
+  if [ "$bin" -nt "$src" ] && [ "$bin" -nt "${BASH_SOURCE[0]}" ]; then
+    log "battery up to date"
+    return
+  fi
+  log "compiling $src"
+  gcc -static -O2 -Wall -Wextra -Werror -o "$bin.tmp" "$src"
+  mv "$bin.tmp" "$bin"
+}
+
 # build_initramfs NAME: $CACHE/NAME/initrd.gz from busybox, the guest scripts
 # and the kernel's modules (if any); skipped when newer than all its inputs.
 build_initramfs() {
   local name=$1
-  local dir=$CACHE/$name release stage kos ko inputs=("$GUEST_SRC/init" "$GUEST_SRC/workload.sh" /bin/busybox "${BASH_SOURCE[0]}") f fresh=1
+  local dir=$CACHE/$name release stage kos ko inputs=("$GUEST_SRC/init" "$GUEST_SRC/workload.sh" "$CACHE/battery" /bin/busybox "${BASH_SOURCE[0]}") f fresh=1
   release=$(cat "$dir/kernel-release")
   for f in "${inputs[@]}"; do [ "$dir/initrd.gz" -nt "$f" ] || fresh=0; done
   if [ "$fresh" = 1 ]; then
@@ -143,6 +160,7 @@ build_initramfs() {
   ln -s busybox "$stage/bin/sh"
   install -m 0755 "$GUEST_SRC/init" "$stage/init"
   install -m 0755 "$GUEST_SRC/workload.sh" "$stage/workload.sh"
+  install -m 0755 "$CACHE/battery" "$stage/bin/battery"
   # /modules/load-order lists the files for init to insmod, in order.
   kos=$(module_order "$dir/root/lib/modules/$release" "${GUEST_MODULES[@]}")
   : > "$stage/modules/load-order"
@@ -167,6 +185,7 @@ if ! kernel_present backports; then
   prepare_backports_apt
   fetch_kernel backports "${BACKPORTS_APT[@]}"
 fi
+build_battery
 build_initramfs bookworm
 build_initramfs backports
 
@@ -177,3 +196,4 @@ for name in bookworm backports; do
 done
 echo "qemu: $(command -v qemu-system-x86_64) ($(qemu-system-x86_64 --version | head -n 1))"
 echo "reference daemon: /usr/lib/qemu/virtiofsd"
+echo "battery: $CACHE/battery"

@@ -2,55 +2,30 @@
 // virtio-fs and works on it (test/e2e/guest/workload.sh); the host checks
 // the results byte for byte. Needs root, QEMU and the guest kernels, which
 // scripts/e2e/setup.sh installs (beforeAll runs it; it is quick when done).
-//
-// E2E_DAEMON selects the back-end under test:
-//   (unset) or "ts"  node bin/virtiofsd-ts.js (this project)
-//   "reference"      QEMU's C virtiofsd, /usr/lib/qemu/virtiofsd, to check
-//                    the tests themselves
-import { spawnSync } from 'node:child_process';
+// E2E_DAEMON=reference runs the same tests against QEMU's C virtiofsd (see
+// harness.ts).
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import {
-  BootOptions,
-  BootResult,
-  GuestReport,
-  KernelName,
-  REPO_ROOT,
-  bootGuest,
-  describeRun,
-  guestKernel,
-  parseConsole,
-} from './qemu-guest';
+  DAEMON_TITLE,
+  GuestRun,
+  GuestRunOptions,
+  REFERENCE,
+  TEST_TIMEOUT,
+  expectCleanRun,
+  fileSha256,
+  runGuest as runGuestOnShare,
+  sha256,
+  useE2EEnvironment,
+} from './harness';
+import { KernelName, describeRun } from './qemu-guest';
 
-const DAEMON = process.env.E2E_DAEMON || 'ts';
-if (DAEMON !== 'ts' && DAEMON !== 'reference') {
-  throw new Error(`E2E_DAEMON must be "ts" or "reference", not "${DAEMON}"`);
-}
-const REFERENCE = DAEMON === 'reference';
-
-function daemonCommand(socketPath: string, sharedDir: string): string[] {
-  return REFERENCE
-    ? ['/usr/lib/qemu/virtiofsd', `--socket-path=${socketPath}`, '-o', `source=${sharedDir}`, '-o', 'cache=auto']
-    : [
-        process.execPath,
-        path.join(REPO_ROOT, 'bin', 'virtiofsd-ts.js'),
-        '--socket-path', socketPath,
-        '--shared-dir', sharedDir,
-        '--cache', 'auto',
-      ];
-}
-
-const TEST_TIMEOUT = 180_000;
 const BIG_FILE_BYTES = 64 << 20;
 const HOST_DATA_BYTES = 3_000_123; // not a multiple of any page or buffer size
 
-const sha256 = (data: Buffer | string) => crypto.createHash('sha256').update(data).digest('hex');
-const fileSha256 = (file: string) => sha256(fs.readFileSync(file));
-
-let workDir: string;
+let workDir: () => string;
 
 /** Files the host puts into the share before boot; workload.sh expects them. */
 const HOST_FILES = [
@@ -73,51 +48,24 @@ function prepareShare(share: string): { hostData: Buffer } {
   return { hostData };
 }
 
-interface GuestRun {
-  share: string;
-  hostData: Buffer;
-  run: BootResult;
-  report: GuestReport;
-}
-
 /** Prepares a share, serves it with the daemon under test and boots a guest. */
 async function runGuest(
   kernel: KernelName,
   mode: string,
-  extra: Pick<BootOptions, 'requestQueues' | 'allowReboot'> = {},
-): Promise<GuestRun> {
-  const share = path.join(workDir, 'share');
+  extra: Pick<GuestRunOptions, 'requestQueues' | 'allowReboot'> = {},
+): Promise<GuestRun & { hostData: Buffer }> {
+  const share = path.join(workDir(), 'share');
   fs.mkdirSync(share);
   const { hostData } = prepareShare(share);
-  const socketPath = path.join(workDir, 'vhost-fs.sock');
-  const run = await bootGuest({
-    daemonCommand: daemonCommand(socketPath, share),
-    socketPath,
-    kernel: guestKernel(kernel),
-    mode,
-    ...extra,
-  });
-  console.log(`[e2e] ${DAEMON} daemon, ${kernel} kernel, mode ${mode}: QEMU ran ${run.qemuMs} ms`);
-  return { share, hostData, run, report: parseConsole(run.consoleText) };
-}
-
-/** The guest finished its workload with no failed check, QEMU powered off
- *  cleanly and the daemon then exited 0 by itself. */
-function expectCleanRun({ run, report }: GuestRun, expectedChecks: string[]): void {
-  const details = describeRun(run);
-  expect(run.timedOut, details).toBe(false);
-  expect(report.failed, details).toEqual([]);
-  expect(report.done, `guest did not reach E2E-DONE\n${details}`).toBe(true);
-  for (const check of expectedChecks) expect(report.ok, `check ${check}\n${details}`).toContain(check);
-  expect(run.qemuExitCode, details).toBe(0);
-  expect(run.daemonExitCode, `daemon must exit 0 after QEMU powered off\n${details}`).toBe(0);
+  const result = await runGuestOnShare({ workDir: workDir(), share, kernel, mode, daemon: { cache: 'auto' }, ...extra });
+  return { ...result, hostData };
 }
 
 const read = (share: string, rel: string) => fs.readFileSync(path.join(share, rel), 'utf8');
 const exists = (share: string, rel: string) => fs.existsSync(path.join(share, rel));
 
 /** The guest's `basic` workload on the given kernel, and everything it left. */
-async function basicWorkload(kernel: KernelName, extra: Pick<BootOptions, 'requestQueues'> = {}): Promise<void> {
+async function basicWorkload(kernel: KernelName, extra: Pick<GuestRunOptions, 'requestQueues'> = {}): Promise<void> {
   const result = await runGuest(kernel, 'basic', extra);
   expectCleanRun(result, [
     'mount', 'list-share', 'read-small-file', 'read-host-file', 'read-nested-file', 'read-symlink',
@@ -161,23 +109,8 @@ async function basicWorkload(kernel: KernelName, extra: Pick<BootOptions, 'reque
   expect(fileSha256(big)).toBe(report.sums.get('big.bin'));
 }
 
-describe(`Linux guest against the ${REFERENCE ? 'reference C virtiofsd' : 'virtiofsd-ts'} daemon`, () => {
-  beforeAll(() => {
-    // Installs QEMU and builds the guests if missing; rebuilds an initramfs
-    // whose guest scripts changed. A failure here fails every test.
-    const setup = spawnSync('bash', [path.join(REPO_ROOT, 'scripts/e2e/setup.sh')], { encoding: 'utf8' });
-    if (setup.status !== 0) {
-      throw new Error(`scripts/e2e/setup.sh failed (${setup.status}):\n${setup.stdout}\n${setup.stderr}`);
-    }
-  }, 900_000);
-
-  // A fresh temporary directory per test for the share and the socket.
-  beforeEach(() => {
-    workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'virtiofsd-e2e-'));
-  });
-  afterEach(() => {
-    fs.rmSync(workDir, { recursive: true, force: true });
-  });
+describe(`Linux guest against ${DAEMON_TITLE}`, () => {
+  workDir = useE2EEnvironment();
 
   test('6.1 guest (modules): list, read, write, rename, remove, 64 MiB round trip', async () => {
     await basicWorkload('bookworm');

@@ -1,6 +1,8 @@
 // Boots a real Linux guest under QEMU (TCG) against a vhost-user-fs back-end
 // daemon, for the end-to-end tests. Kernels and initramfs images come from
-// scripts/e2e/setup.sh; the guest side is test/e2e/guest/{init,workload.sh}.
+// scripts/e2e/setup.sh; the guest side is test/e2e/guest/{init,workload.sh}
+// and the battery program (battery.c). harness.ts builds the tests' common
+// steps on top of this.
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -240,14 +242,14 @@ export interface GuestReport {
   ok: string[];
   /** E2E-FAIL lines, without the marker. */
   failed: string[];
-  /** E2E-SUM path -> sha256. */
+  /** E2E-SUM path -> checksum (sha256 hex from workload.sh, "fnv32x2:..." from battery.c). */
   sums: Map<string, string>;
   /** E2E-INFO lines, without the marker. */
   info: string[];
   done: boolean;
 }
 
-/** Parses the E2E- marker lines of test/e2e/guest/workload.sh. */
+/** Parses the E2E- marker lines of test/e2e/guest/workload.sh and battery.c. */
 export function parseConsole(consoleText: string): GuestReport {
   const report: GuestReport = { ok: [], failed: [], sums: new Map(), info: [], done: false };
   for (const line of consoleText.split(/\r?\n/)) {

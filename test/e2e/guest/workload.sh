@@ -1,6 +1,9 @@
 #!/bin/sh
-# Guest side of test/e2e/guest-linux.test.ts, run by /init with the share
-# (virtio-fs tag "myfs") mounted on /mnt. Usage: workload.sh MODE.
+# Guest side of the e2e tests (test/e2e/*.test.ts), run by /init with the
+# share (virtio-fs tag "myfs") mounted on /mnt. Usage: workload.sh MODE.
+# Modes basic, reboot and parallel serve guest-linux.test.ts; battery
+# (posix-battery.test.ts) and coherence (cache-coherence.test.ts) run
+# /bin/battery, built from battery.c.
 # Console protocol, one line each, read by the test:
 #   E2E-OK <check>             a check passed
 #   E2E-FAIL <check> <reason>  a check failed
@@ -134,5 +137,9 @@ case "$1" in
     ;;
   reboot) reboot_mode ;;
   parallel) parallel_mode ;;
+  # The numbered POSIX checks, each in /mnt/battery/<check>.
+  battery) battery run $M/battery ;;
+  # Host/guest coherence observations on /mnt/coh, prepared by the host.
+  coherence) battery coherence $M/coh ;;
   *) fail workload "unknown mode '$1'" ;;
 esac
