@@ -85,7 +85,8 @@ abstract class ChainCursor {
       const b = this.bufs[i];
       const take = Math.min(n, b.length - off);
       if (take > 0) {
-        iov.push(b.subarray(off, off + take));
+        // The whole buffer as it is: no new view object per iovec on the common path.
+        iov.push(off === 0 && take === b.length ? b : b.subarray(off, off + take));
         n -= take;
       }
       i++;
@@ -196,9 +197,10 @@ export class Reader extends ChainCursor {
     for (let i = this.index, off = this.offset; i < this.bufs.length && scanned < this.left; i++, off = 0) {
       const b = this.bufs[i];
       const end = Math.min(b.length, off + (this.left - scanned));
-      const nul = b.indexOf(0, off);
-      if (nul !== -1 && nul < end) {
-        length = scanned + (nul - off);
+      // Only up to the request's end: a descriptor may be far longer than the name.
+      const nul = b.subarray(off, end).indexOf(0);
+      if (nul !== -1) {
+        length = scanned + nul;
         break;
       }
       scanned += end - off;

@@ -2,7 +2,7 @@
  * Open files and directories the guest holds a handle (fh) to. The table owns
  * each handle's fds: removing a handle closes them.
  */
-import { closeQuietly } from '../sys/fs';
+import { O_RDONLY, O_RDWR, O_WRONLY, closeQuietly } from '../sys/fs';
 import { Errno, fail } from './errors';
 
 export type HandleKind = 'file' | 'dir';
@@ -13,6 +13,11 @@ export interface Handle {
   readonly fd: number;
   readonly nodeid: number;
   readonly kind: HandleKind;
+  /**
+   * The access mode `fd` was opened with (O_RDONLY, O_WRONLY or O_RDWR), fixed
+   * at open: no per-request flag of the guest widens it.
+   */
+  readonly access: number;
   /**
    * For files the guest opened O_APPEND: a second fd with O_APPEND, for the
    * guest's own appending writes. `fd` lacks it, because write-back of mmap'd
@@ -31,9 +36,9 @@ export class HandleTable {
     return this.handles.size;
   }
 
-  /** Registers `fd` (taking ownership) and returns its new handle. */
-  insert(fd: number, nodeid: number, kind: HandleKind): Handle {
-    const handle: Handle = { fh: this.nextFh++, fd, nodeid, kind, appendFd: -1 };
+  /** Registers `fd` (taking ownership), opened with the access mode `access`, and returns its new handle. */
+  insert(fd: number, nodeid: number, kind: HandleKind, access: number = O_RDONLY): Handle {
+    const handle: Handle = { fh: this.nextFh++, fd, nodeid, kind, access, appendFd: -1 };
     this.handles.set(handle.fh, handle);
     return handle;
   }
@@ -55,6 +60,11 @@ export class HandleTable {
   /** Whether `fh` is still open (a waiting lock must not outlive its handle). */
   has(fh: number): boolean {
     return this.handles.has(fh);
+  }
+
+  /** Whether the handle's fd was opened for writing. */
+  static writable(handle: Handle): boolean {
+    return handle.access === O_WRONLY || handle.access === O_RDWR;
   }
 
   /** Any open handle on `nodeid`: an unlinked inode may be reachable through nothing else. */

@@ -13,6 +13,7 @@ import {
   O_NOFOLLOW,
   O_PATH,
   S_IFDIR,
+  S_IFLNK,
   S_IFREG,
   closeQuietly,
   openat,
@@ -125,8 +126,15 @@ export class PassthroughCore {
     }
   }
 
-  /** A new fd of the inode opened with `flags` (never O_PATH), owned by the caller. */
+  /**
+   * A new fd of the inode opened with `flags` (never O_PATH), owned by the
+   * caller. Only regular files and directories are ever opened: opening a
+   * FIFO would block the whole daemon and opening a device node would hand
+   * the guest a host device (the type of an inode never changes, so this
+   * check holds for the fd opened below).
+   */
   reopen(inode: Inode, flags: number): number {
+    if (inode.type !== S_IFREG && inode.type !== S_IFDIR) fail(inode.type === S_IFLNK ? Errno.ELOOP : Errno.EINVAL);
     if (inode.fd >= 0) return openat(this.procSelfFd, String(inode.fd), flags, 0);
     try {
       return this.fileHandles!.open(inode.handle!, flags);
@@ -147,8 +155,7 @@ export class PassthroughCore {
    * daemon and opening a device node would hand the guest a host device.
    */
   requireRegular(inode: Inode): void {
-    if (inode.type === S_IFDIR) fail(Errno.EISDIR);
-    if (inode.type !== S_IFREG) fail(Errno.EINVAL);
+    requireRegularType(inode.type);
   }
 
   /* ---------------- attributes and lookups ---------------- */
@@ -180,14 +187,18 @@ export class PassthroughCore {
     return this.adopt(openat(this.fdOf(dir), name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0), dir);
   }
 
-  /** Registers the O_PATH `fd` (taking ownership) as a looked-up inode, found in `parent`. */
-  adopt(fd: number, parent: Inode | null): Entry {
-    let stat: Stat;
-    try {
-      stat = this.hostStat(fd);
-    } catch (err) {
-      closeQuietly(fd);
-      throw err;
+  /**
+   * Registers the O_PATH `fd` (taking ownership) as a looked-up inode, found in
+   * `parent`. `stat` is the host's stat of `fd` when the caller already has it.
+   */
+  adopt(fd: number, parent: Inode | null, stat?: Stat): Entry {
+    if (!stat) {
+      try {
+        stat = this.hostStat(fd);
+      } catch (err) {
+        closeQuietly(fd);
+        throw err;
+      }
     }
     const inode = this.inodes.adopt(fd, stat);
     let flags = 0;
@@ -225,4 +236,10 @@ export class PassthroughCore {
     const ids: HostIds = { uid: this.uidMap.toHost(ctx.uid), gid: this.gidMap.toHost(ctx.gid) };
     return this.credentials.asCaller(ids, this.has(FUSE_DONT_MASK) ? umask : 0, fn);
   }
+}
+
+/** requireRegular() for an S_IFMT type: EISDIR for a directory, EINVAL for anything else not regular. */
+export function requireRegularType(type: number): void {
+  if (type === S_IFDIR) fail(Errno.EISDIR);
+  if (type !== S_IFREG) fail(Errno.EINVAL);
 }

@@ -26,6 +26,8 @@ import {
   O_TRUNC,
   O_WRONLY,
   S_IFDIR,
+  S_IFLNK,
+  S_IFMT,
   closeQuietly,
   copyFileRange,
   fallocate,
@@ -33,13 +35,15 @@ import {
   openat,
   syncfs,
   unlinkat,
+  type Stat,
 } from '../sys/fs';
 import { close, dup } from '../sys/libc';
 import type { Reader, Writer } from './chain-io';
+import { Errno, errnoOf, fail } from './errors';
 import type { Context, Entry, Opened } from './filesystem';
-import type { Handle } from './handle-table';
+import { type Handle, HandleTable } from './handle-table';
 import type { Inode } from './inode-table';
-import type { PassthroughCore } from './passthrough-core';
+import { type PassthroughCore, requireRegularType } from './passthrough-core';
 import type { LockTable } from './passthrough-locks';
 import { FUSE_HANDLE_KILLPRIV_V2, FUSE_OPEN_KILL_SUIDGID, FUSE_RELEASE_FLUSH, FUSE_WRITE_CACHE, FUSE_WRITE_KILL_SUIDGID, FUSE_WRITEBACK_CACHE } from './protocol';
 
@@ -50,6 +54,8 @@ const DOT = Buffer.from('.\0');
  * a short copy and continues, as the call allows.
  */
 const MAX_COPY_CHUNK = 64 * 1024 * 1024;
+/** CREATE retries when the name it found existing is gone again by the time it is looked up. */
+const MAX_CREATE_ATTEMPTS = 3;
 
 /**
  * Open flags passed through to the host. Everything else is dropped: creation
@@ -71,14 +77,36 @@ export class FileOps {
     core.requireRegular(inode);
     const hostFlags = this.hostFlags(flags) | O_CLOEXEC;
     const fd = this.killingPrivs(openFlags, hostFlags, () => core.reopen(inode, hostFlags));
-    return { fh: core.handles.insert(fd, nodeid, 'file').fh, openFlags: core.policy.fileOpenFlags };
+    return { fh: core.handles.insert(fd, nodeid, 'file', hostFlags & O_ACCMODE).fh, openFlags: core.policy.fileOpenFlags };
   }
 
+  /**
+   * CREATE. The name is created with O_EXCL, so the fd opened is always a new
+   * regular file. When the name exists and the guest did not ask for O_EXCL
+   * (a stale negative dentry in the guest, or a host process creating it
+   * meanwhile), the existing inode is looked up (O_PATH), checked to be a
+   * regular file, and only then opened: a device node or FIFO under the name
+   * is never opened by the daemon.
+   */
   create(ctx: Context, dir: Inode, name: Buffer, mode: number, flags: number, umask: number, openFlags: number): [Entry, Opened] {
     const { core } = this;
-    const hostFlags = this.hostFlags(flags) | (flags & O_EXCL) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
-    const fd = this.killingPrivs(openFlags, hostFlags, () => core.asCaller(ctx, umask, () => openat(core.fdOf(dir), name, hostFlags, mode & 0o7777)));
-    return this.openedNew(ctx, fd, () => unlinkat(core.fdOf(dir), name, 0));
+    const hostFlags = this.hostFlags(flags) | O_CLOEXEC;
+    const exclusive = hostFlags | O_CREAT | O_EXCL | O_NOFOLLOW;
+    for (let attempt = 1; ; attempt++) {
+      let fd = -1;
+      try {
+        fd = this.killingPrivs(openFlags, hostFlags, () => core.asCaller(ctx, umask, () => openat(core.fdOf(dir), name, exclusive, mode & 0o7777)));
+      } catch (err) {
+        if (flags & O_EXCL || errnoOf(err) !== Errno.EEXIST) throw err;
+      }
+      if (fd >= 0) return this.openedNew(ctx, fd, hostFlags & O_ACCMODE, () => unlinkat(core.fdOf(dir), name, 0));
+      try {
+        return this.openExisting(ctx, dir, name, hostFlags, openFlags);
+      } catch (err) {
+        // Removed again between the two: create it after all (a bounded number of times).
+        if (errnoOf(err) !== Errno.ENOENT || attempt >= MAX_CREATE_ATTEMPTS) throw err;
+      }
+    }
   }
 
   tmpfile(ctx: Context, dir: Inode, mode: number, flags: number, umask: number): [Entry, Opened] {
@@ -86,7 +114,7 @@ export class FileOps {
     const hostFlags = this.hostFlags(flags) | O_TMPFILE | O_CLOEXEC;
     const fd = core.asCaller(ctx, umask, () => openat(core.fdOf(dir), DOT, hostFlags, mode & 0o7777));
     // Nameless: a failed label leaves nothing to remove.
-    return this.openedNew(ctx, fd, () => undefined);
+    return this.openedNew(ctx, fd, hostFlags & O_ACCMODE, () => undefined);
   }
 
   read(nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
@@ -96,6 +124,8 @@ export class FileOps {
   write(nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number {
     const { core } = this;
     const handle = core.handles.get(fh, nodeid, 'file');
+    // The handle's access mode was fixed at open; write_in.flags is the guest's word and never widens it.
+    if (!HandleTable.writable(handle)) fail(Errno.EBADF);
     // The guest's own appending writes append on the host too (another guest or a host process
     // may have grown the file); write-back of cached pages carries exact offsets (FUSE_WRITE_CACHE).
     const append = fileFlags & O_APPEND && !(writeFlags & FUSE_WRITE_CACHE) && !core.has(FUSE_WRITEBACK_CACHE);
@@ -155,8 +185,11 @@ export class FileOps {
   }
 
   syncfs(inode: Inode): void {
-    // syncfs(2) wants a real fd; O_NONBLOCK so that a FIFO cannot hold the open.
-    const fd = this.core.reopen(inode, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (inode.type === S_IFDIR ? O_DIRECTORY : 0));
+    // syncfs(2) wants a real fd (not O_PATH). Only directories are opened for it: the guest names
+    // the root of the file system it syncs, and for anything else the share's root stands in, so a
+    // device node or FIFO is never opened.
+    const dir = inode.type === S_IFDIR ? inode : this.core.inodes.root;
+    const fd = this.core.reopen(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK);
     try {
       syncfs(fd);
     } finally {
@@ -185,28 +218,75 @@ export class FileOps {
     return open();
   }
 
+  /** The handle's O_APPEND twin; only for a handle opened for writing (write() checks). */
   private appendFd(handle: Handle): number {
     if (handle.appendFd < 0) handle.appendFd = openat(this.core.procSelfFd, String(handle.fd), O_WRONLY | O_APPEND | O_CLOEXEC, 0);
     return handle.appendFd;
   }
 
   /**
-   * A file just created and opened as `fd` (owned): registered as looked up,
+   * A file just created and opened as `fd` (owned, opened with the access mode
+   * `access`): checked to be a regular file, registered as looked up,
    * labelled, and given a handle. `remove` takes the name away again if the
    * label cannot be set.
    */
-  private openedNew(ctx: Context, fd: number, remove: () => void): [Entry, Opened] {
+  private openedNew(ctx: Context, fd: number, access: number, remove: () => void): [Entry, Opened] {
     const { core } = this;
     let entry: Entry;
     try {
       // The inode fd comes from the open file itself, so a rename racing the create cannot swap it.
-      entry = core.labelled(ctx, core.adopt(openat(core.procSelfFd, String(fd), O_PATH | O_CLOEXEC, 0), null), remove);
+      const pathFd = openat(core.procSelfFd, String(fd), O_PATH | O_CLOEXEC, 0);
+      const stat = this.regularStat(pathFd);
+      entry = core.labelled(ctx, core.adopt(pathFd, null, stat), remove);
     } catch (err) {
       closeQuietly(fd);
       throw err;
     }
-    const fh = core.handles.insert(fd, entry.nodeid, 'file').fh;
+    const fh = core.handles.insert(fd, entry.nodeid, 'file', access).fh;
     return [entry, { fh, openFlags: core.policy.fileOpenFlags }];
+  }
+
+  /**
+   * CREATE of a name that exists, without O_EXCL: the inode is looked up
+   * (O_PATH | O_NOFOLLOW, which opens nothing), and opened through that fd
+   * only if it is a regular file, as the caller (whose permissions an open of
+   * an existing file must obey). An existing file keeps its label.
+   */
+  private openExisting(ctx: Context, dir: Inode, name: Buffer, hostFlags: number, openFlags: number): [Entry, Opened] {
+    const { core } = this;
+    const pathFd = openat(core.fdOf(dir), name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+    let stat: Stat;
+    let fd: number;
+    try {
+      stat = this.regularStat(pathFd);
+      // The same inode, reached through its O_PATH fd: a rename racing us cannot swap it.
+      fd = this.killingPrivs(openFlags, hostFlags, () => core.asCaller(ctx, 0, () => openat(core.procSelfFd, String(pathFd), hostFlags, 0)));
+    } catch (err) {
+      closeQuietly(pathFd);
+      throw err;
+    }
+    let entry: Entry;
+    try {
+      entry = core.adopt(pathFd, dir, stat);
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
+    const fh = core.handles.insert(fd, entry.nodeid, 'file', hostFlags & O_ACCMODE).fh;
+    return [entry, { fh, openFlags: core.policy.fileOpenFlags }];
+  }
+
+  /**
+   * The stat of the O_PATH `pathFd`, which must be a regular file: ELOOP for a
+   * symlink (as open(O_NOFOLLOW) answers), EISDIR for a directory, EINVAL for
+   * a device node, FIFO or socket. Does not close `pathFd`.
+   */
+  private regularStat(pathFd: number): Stat {
+    const stat = this.core.hostStat(pathFd);
+    const type = stat.mode & S_IFMT;
+    if (type === S_IFLNK) fail(Errno.ELOOP);
+    requireRegularType(type);
+    return stat;
   }
 }
 

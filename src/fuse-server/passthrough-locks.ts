@@ -36,6 +36,14 @@ import { Errno, errnoOf, fail, FuseError } from './errors';
 import type { LockRange } from './filesystem';
 import { OFFSET_MAX } from './protocol';
 
+/**
+ * Lock owners holding a description of one inode at a time. Each costs the
+ * daemon an fd until the owner's FLUSH/RELEASE (or the inode's FORGET); a
+ * guest inventing owners beyond this is answered ENOLCK, as a host kernel out
+ * of lock records would.
+ */
+export const MAX_LOCK_OWNERS_PER_INODE = 256;
+
 /** First retry of a waiting lock, and the longest pause between retries. */
 const FIRST_RETRY_MS = 1;
 const MAX_RETRY_MS = 50;
@@ -173,6 +181,7 @@ export class LockTable {
     let byOwner = this.owners.get(nodeid);
     let fd = byOwner?.get(owner);
     if (fd !== undefined) return fd;
+    if (byOwner && byOwner.size >= MAX_LOCK_OWNERS_PER_INODE) fail(Errno.ENOLCK);
     fd = this.openForLocks(nodeid);
     if (!byOwner) this.owners.set(nodeid, (byOwner = new Map()));
     byOwner.set(owner, fd);

@@ -196,7 +196,9 @@ export class FuseSession {
       if (!isExpectedError(err)) this.log('error', `FUSE ${opName(header.opcode)} failed: ${describe(err)}`);
     }
     try {
-      const w = new Writer().reset(writable);
+      // The session's own Writer is free here: serve() is synchronous and never holds it across an
+      // await, and this continuation only runs once the stack has unwound.
+      const w = this.writer.reset(writable);
       w.skip(fuse_out_header.size);
       return this.finish(w, header.unique, errno);
     } catch (err) {

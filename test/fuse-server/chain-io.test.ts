@@ -31,6 +31,22 @@ describe('Reader', () => {
     expect(() => r.readCString()).toThrow(FuseError);
   });
 
+  it('finds a name in a long descriptor, looking for its NUL only up to the request end', () => {
+    const big = Buffer.alloc(1 << 20, 0x61);
+    big.write('name\0', 0, 'latin1');
+    expect(new Reader().reset([big]).readCString().toString('latin1')).toBe('name\0');
+    // The NUL lies beyond the request's end (the rest of the descriptor is not the request's).
+    const noNul = Buffer.alloc(1 << 20, 0x61);
+    noNul[noNul.length - 1] = 0;
+    const r = new Reader().reset([Buffer.from('ab'), noNul]);
+    r.limit(100);
+    expect(() => r.readCString()).toThrow(FuseError);
+    // Within the request, across descriptors, with a whole-descriptor limit.
+    const r2 = new Reader().reset([Buffer.from('ab'), Buffer.from('cd\0zz')]);
+    r2.limit(5);
+    expect(r2.readCString().toString('latin1')).toBe('abcd\0');
+  });
+
   it('does not read past its limit', () => {
     const r = new Reader().reset([Buffer.from('abc\0')]);
     r.limit(3);
@@ -77,6 +93,29 @@ describe('Writer', () => {
     const w = new Writer().reset([Buffer.alloc(4), Buffer.alloc(3)]);
     expect(() => w.writeStruct(fuse_write_out, { size: 1 })).toThrow(FuseError);
     expect(w.bytesWritten).toBe(0);
+  });
+
+  it('moves file data through whole descriptors and partial ones alike', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chain-io-'));
+    const fd = fs.openSync(path.join(dir, 'f'), 'w+');
+    try {
+      const data = Buffer.from('0123456789abcdefghijklmnopqrstuv');
+      fs.writeSync(fd, data, 0, data.length, 0);
+      const chain = [Buffer.alloc(8), Buffer.alloc(16), Buffer.alloc(8)];
+      const w = new Writer().reset(chain);
+      w.skip(8);
+      expect(w.writeFromFile(fd, 20, 0)).toBe(20);
+      expect(chain[1].toString()).toBe('0123456789abcdef');
+      expect(chain[2].subarray(0, 4).toString()).toBe('ghij');
+      const r = new Reader().reset(chain);
+      expect(r.readToFile(fd, 32, 100)).toBe(32);
+      const back = Buffer.alloc(32);
+      fs.readSync(fd, back, 0, 32, 100);
+      expect(back.equals(Buffer.concat(chain))).toBe(true);
+    } finally {
+      fs.closeSync(fd);
+      fs.rmSync(dir, { recursive: true });
+    }
   });
 
   it('reads a file straight into the chain and stops at end of file', () => {

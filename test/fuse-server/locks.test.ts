@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import * as P from '../../src/fuse-server/protocol';
 import { OFFSET_MAX, Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys/errno';
+import { MAX_LOCK_OWNERS_PER_INODE } from '../../src/fuse-server/passthrough-locks';
 import { F_OFD_GETLK, F_OFD_SETLK, fcntlLock } from '../../src/sys/fs';
 import type { Reply } from './fuse-driver';
 import { encode, openFdCount } from './fuse-driver';
@@ -121,6 +122,24 @@ describe('--posix-lock', () => {
     expect(setlkw(h, node, fh, 1n, F_WRLCK, 500n, 600n)).toMatchObject({ error: 0 });
   });
 
+  it('an answer that comes after other requests were served carries its own header', async () => {
+    const h = start();
+    const { node, fh } = openF(h);
+    expect(setlk(h, node, fh, 1n, F_WRLCK, 0n, 99n).error).toBe(0);
+    const first = setlkw(h, node, fh, 2n, F_WRLCK, 10n, 20n);
+    const firstUnique = h.fuse.lastUnique;
+    const second = setlkw(h, node, fh, 3n, F_WRLCK, 30n, 40n);
+    const secondUnique = h.fuse.lastUnique;
+    await tick();
+    // Replies with bodies in between: the waiting ones must not disturb them, nor they the waiting ones.
+    expect(h.read(node, fh, 0, 5).toString()).toBe('xxxxx');
+    expect(setlk(h, node, fh, 1n, F_UNLCK, 0n, 99n).error).toBe(0);
+    const [a, b] = await Promise.all([first, second]);
+    expect(a).toMatchObject({ error: 0, unique: firstUnique, used: 16 });
+    expect(b).toMatchObject({ error: 0, unique: secondUnique, used: 16 });
+    expect(h.read(node, fh, 0, 3).toString()).toBe('xxx');
+  });
+
   it('FUSE_INTERRUPT cancels a waiting SETLKW with EINTR; INTERRUPT itself gets no reply', async () => {
     const h = start();
     const { node, fh } = openF(h);
@@ -148,6 +167,33 @@ describe('--posix-lock', () => {
     expect(h.session.stats).toEqual({ inodes: 1, handles: 0, lockFds: 0, waiting: 0 });
     h.close();
     expect(openFdCount()).toBe(before);
+  });
+
+  it(`holds at most ${MAX_LOCK_OWNERS_PER_INODE} owners' descriptions per inode: ENOLCK beyond, room again after FLUSH`, () => {
+    const h = start();
+    const { node, fh } = openF(h);
+    const before = openFdCount();
+    for (let i = 0; i < MAX_LOCK_OWNERS_PER_INODE; i++) {
+      expect(setlk(h, node, fh, BigInt(i + 1), F_RDLCK, BigInt(i), BigInt(i)).error).toBe(0);
+    }
+    expect(h.session.stats.lockFds).toBe(MAX_LOCK_OWNERS_PER_INODE);
+    const extra = BigInt(MAX_LOCK_OWNERS_PER_INODE + 1);
+    expect(setlk(h, node, fh, extra, F_RDLCK, 900n, 900n).error).toBe(-Errno.ENOLCK);
+    expect(h.fuse.request(Opcode.FUSE_GETLK, node, [h.lkIn(fh, extra, F_WRLCK, 0n, 0n)]).error).toBe(-Errno.ENOLCK);
+    // An owner that already has its description keeps working.
+    expect(setlk(h, node, fh, 1n, F_WRLCK, 0n, 0n).error).toBe(0);
+    expect(h.session.stats.lockFds).toBe(MAX_LOCK_OWNERS_PER_INODE);
+    expect(openFdCount()).toBe(before + MAX_LOCK_OWNERS_PER_INODE);
+    h.flush(node, fh, 1n);
+    expect(setlk(h, node, fh, extra, F_RDLCK, 900n, 900n).error).toBe(0);
+    // The limit is per inode.
+    fs.writeFileSync(h.p('g'), 'y');
+    const g = h.lookup(1, 'g').nodeid;
+    expect(setlk(h, g, h.open(g, O_RDWR), extra + 1n, F_WRLCK, 0n, 0n).error).toBe(0);
+    expect(h.session.stats.lockFds).toBe(MAX_LOCK_OWNERS_PER_INODE + 1);
+    // RELEASE with FUSE_RELEASE_FLUSH lets its owner's description go as well.
+    h.release(node, fh, 2n, P.FUSE_RELEASE_FLUSH);
+    expect(h.session.stats.lockFds).toBe(MAX_LOCK_OWNERS_PER_INODE);
   });
 
   it('refuses malformed lock ranges and types', () => {
