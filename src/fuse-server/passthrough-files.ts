@@ -150,6 +150,7 @@ export class FileOps {
   release(nodeid: number, fh: number, releaseFlags: number, lockOwner: bigint): void {
     this.core.handles.release(fh, nodeid, 'file');
     if (releaseFlags & FUSE_RELEASE_FLUSH) this.locks.releaseOwner(nodeid, lockOwner);
+    this.locks.releaseHandle(fh);
   }
 
   /** SETATTR's size change: through the open handle if there is one, else a write-only reopen. */

@@ -8,7 +8,9 @@
  * description of its own per inode. The owner is the guest process's files
  * table, so two handles a process holds on one file share their locks, as
  * POSIX wants; FLUSH (sent on every close) closes the owner's description,
- * which drops its locks, as close(2) does.
+ * which drops its locks, as close(2) does. An OFD lock's owner is the guest's
+ * open file itself, which no FLUSH names: its locks go when the handle it
+ * locked through is released (by then every POSIX owner's FLUSH has come).
  *
  * flock(2) locks belong to the open file, so they are taken on the handle's own
  * fd; releasing the handle closes it and drops them.
@@ -99,6 +101,8 @@ function retryUntil(attempt: () => boolean, signal: AbortSignal): Promise<void> 
 export class LockTable {
   /** nodeid -> lock owner -> the owner's own open file description of the inode. */
   private readonly owners = new Map<number, Map<bigint, number>>();
+  /** Guest handle -> the owners that took locks through it (released with the handle). */
+  private readonly ownersByHandle = new Map<number, { nodeid: number; owners: Set<bigint> }>();
 
   /** `openForLocks` opens a new description of the inode (readable, and writable if possible). */
   constructor(private readonly openForLocks: (nodeid: number) => number) {}
@@ -118,7 +122,7 @@ export class LockTable {
   }
 
   /** F_OFD_SETLK as `owner`; with `wait`, retried until granted (see the module comment). */
-  setlk(nodeid: number, owner: bigint, lock: LockRange, wait: AbortSignal | null): void | Promise<void> {
+  setlk(nodeid: number, fh: number, owner: bigint, lock: LockRange, wait: AbortSignal | null): void | Promise<void> {
     const fl = toFileLock(lock);
     if (fl.type === F_UNLCK) {
       // An owner without a description holds no locks: nothing to release.
@@ -129,6 +133,7 @@ export class LockTable {
     const attempt = (): boolean => {
       try {
         fcntlLock(this.ownerFd(nodeid, owner), F_OFD_SETLK, fl);
+        this.noteHandle(nodeid, fh, owner);
         return true;
       } catch (err) {
         if (isConflict(err)) return false;
@@ -167,6 +172,20 @@ export class LockTable {
     if (byOwner!.size === 0) this.owners.delete(nodeid);
   }
 
+  /** A handle was released: the owners that locked through it lose their locks (see the module comment). */
+  releaseHandle(fh: number): void {
+    const entry = this.ownersByHandle.get(fh);
+    if (!entry) return;
+    this.ownersByHandle.delete(fh);
+    for (const owner of entry.owners) this.releaseOwner(entry.nodeid, owner);
+  }
+
+  private noteHandle(nodeid: number, fh: number, owner: bigint): void {
+    let entry = this.ownersByHandle.get(fh);
+    if (!entry) this.ownersByHandle.set(fh, (entry = { nodeid, owners: new Set() }));
+    entry.owners.add(owner);
+  }
+
   /** The inode is forgotten: every owner's description of it is closed. */
   forgetInode(nodeid: number): void {
     for (const fd of this.owners.get(nodeid)?.values() ?? []) closeQuietly(fd);
@@ -175,6 +194,7 @@ export class LockTable {
 
   clear(): void {
     for (const nodeid of [...this.owners.keys()]) this.forgetInode(nodeid);
+    this.ownersByHandle.clear();
   }
 
   private ownerFd(nodeid: number, owner: bigint): number {

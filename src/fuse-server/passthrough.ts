@@ -440,7 +440,7 @@ export class PassthroughFs extends FileSystem {
     const { handles } = this.core;
     if (!this.core.has(flock ? FUSE_FLOCK_LOCKS : FUSE_POSIX_LOCKS)) fail(Errno.ENOSYS);
     const handle = handles.get(fh, nodeid, 'file');
-    if (!flock) return this.locks.setlk(nodeid, owner, lock, wait);
+    if (!flock) return this.locks.setlk(nodeid, fh, owner, lock, wait);
     // A waiting flock re-checks its handle on each try: once released, its fd number may be reused.
     return this.locks.flock(() => (handles.has(handle.fh) ? handle.fd : fail(Errno.EBADF)), lock.type, wait);
   }
