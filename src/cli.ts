@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import yargs from 'yargs';
+import { UnixListener } from './sys';
 import { CACHE_POLICIES, CachePolicy, DAX_POLICIES, DaemonConfig, DaxPolicy, INODE_FILE_HANDLES, InodeFileHandles } from './config';
 import { IdMap } from './fuse-server/id-map';
 import { XattrMap } from './fuse-server/xattr-map';
@@ -240,6 +241,7 @@ function checkListeningFd(fd: number): void {
   if (!Number.isInteger(fd) || fd < 0) throw new UsageError(`--fd ${fd} is not a file descriptor`);
   try {
     if (!fs.fstatSync(fd).isSocket()) throw new UsageError(`--fd ${fd} is not a socket`);
+    if (!UnixListener.isListening(fd)) throw new UsageError(`--fd ${fd} is a socket that is not listening`);
   } catch (err) {
     if (err instanceof UsageError) throw err;
     throw new UsageError(`--fd ${fd}: ${(err as NodeJS.ErrnoException).code}`);

@@ -51,7 +51,14 @@ export class Daemon {
   }
 
   private accept(): void {
-    const socket = this.listener?.accept();
+    let socket: UnixStreamSocket | null | undefined;
+    try {
+      socket = this.listener?.accept();
+    } catch (err) {
+      this.log('error', `cannot accept a front-end: ${(err as Error).message}`);
+      this.stop(1);
+      return;
+    }
     if (!socket) return;
     // One front-end at a time, as QEMU expects of a vhost-user-fs back-end.
     this.listener!.unwatch();

@@ -10,6 +10,9 @@ import {
   close,
   connect,
   fcntl,
+  getsockopt,
+  SOL_SOCKET,
+  SO_ACCEPTCONN,
   F_GETFL,
   F_SETFL,
   O_NONBLOCK,
@@ -117,6 +120,13 @@ export class UnixListener {
       throw err;
     }
     return new UnixListener(fd, path);
+  }
+
+  /** Whether `fd` is a socket in the listening state (SO_ACCEPTCONN). */
+  static isListening(fd: number): boolean {
+    const value = Buffer.alloc(4);
+    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, value, Int32Array.of(4));
+    return value.readInt32LE(0) !== 0;
   }
 
   /** Adopts an already-listening socket (as libvirt passes with --fd). */

@@ -5,6 +5,8 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError, parseArgs } from '../../src/cli';
 import type { DaemonConfig } from '../../src/config';
+import { FuseDriver } from '../../src/guest/fuse-driver';
+import { UnixListener } from '../../src/sys';
 
 const REPO = path.resolve(__dirname, '../..');
 const CLI = path.join(REPO, 'bin/virtiofsd-ts.js');
@@ -199,6 +201,51 @@ describe('the built command', () => {
     }
     expect(await exited).toBe(0);
   }, 30_000);
+
+  it('serves on a listening socket inherited with --fd, as libvirt passes it', async () => {
+    const listener = UnixListener.listen(sock);
+    const child = spawn(process.execPath, [CLI, '--fd', '3', '--shared-dir', dir, '--log-level', 'error'], {
+      stdio: ['ignore', 'ignore', 'pipe', listener.fd],
+    });
+    listener.close(); // the child holds its own copy
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    let fuse: FuseDriver | null = null;
+    try {
+      fuse = await FuseDriver.connect(sock, { timeoutMs: 5000 });
+      const init = await fuse.init();
+      expect(init.major).toBe(7);
+    } finally {
+      fuse?.close();
+    }
+    // One front-end: the daemon ends when it leaves; the socket file was not ours to remove.
+    expect(await exited).toBe(0);
+    expect(fs.existsSync(sock)).toBe(true);
+    fs.rmSync(sock);
+  }, 30_000);
+
+  it('gives the socket to --socket-group with mode 0660', async () => {
+    const child = spawn(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', dir, '--socket-group', 'root', '--log-level', 'error'], { stdio: 'ignore' });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      const st = fs.statSync(sock);
+      expect(st.gid).toBe(0);
+      expect(st.mode & 0o777).toBe(0o660);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+    expect(fs.existsSync(sock)).toBe(false); // removed on SIGTERM
+  }, 30_000);
+
+  it('refuses an --fd that is not a socket and an unknown --socket-group', () => {
+    // spawnSync's stdin is a socketpair: a socket, but not a listening one.
+    expect(run('--fd', '0', '--shared-dir', dir).stderr).toBe('virtiofsd-ts: --fd 0 is a socket that is not listening\n');
+    expect(run('--fd', '99', '--shared-dir', dir).stderr).toBe('virtiofsd-ts: --fd 99: EBADF\n');
+    const r = run('--socket-path', sock, '--shared-dir', dir, '--socket-group', 'no-such-group-here');
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/unknown group 'no-such-group-here'/);
+  });
 
   it('prints the capabilities JSON', () => {
     const r = run('--print-capabilities');
