@@ -16,6 +16,8 @@ interface Chunk {
   fileChunk: number;
   windowOffset: number;
   writable: boolean;
+  /** The chunk's bytes in the window, made once when mapped (not per copy). */
+  view: Buffer;
 }
 
 export class DaxFaultError extends Error {
@@ -60,11 +62,11 @@ export class DaxChunkManager {
     let done = 0;
     while (offset + done < end) {
       const pos = offset + done;
-      const chunk = await this.chunkFor(nodeid, Math.floor(pos / this.chunkSize), false);
+      const fileChunk = Math.floor(pos / this.chunkSize);
+      const chunk = this.mappedChunk(nodeid, fileChunk, false) ?? (await this.chunkFor(nodeid, fileChunk, false));
       const within = pos % this.chunkSize;
       const n = Math.min(end - pos, this.chunkSize - within);
-      const src = this.window.view(chunk.windowOffset + within, n);
-      if (addon.copyGuarded(dst.subarray(done, done + n), src) < 0) {
+      if (addon.copyGuarded(dst.subarray(done, done + n), chunk.view.subarray(within, within + n)) < 0) {
         throw new DaxFaultError(`DAX read of nodeid ${nodeid} at ${pos} faulted (file shrunk on the host?)`);
       }
       done += n;
@@ -81,10 +83,11 @@ export class DaxChunkManager {
     let done = 0;
     while (done < src.length) {
       const pos = offset + done;
-      const chunk = await this.chunkFor(nodeid, Math.floor(pos / this.chunkSize), true);
+      const fileChunk = Math.floor(pos / this.chunkSize);
+      const chunk = this.mappedChunk(nodeid, fileChunk, true) ?? (await this.chunkFor(nodeid, fileChunk, true));
       const within = pos % this.chunkSize;
       const n = Math.min(src.length - done, this.chunkSize - within);
-      if (addon.copyGuarded(this.window.view(chunk.windowOffset + within, n), src.subarray(done, done + n)) < 0) {
+      if (addon.copyGuarded(chunk.view.subarray(within, within + n), src.subarray(done, done + n)) < 0) {
         throw new DaxFaultError(`DAX write of nodeid ${nodeid} at ${pos} faulted (file shrunk on the host?)`);
       }
       done += n;
@@ -101,16 +104,22 @@ export class DaxChunkManager {
     for (const c of victims) this.free.push(c.windowOffset);
   }
 
-  private async chunkFor(nodeid: number, fileChunk: number, writable: boolean): Promise<Chunk> {
+  /** The chunk if it is mapped with the access needed (marking it most recently used), without waiting. */
+  private mappedChunk(nodeid: number, fileChunk: number, writable: boolean): Chunk | null {
     const key = `${nodeid}:${fileChunk}`;
     const hit = this.mapped.get(key);
-    if (hit && (hit.writable || !writable)) {
-      // Move to the most-recently-used end.
-      this.mapped.delete(key);
-      this.mapped.set(key, hit);
-      this.stats.hits++;
-      return hit;
-    }
+    if (!hit || (writable && !hit.writable)) return null;
+    this.mapped.delete(key);
+    this.mapped.set(key, hit);
+    this.stats.hits++;
+    return hit;
+  }
+
+  private async chunkFor(nodeid: number, fileChunk: number, writable: boolean): Promise<Chunk> {
+    const key = `${nodeid}:${fileChunk}`;
+    const mapped = this.mappedChunk(nodeid, fileChunk, writable);
+    if (mapped) return mapped;
+    const hit = this.mapped.get(key);
     const inFlight = this.pending.get(key);
     if (inFlight) {
       const c = await inFlight;
@@ -135,7 +144,7 @@ export class DaxChunkManager {
       this.free.push(windowOffset);
       throw err;
     }
-    const chunk: Chunk = { key, nodeid, fileChunk, windowOffset, writable };
+    const chunk: Chunk = { key, nodeid, fileChunk, windowOffset, writable, view: this.window.view(windowOffset, this.chunkSize) };
     this.mapped.set(key, chunk);
     this.stats.maps++;
     return chunk;
