@@ -3,7 +3,8 @@
  * the TypeScript guest from this process, both daemons as child processes.
  * Sequential and random reads and writes, 4 KiB .. 1 MiB, through the queues
  * and (ours only: the reference has none) through the DAX window.
- * Writes docs/benchmarks/latest.md and docs/benchmarks/io.svg.
+ * Each daemon runs twice, in opposite orders, and each cell keeps the better
+ * figure. Writes docs/benchmarks/latest.md and docs/benchmarks/io.svg.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -139,13 +140,21 @@ async function main(): Promise<void> {
   for (let i = 0; i < FILE_SIZE; i += 4) data.writeUInt32LE(i, i);
   fs.writeFileSync(path.join(share, 'data.bin'), data);
 
+  // Two rounds in opposite orders, best of the two per cell: whichever daemon
+  // runs first would otherwise also pay for warming up this process's JIT.
   const all: Result[] = [];
   const rss: Record<string, number> = {};
-  for (const t of targets) {
-    process.stderr.write(`benchmarking ${t.name}...\n`);
-    const { results, rssKiB } = await benchTarget(t, share);
-    all.push(...results);
-    rss[t.name] = rssKiB;
+  for (const round of [targets, [...targets].reverse()]) {
+    for (const t of round) {
+      process.stderr.write(`benchmarking ${t.name}...\n`);
+      const { results, rssKiB } = await benchTarget(t, share);
+      for (const r of results) {
+        const same = all.find((x) => x.backend === r.backend && x.path === r.path && x.op === r.op && x.size === r.size);
+        if (!same) all.push(r);
+        else same.mibPerSec = Math.max(same.mibPerSec, r.mibPerSec);
+      }
+      rss[t.name] = Math.max(rss[t.name] ?? 0, rssKiB);
+    }
   }
   fs.rmSync(dir, { recursive: true, force: true });
 
@@ -154,7 +163,7 @@ async function main(): Promise<void> {
   const fmt = (v: number | null) => (v === null ? '-' : v >= 100 ? v.toFixed(0) : v.toFixed(1));
   const lines = [
     `Run on ${new Date().toISOString().slice(0, 10)}, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}, ${MEASURE_MS} ms per cell.`,
-    `One request in flight at a time (a single-threaded reader/writer), file of ${FILE_SIZE / MiB} MiB in the host page cache, cache=auto.`,
+    `One request in flight at a time (a single-threaded reader/writer), file of ${FILE_SIZE / MiB} MiB in the host page cache, cache=auto; best of two rounds run in opposite orders.`,
     '',
     '| op | size | C virtiofsd, queues (MiB/s) | virtiofsd-ts, queues (MiB/s) | ratio ts/C | virtiofsd-ts, DAX (MiB/s) | DAX / queues (ts) |',
     '|---|---|---|---|---|---|---|',
