@@ -21,7 +21,7 @@ const SIZES = [4096, 16384, 65536, 262144, MiB];
 const MEASURE_MS = Number(process.env.BENCH_MS ?? 400);
 const DAX_WINDOW = 256 * MiB;
 
-type Path = 'queues' | 'dax';
+type Path = 'queues' | 'dax' | 'queues-qd16';
 type Op = 'seq-read' | 'rand-read' | 'seq-write' | 'rand-write';
 const OPS: Op[] = ['seq-read', 'rand-read', 'seq-write', 'rand-write'];
 
@@ -37,18 +37,27 @@ interface Target {
   name: string;
   start(share: string, sock: string): Promise<RunningBackend>;
   dax: boolean;
+  /** Request queues the guest sets up (the C daemon serves exactly one). */
+  requestQueues: number;
 }
+
+/** Requests in flight for the parallel rows, and the sizes they use. */
+const DEPTH = 16;
+const PARALLEL_SIZES = [4096, 65536];
+const PARALLEL_OPS: Op[] = ['rand-read', 'rand-write'];
 
 const targets: Target[] = [
   {
     name: 'virtiofsd-ts',
     dax: true,
+    requestQueues: 2,
     start: (share, sock) =>
       startProcess(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--dax-window', String(DAX_WINDOW), '--log-level', 'warn'], sock),
   },
   {
     name: 'C virtiofsd',
     dax: false,
+    requestQueues: 1,
     start: (share, sock) => startProcess(REFERENCE_DAEMON, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'cache=auto'], sock),
   },
 ];
@@ -83,11 +92,29 @@ async function measure(run: (offset: number) => Promise<void>, op: Op, size: num
   return bytes / MiB / (elapsed / 1e9);
 }
 
+/** Like measure(), with DEPTH requests kept in flight. */
+async function measureParallel(run: (offset: number) => Promise<void>, op: Op, size: number): Promise<number> {
+  const gen = offsets(op, size);
+  for (let i = 0; i < 8; i++) await run(gen.next().value as number);
+  let bytes = 0;
+  const start = process.hrtime.bigint();
+  const deadline = start + BigInt(MEASURE_MS * 1e6);
+  await Promise.all(
+    Array.from({ length: DEPTH }, async () => {
+      while (process.hrtime.bigint() < deadline) {
+        await run(gen.next().value as number);
+        bytes += size;
+      }
+    }),
+  );
+  return bytes / MiB / (Number(process.hrtime.bigint() - start) / 1e9);
+}
+
 async function benchTarget(t: Target, share: string): Promise<{ results: Result[]; rssKiB: number }> {
   const sock = path.join(share, '..', `${t.name.replace(/\W/g, '')}.sock`);
   const backend = await t.start(share, sock);
   const results: Result[] = [];
-  const driver = await FuseDriver.connect(sock, { ramRegions: [128 * MiB, 128 * MiB], queueSize: 128 });
+  const driver = await FuseDriver.connect(sock, { ramRegions: [128 * MiB, 128 * MiB], queueSize: 128, requestQueues: t.requestQueues });
   try {
     await driver.init();
     const entry = await driver.lookup(FUSE_ROOT_ID, 'data.bin');
@@ -101,6 +128,14 @@ async function benchTarget(t: Target, share: string): Promise<{ results: Result[
           ? async (off: number) => void (await driver.read(nodeid, fh, off, size))
           : async (off: number) => void (await driver.write(nodeid, fh, off, payload.subarray(0, size)));
         results.push({ backend: t.name, path: 'queues', op, size, mibPerSec: await measure(io, op, size) });
+      }
+    }
+    for (const op of PARALLEL_OPS) {
+      for (const size of PARALLEL_SIZES) {
+        const io = op.endsWith('read')
+          ? async (off: number) => void (await driver.read(nodeid, fh, off, size))
+          : async (off: number) => void (await driver.write(nodeid, fh, off, payload.subarray(0, size)));
+        results.push({ backend: t.name, path: 'queues-qd16', op, size, mibPerSec: await measureParallel(io, op, size) });
       }
     }
     if (t.dax) {
@@ -176,6 +211,20 @@ async function main(): Promise<void> {
       lines.push(
         `| ${op} | ${human(size)} | ${fmt(c)} | ${fmt(q)} | ${c && q ? (q / c).toFixed(2) : '-'} | ${fmt(d)} | ${d && q ? (d / q).toFixed(1) + 'x' : '-'} |`,
       );
+    }
+  }
+  lines.push(
+    '',
+    `${DEPTH} requests in flight (the C daemon on its one request queue, virtiofsd-ts on 2):`,
+    '',
+    '| op | size | C virtiofsd (MiB/s) | virtiofsd-ts (MiB/s) | ratio ts/C |',
+    '|---|---|---|---|---|',
+  );
+  for (const op of PARALLEL_OPS) {
+    for (const size of PARALLEL_SIZES) {
+      const c = get('C virtiofsd', 'queues-qd16', op, size);
+      const q = get('virtiofsd-ts', 'queues-qd16', op, size);
+      lines.push(`| ${op} | ${human(size)} | ${fmt(c)} | ${fmt(q)} | ${c && q ? (q / c).toFixed(2) : '-'} |`);
     }
   }
   lines.push('', `Peak RSS (VmHWM): C virtiofsd ${(rss['C virtiofsd'] / 1024).toFixed(1)} MiB, virtiofsd-ts ${(rss['virtiofsd-ts'] / 1024).toFixed(1)} MiB.`);
