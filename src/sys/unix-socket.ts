@@ -113,7 +113,14 @@ export class UnixListener {
     const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     try {
       const addr = sockaddrUn(path);
-      bind(fd, addr, addr.length);
+      // The socket file is born owner-only (0600) whatever the process umask is
+      // (the passthrough sets it to 0): whoever connects first becomes the front-end.
+      const umask = process.umask(0o177);
+      try {
+        bind(fd, addr, addr.length);
+      } finally {
+        process.umask(umask);
+      }
       listen(fd, backlog);
     } catch (err) {
       close(fd);

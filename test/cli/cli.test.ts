@@ -227,7 +227,9 @@ describe('the built command', () => {
     const child = spawn(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', dir, '--socket-group', 'root', '--log-level', 'error'], { stdio: 'ignore' });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     try {
-      for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      // The file appears at bind() owner-only; the group and mode follow right after.
+      const mode = () => (fs.existsSync(sock) ? fs.statSync(sock).mode & 0o777 : -1);
+      for (let i = 0; i < 200 && mode() !== 0o660; i++) await new Promise((r) => setTimeout(r, 25));
       const st = fs.statSync(sock);
       expect(st.gid).toBe(0);
       expect(st.mode & 0o777).toBe(0o660);
@@ -236,6 +238,18 @@ describe('the built command', () => {
     }
     expect(await exited).toBe(0);
     expect(fs.existsSync(sock)).toBe(false); // removed on SIGTERM
+  }, 30_000);
+
+  it('creates its socket owner-only without --socket-group', async () => {
+    const child = spawn(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', dir, '--log-level', 'error'], { stdio: 'ignore' });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(fs.statSync(sock).mode & 0o777).toBe(0o600);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
   }, 30_000);
 
   it('refuses an --fd that is not a socket and an unknown --socket-group', () => {
