@@ -150,7 +150,8 @@ export function qemuArgs(opts: BootOptions): string[] {
     '-initrd', opts.kernel.initrd,
     // panic=-1: a guest kernel panic reboots at once, which ends QEMU
     // (-no-reboot) instead of waiting for the timeout.
-    '-append', `console=ttyS0 quiet panic=-1 e2e.mode=${opts.mode}`,
+    // Not "quiet": when a boot hangs, the console shows how far the kernel got.
+    '-append', `console=ttyS0 panic=-1 e2e.mode=${opts.mode}`,
     '-nographic',
     ...(opts.allowReboot ? [] : ['-no-reboot']),
     '-nic', 'none',
