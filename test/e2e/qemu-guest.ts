@@ -133,7 +133,11 @@ function isSocket(p: string): boolean {
 export function qemuArgs(opts: BootOptions): string[] {
   const queues = opts.requestQueues === undefined ? '' : `,num-request-queues=${opts.requestQueues}`;
   return [
-    '-accel', 'tcg',
+    // One TCG thread for all vCPUs: with multi-threaded TCG, QEMU 7.2 races
+    // Linux 6.12's run-time code patching (int3-based static keys) and the
+    // guest oopses in early boot now and then. The guest still has 2 vCPUs
+    // (and uses 2 request queues); they just share one host thread.
+    '-accel', 'tcg,thread=single',
     // QEMU 7.2's TCG mis-emulates CMPXCHG16B, which Linux 6.12's slab
     // allocator uses on every allocation: the guest dies at boot with double
     // faults most of the time. Without the cx16 CPUID bit the kernel falls
