@@ -122,20 +122,19 @@ async function benchTarget(t: Target, share: string): Promise<{ results: Result[
     const { fh } = await driver.open(nodeid, fs.constants.O_RDWR);
     const payload = Buffer.alloc(MiB, 0x5a);
     const sink = Buffer.alloc(MiB);
+    // One READ or WRITE of `size` bytes through the request queues.
+    const queueIo = (op: Op, size: number) =>
+      op.endsWith('read')
+        ? async (off: number) => void (await driver.read(nodeid, fh, off, size))
+        : async (off: number) => void (await driver.write(nodeid, fh, off, payload.subarray(0, size)));
     for (const op of OPS) {
       for (const size of SIZES) {
-        const io = op.endsWith('read')
-          ? async (off: number) => void (await driver.read(nodeid, fh, off, size))
-          : async (off: number) => void (await driver.write(nodeid, fh, off, payload.subarray(0, size)));
-        results.push({ backend: t.name, path: 'queues', op, size, mibPerSec: await measure(io, op, size) });
+        results.push({ backend: t.name, path: 'queues', op, size, mibPerSec: await measure(queueIo(op, size), op, size) });
       }
     }
     for (const op of PARALLEL_OPS) {
       for (const size of PARALLEL_SIZES) {
-        const io = op.endsWith('read')
-          ? async (off: number) => void (await driver.read(nodeid, fh, off, size))
-          : async (off: number) => void (await driver.write(nodeid, fh, off, payload.subarray(0, size)));
-        results.push({ backend: t.name, path: 'queues-qd16', op, size, mibPerSec: await measureParallel(io, op, size) });
+        results.push({ backend: t.name, path: 'queues-qd16', op, size, mibPerSec: await measureParallel(queueIo(op, size), op, size) });
       }
     }
     if (t.dax) {
