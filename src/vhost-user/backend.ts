@@ -30,7 +30,7 @@ import {
   VRING_NOFD_MASK,
   bit,
 } from './protocol';
-import { SplitVirtqueue } from './virtqueue';
+import { RingViews, SplitVirtqueue, checkRingAlignment, locateRings } from './virtqueue';
 import { Vring } from './vring';
 
 export type { Logger } from '../log';
@@ -93,7 +93,7 @@ export class VhostUserBackend {
 
   start(): void {
     this.connection.start(
-      (msg) => this.dispatch(msg),
+      (msg, fdsLost) => this.dispatch(msg, fdsLost),
       (err) => this.teardown(err),
     );
   }
@@ -102,9 +102,17 @@ export class VhostUserBackend {
     return (this.ackedProtocolFeatures & bit(f)) !== 0n;
   }
 
-  private dispatch(msg: Message): void {
+  private dispatch(msg: Message, fdsLost = false): void {
     const name = FrontendRequest[msg.request] ?? `#${msg.request}`;
     this.log('debug', `vhost-user: ${name} (${msg.payload.length} bytes, ${msg.fds.length} fds)`);
+    if (fdsLost && !HAS_OWN_REPLY.has(msg.request)) {
+      // The kernel dropped fds of this message (MSG_CTRUNC, e.g. our fd table is full): the
+      // request cannot be carried out, but the stream is intact, so only this message fails.
+      this.log('error', `vhost-user: ${name} refused: file descriptors sent with it were lost (control message truncated; is the daemon at its fd limit?)`);
+      for (const fd of msg.fds.splice(0)) close(fd);
+      if (needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) this.reply(msg.request, U64.encode({ value: 1n }));
+      return;
+    }
     let reply: Buffer | undefined;
     try {
       reply = this.handle(msg);
@@ -171,7 +179,7 @@ export class VhostUserBackend {
       case FrontendRequest.ADD_MEM_REG: {
         const r = SingleMemoryRegion.decode(p);
         if (msg.fds.length !== 1) throw new ProtocolError(`ADD_MEM_REG with ${msg.fds.length} fds`);
-        if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new ProtocolError('no free memory slot');
+        if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new Error(`no free memory slot (all ${MAX_MEM_SLOTS} in use)`);
         this.memory.addRegion(r, msg.fds.shift()!);
         return undefined;
       }
@@ -179,13 +187,15 @@ export class VhostUserBackend {
         const r = SingleMemoryRegion.decode(p);
         const removed = this.memory.detachRegion(r.guestPhysAddr, r.memorySize);
         if (!removed) throw new Error(`no memory region at 0x${r.guestPhysAddr.toString(16)}`);
+        // A running ring inside the region refuses the removal: it would point into unmapped memory.
+        let rings: [Vring, RingViews][];
         try {
-          this.checkRings(this.memory);
+          rings = this.locateRunningRings(this.memory);
         } catch (err) {
           this.memory.reattachRegion(removed);
           throw err;
         }
-        this.remapRings();
+        for (const [vring, views] of rings) vring.queue!.useRings(views);
         this.retire([removed]);
         return undefined;
       }
@@ -199,11 +209,20 @@ export class VhostUserBackend {
       case FrontendRequest.SET_VRING_ADDR: {
         const a = VringAddr.decode(p);
         const vring = this.vring(a.index);
-        vring.descUserAddr = Number(a.descUserAddr);
-        vring.availUserAddr = Number(a.availUserAddr);
-        vring.usedUserAddr = Number(a.usedUserAddr);
+        const [desc, avail, used] = [a.descUserAddr, a.availUserAddr, a.usedUserAddr].map((x) => {
+          if (x > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`queue ${a.index}: vring address 0x${x.toString(16)} beyond 2^53`);
+          return Number(x);
+        });
+        checkRingAlignment(desc, avail, used);
+        // Checked in full (every byte of the three rings, for the queue's size) as soon as size and
+        // memory are known; a running ring is switched only once the new rings are found.
+        const size = vring.queue?.size ?? vring.size;
+        const views = vring.queue || (size > 0 && this.memory.regionCount > 0) ? locateRings(this.memory, size, desc, avail, used) : null;
+        vring.descUserAddr = desc;
+        vring.availUserAddr = avail;
+        vring.usedUserAddr = used;
         vring.addressed = true;
-        if (vring.queue) vring.queue.setAddresses(vring.descUserAddr, vring.availUserAddr, vring.usedUserAddr);
+        if (vring.queue && views) vring.queue.useRings(views);
         return undefined;
       }
       case FrontendRequest.SET_VRING_BASE: {
@@ -238,12 +257,17 @@ export class VhostUserBackend {
       }
       case FrontendRequest.SET_BACKEND_REQ_FD: {
         if (msg.fds.length !== 1) throw new ProtocolError(`SET_BACKEND_REQ_FD with ${msg.fds.length} fds`);
+        const socket = new UnixStreamSocket(msg.fds.shift()!);
+        let channel: BackendChannel;
+        try {
+          channel = new BackendChannel(socket, this.hasProtocolFeature(ProtocolFeature.REPLY_ACK), (m) => this.log('error', m));
+        } catch (err) {
+          // Not something we can poll (a regular file, a directory): refused, the old channel stays.
+          socket.close();
+          throw new Error(`back-end channel fd unusable: ${(err as Error).message}`);
+        }
         this.backendChannel?.close();
-        this.backendChannel = new BackendChannel(
-          new UnixStreamSocket(msg.fds.shift()!),
-          this.hasProtocolFeature(ProtocolFeature.REPLY_ACK),
-          (m) => this.log('error', m),
-        );
+        this.backendChannel = channel;
         this.device.setBackendChannel(this.backendChannel);
         return undefined;
       }
@@ -276,33 +300,37 @@ export class VhostUserBackend {
     const regions = Array.from({ length: h.nregions }, (_, i) =>
       MemoryRegionDesc.decode(msg.payload, MemoryTableHeader.size + i * MemoryRegionDesc.size),
     );
-    // Build and check the whole new table before the old one is touched: a refused
-    // table leaves every ring on memory that is still mapped.
+    // Build the whole new table and find every running ring in it before the old one is
+    // touched: a refused table leaves every ring on memory that is still mapped.
     const next = new GuestMemory();
+    let rings: [Vring, RingViews][];
     try {
       for (const r of regions) next.addRegion(r, msg.fds.shift()!);
-      this.checkRings(next);
+      rings = this.locateRunningRings(next);
     } catch (err) {
       next.clear();
-      throw err instanceof ProtocolError ? err : new ProtocolError((err as Error).message);
+      throw err;
     }
-    this.retire(this.memory.replaceWith(next));
-    this.remapRings();
+    // From here nothing can fail: switch the table, re-point the rings, then unmap the old regions.
+    const old = this.memory.replaceWith(next);
+    for (const [vring, views] of rings) vring.queue!.useRings(views);
+    this.retire(old);
   }
 
-  /** Throws unless every started ring lies inside `memory`. */
-  private checkRings(memory: GuestMemory): void {
-    for (const v of this.vrings) {
-      if (!v.queue) continue;
-      const sizes = [
-        [v.descUserAddr, 16 * v.size],
-        [v.availUserAddr, 6 + 2 * v.size],
-        [v.usedUserAddr, 6 + 8 * v.size],
-      ];
-      for (const [uva, len] of sizes) {
-        if (!memory.sliceUserAddr(uva, len)) throw new ProtocolError(`queue ${v.index} would lie outside the new memory table`);
-      }
-    }
+  /**
+   * Finds every running ring's three areas in `memory` (for the queue's own
+   * size, aligned), or throws naming the first ring that does not fit.
+   */
+  private locateRunningRings(memory: GuestMemory): [Vring, RingViews][] {
+    return this.vrings
+      .filter((v) => v.queue)
+      .map((v) => {
+        try {
+          return [v, locateRings(memory, v.queue!.size, v.descUserAddr, v.availUserAddr, v.usedUserAddr)];
+        } catch (err) {
+          throw new Error(`queue ${v.index} would not fit the new memory table: ${(err as Error).message}`);
+        }
+      });
   }
 
   /**
@@ -313,13 +341,6 @@ export class VhostUserBackend {
     if (regions.length > 0) this.device.whenIdle(() => unmapRegions(regions));
   }
 
-  /** Ring views point into the old mappings: rebuild them after the memory table changed. */
-  private remapRings(): void {
-    for (const vring of this.vrings) {
-      if (vring.queue) vring.queue.setAddresses(vring.descUserAddr, vring.availUserAddr, vring.usedUserAddr);
-    }
-  }
-
   private setVringFd(msg: Message, which: 'kickFd' | 'callFd' | 'errFd'): void {
     const value = U64.decode(msg.payload).value;
     const index = Number(value & BigInt(VRING_IDX_MASK));
@@ -327,13 +348,20 @@ export class VhostUserBackend {
     const vring = this.vring(index);
     if (noFd !== (msg.fds.length === 0)) throw new ProtocolError(`${which} for queue ${index}: fd flag and fds disagree`);
     if (which !== 'kickFd') {
-      vring.replaceFd(which, noFd ? -1 : msg.fds.shift()!);
+      if (noFd) vring.replaceFd(which, -1);
+      else vring.adoptFd(which, msg.fds.shift()!);
       return;
     }
     if (noFd) throw new Error(`queue ${index}: polling without a kick fd is not supported`);
-    vring.stop();
-    vring.replaceFd('kickFd', msg.fds.shift()!);
-    this.startRing(vring);
+    // A new kick fd for a running ring resumes it where it was, not at the last SET_VRING_BASE.
+    vring.base = vring.stop();
+    vring.adoptFd('kickFd', msg.fds.shift()!);
+    try {
+      this.startRing(vring);
+    } catch (err) {
+      vring.replaceFd('kickFd', -1);
+      throw err;
+    }
   }
 
   /** The ring starts when it gets its kick fd; without PROTOCOL_FEATURES it is enabled at once. */
@@ -347,9 +375,16 @@ export class VhostUserBackend {
     );
     queue.setAddresses(vring.descUserAddr, vring.availUserAddr, vring.usedUserAddr);
     queue.setBase(vring.base);
+    try {
+      vring.watchKick(
+        () => this.kicked(vring),
+        (why) => this.log('warn', `queue ${vring.index}: kick fd unusable (${why}); no longer watched`),
+      );
+    } catch (err) {
+      throw new Error(`queue ${vring.index}: kick fd cannot be polled (${(err as Error).message})`);
+    }
     vring.queue = queue;
     if (!this.hasFeature(VHOST_USER_F_PROTOCOL_FEATURES)) vring.enabled = true;
-    vring.watchKick(() => this.kicked(vring));
     // Chains may already be waiting (e.g. after a reconnect).
     if (vring.enabled) this.kicked(vring);
   }

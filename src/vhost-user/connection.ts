@@ -11,15 +11,20 @@ export class Connection {
   private readonly buf = Buffer.alloc(HEADER_SIZE + MAX_PAYLOAD_SIZE);
   private have = 0;
   private fds: number[] = [];
+  /** Some fd sent with the message being assembled was lost (MSG_CTRUNC). */
+  private fdsLost = false;
+  /** Whether the message `receive` returned last lost fds on the way. */
+  lastFdsLost = false;
   private closed = false;
 
   constructor(readonly socket: UnixStreamSocket) {}
 
   /**
-   * Calls `onMessage` for every complete message; `onClose` once, on EOF or on
-   * a framing error (with the error).
+   * Calls `onMessage` for every complete message (`fdsLost`: the kernel dropped
+   * some of its fds, see Received); `onClose` once, on EOF or on a framing
+   * error (with the error).
    */
-  start(onMessage: (msg: Message) => void, onClose: (err?: Error) => void): void {
+  start(onMessage: (msg: Message, fdsLost: boolean) => void, onClose: (err?: Error) => void): void {
     this.socket.watch(() => {
       try {
         for (;;) {
@@ -30,7 +35,7 @@ export class Connection {
             onClose();
             return;
           }
-          onMessage(msg);
+          onMessage(msg, this.lastFdsLost);
           if (this.closed) return;
         }
       } catch (err) {
@@ -52,13 +57,16 @@ export class Connection {
           payload: Buffer.from(this.buf.subarray(HEADER_SIZE, HEADER_SIZE + size)),
           fds: this.fds,
         };
+        this.lastFdsLost = this.fdsLost;
         this.have = 0;
         this.fds = [];
+        this.fdsLost = false;
         return msg;
       }
       const got = this.socket.receive(this.buf, this.have, want - this.have);
       if (got === null) return null;
       this.fds.push(...got.fds);
+      if (got.fdsLost) this.fdsLost = true;
       if (got.bytes === 0) {
         if (this.have > 0) throw new ProtocolError(`connection closed in the middle of a message`);
         return 'eof';

@@ -11,11 +11,18 @@ export interface GuestRegion {
   /** The front-end's (VMM's) virtual address of the region: vring addresses use it. */
   userspaceAddr: number;
   mmapOffset: number;
-  /** Our mapping of [mmapOffset, mmapOffset + size) of the region's fd. */
+  /** Our mapping of [mmapOffset rounded down to MAP_OFFSET_ALIGN, mmapOffset + size) of the region's fd. */
   mapping: MappedRegion;
-  /** Offset of the region's first byte within `mapping` (= mmapOffset). */
+  /** Offset of the region's first byte within `mapping` (mmapOffset less its page-aligned part). */
   base: number;
 }
+
+const U64_MAX = (1n << 64n) - 1n;
+/**
+ * Mappings start at a file offset that is a multiple of this: 64 KiB is a
+ * multiple of every page size Linux uses on x86-64 and arm64 (4, 16, 64 KiB).
+ */
+const MAP_OFFSET_ALIGN = 64 * 1024;
 
 export class GuestMemoryError extends Error {
   override name = 'GuestMemoryError';
@@ -33,29 +40,48 @@ export class GuestMemory {
     return this.regions.length;
   }
 
-  /** Maps a region described by the front-end; takes ownership of `fd`. */
+  /**
+   * Maps a region described by the front-end; takes ownership of `fd`.
+   * Every field is the front-end's word and is checked before use: a refused
+   * region throws GuestMemoryError and leaves the table as it was.
+   */
   addRegion(desc: MemoryRegionDescription, fd: number): void {
     try {
+      const what = `region gpa 0x${desc.guestPhysAddr.toString(16)} size 0x${desc.memorySize.toString(16)}`;
+      // In u64 first: each end must not wrap past 2^64.
+      const ends = [desc.guestPhysAddr, desc.userspaceAddr, desc.mmapOffset].map((start) => start + desc.memorySize);
+      if (desc.memorySize === 0n || ends.some((end) => end > U64_MAX + 1n)) throw new GuestMemoryError(`unusable ${what}: empty or wraps past 2^64`);
       const size = Number(desc.memorySize);
       const gpa = Number(desc.guestPhysAddr);
       const uva = Number(desc.userspaceAddr);
-      const base = Number(desc.mmapOffset);
-      if (size <= 0 || ![size, gpa, uva, base, gpa + size, uva + size, base + size].every(Number.isSafeInteger)) {
-        throw new GuestMemoryError(`unusable region: gpa 0x${desc.guestPhysAddr.toString(16)} size ${desc.memorySize}`);
+      const offset = Number(desc.mmapOffset);
+      // Addresses are kept as numbers (see GuestRegion): anything past 2^53 is refused, never rounded.
+      if (![size, gpa, uva, offset, gpa + size, uva + size, offset + size].every(Number.isSafeInteger)) {
+        throw new GuestMemoryError(`unusable ${what}: beyond 2^53`);
       }
       for (const r of this.regions) {
         if (gpa < r.guestPhysAddr + r.size && r.guestPhysAddr < gpa + size) {
-          throw new GuestMemoryError(`region at 0x${gpa.toString(16)} overlaps another`);
+          throw new GuestMemoryError(`region at 0x${gpa.toString(16)} overlaps another in guest-physical space`);
+        }
+        // Vring addresses are translated through userspace addresses: two regions there would make them ambiguous.
+        if (uva < r.userspaceAddr + r.size && r.userspaceAddr < uva + size) {
+          throw new GuestMemoryError(`region at 0x${gpa.toString(16)} overlaps another in the front-end's address space`);
         }
       }
+      const stat = fs.fstatSync(fd);
+      // Guest RAM is a memfd, a hugetlbfs or tmpfs file: a pipe, a socket or a directory is not.
+      if (!stat.isFile()) throw new GuestMemoryError(`region at 0x${gpa.toString(16)}: its fd is not a regular file`);
       // Touching a mapping past the end of its file raises SIGBUS: the file must hold the whole region.
-      const fileSize = fs.fstatSync(fd).size;
-      if (base + size > fileSize) {
-        throw new GuestMemoryError(`region at 0x${gpa.toString(16)} needs ${base + size} bytes of its fd, which has ${fileSize}`);
+      const fileSize = stat.size;
+      if (offset + size > fileSize) {
+        throw new GuestMemoryError(`region at 0x${gpa.toString(16)} needs ${offset + size} bytes of its fd, which has ${fileSize}`);
       }
-      // mmap needs a page-aligned file offset: map from 0 and skip mmapOffset, as libvhost-user does.
-      const mapping = MappedRegion.mapFd(fd, base + size, 0);
-      this.regions.push({ guestPhysAddr: gpa, size, userspaceAddr: uva, mmapOffset: base, mapping, base });
+      // mmap needs a page-aligned file offset: map from mmap_offset rounded down and skip the
+      // rest. Never from 0: a region at the end of a huge sparse file would map all of it.
+      const start = offset - (offset % MAP_OFFSET_ALIGN);
+      const mapping = MappedRegion.mapFd(fd, offset + size - start, start);
+      const base = offset - start;
+      this.regions.push({ guestPhysAddr: gpa, size, userspaceAddr: uva, mmapOffset: offset, mapping, base });
       this.regions.sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
     } finally {
       close(fd);

@@ -30,6 +30,50 @@ export class VirtqueueError extends Error {
   override name = 'VirtqueueError';
 }
 
+/** Alignment of each ring (virtio 1.x, 2.7: Descriptor Table 16, Available Ring 2, Used Ring 4). */
+export const DESC_ALIGN = 16;
+export const AVAIL_ALIGN = 2;
+export const USED_ALIGN = 4;
+
+/** The three rings of a queue as views of guest memory (see locateRings). */
+export interface RingViews {
+  size: number;
+  desc: Buffer;
+  avail: Buffer;
+  used: Buffer;
+}
+
+/** Throws unless the rings' front-end addresses are aligned as the spec requires. */
+export function checkRingAlignment(descUserAddr: number, availUserAddr: number, usedUserAddr: number): void {
+  if (descUserAddr % DESC_ALIGN !== 0 || availUserAddr % AVAIL_ALIGN !== 0 || usedUserAddr % USED_ALIGN !== 0) {
+    throw new VirtqueueError(
+      `misaligned vring address (desc 0x${descUserAddr.toString(16)}, avail 0x${availUserAddr.toString(16)}, used 0x${usedUserAddr.toString(16)})`,
+    );
+  }
+}
+
+/**
+ * Finds a queue's rings in `memory`: every byte of all three areas, for a
+ * queue of `size` entries, must lie in one region, and each area must be
+ * aligned as the spec says, both in the front-end's address space and in our
+ * mapping (a region's mmap_offset can shift one against the other; our
+ * 16- and 32-bit atomic views need the latter). Throws VirtqueueError.
+ */
+export function locateRings(memory: GuestMemory, size: number, descUserAddr: number, availUserAddr: number, usedUserAddr: number): RingViews {
+  if (size === 0 || size > MAX_QUEUE_SIZE || (size & (size - 1)) !== 0) {
+    throw new VirtqueueError(`queue size ${size} is not a power of two up to ${MAX_QUEUE_SIZE}`);
+  }
+  checkRingAlignment(descUserAddr, availUserAddr, usedUserAddr);
+  const desc = memory.sliceUserAddr(descUserAddr, size * DESC_SIZE);
+  const avail = memory.sliceUserAddr(availUserAddr, 4 + 2 * size + 2);
+  const used = memory.sliceUserAddr(usedUserAddr, 4 + 8 * size + 2);
+  if (!desc || !avail || !used) throw new VirtqueueError('vring address outside guest memory');
+  if (avail.byteOffset % AVAIL_ALIGN !== 0 || used.byteOffset % USED_ALIGN !== 0) {
+    throw new VirtqueueError('vring misaligned in our mapping (the region\'s mmap_offset shifts it)');
+  }
+  return { size, desc, avail, used };
+}
+
 /**
  * The device side of a split virtqueue (virtio 1.x, 2.7): pops descriptor
  * chains from the available ring, validates every address against guest
@@ -63,21 +107,26 @@ export class SplitVirtqueue {
     }
   }
 
-  /** Locates the three rings from front-end virtual addresses; throws if any lies outside guest RAM. */
+  /** Locates the three rings from front-end virtual addresses; throws if any lies outside guest RAM or is misaligned. */
   setAddresses(descUserAddr: number, availUserAddr: number, usedUserAddr: number): void {
+    this.useRings(locateRings(this.memory, this.size, descUserAddr, availUserAddr, usedUserAddr));
+  }
+
+  /**
+   * Points the queue at rings located beforehand for its size (see
+   * locateRings): memory-table changes locate every ring first and switch
+   * only once all of them were found.
+   */
+  useRings(r: RingViews): void {
     const n = this.size;
-    const desc = this.memory.sliceUserAddr(descUserAddr, n * DESC_SIZE);
-    const avail = this.memory.sliceUserAddr(availUserAddr, 4 + 2 * n + 2);
-    const used = this.memory.sliceUserAddr(usedUserAddr, 4 + 8 * n + 2);
-    if (!desc || !avail || !used) throw new VirtqueueError('vring address outside guest memory');
-    if (avail.byteOffset % 2 !== 0 || used.byteOffset % 4 !== 0) throw new VirtqueueError('misaligned vring');
-    this.desc = desc;
-    this.availFlagsIdx = new Uint16Array(avail.buffer, avail.byteOffset, 2);
-    this.availRing = avail.subarray(4, 4 + 2 * n);
-    this.usedEvent = avail.subarray(4 + 2 * n, 4 + 2 * n + 2);
-    this.usedHeader = new Uint16Array(used.buffer, used.byteOffset, 2);
-    this.usedRing = used.subarray(4, 4 + 8 * n);
-    this.availEvent = new Uint16Array(used.buffer, used.byteOffset + 4 + 8 * n, 1);
+    if (r.size !== n) throw new VirtqueueError(`rings located for ${r.size} entries, queue has ${n}`);
+    this.desc = r.desc;
+    this.availFlagsIdx = new Uint16Array(r.avail.buffer, r.avail.byteOffset, 2);
+    this.availRing = r.avail.subarray(4, 4 + 2 * n);
+    this.usedEvent = r.avail.subarray(4 + 2 * n, 4 + 2 * n + 2);
+    this.usedHeader = new Uint16Array(r.used.buffer, r.used.byteOffset, 2);
+    this.usedRing = r.used.subarray(4, 4 + 8 * n);
+    this.availEvent = new Uint16Array(r.used.buffer, r.used.byteOffset + 4 + 8 * n, 1);
   }
 
   /** Sets where processing resumes (SET_VRING_BASE); the used index follows it. */

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { FdWatcher, close } from '../sys';
+import { F_GETFL, F_SETFL, FdWatcher, O_NONBLOCK, close, fcntl } from '../sys';
 import { SplitVirtqueue } from './virtqueue';
 
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
@@ -30,24 +30,64 @@ export class Vring {
     return this.queue !== null;
   }
 
-  /** Watches the kick eventfd; `onKick` runs after the counter is drained. */
-  watchKick(onKick: () => void): void {
+  /**
+   * Watches the kick fd; `onKick` runs after it is drained. An fd that can
+   * never give a kick (EOF: the read end of a pipe whose writer left; a read
+   * error: e.g. a pipe's write end) stays readable forever under a
+   * level-triggered poll, so it is no longer watched and `onDead` says why.
+   */
+  watchKick(onKick: () => void, onDead: (why: string) => void): void {
     this.kickWatcher?.close();
+    this.kickWatcher = null;
     const fd = this.kickFd;
-    this.kickWatcher = new FdWatcher(fd, () => {
-      try {
-        fs.readSync(fd, drain, 0, 8, null);
-      } catch {
-        // EAGAIN: a spurious wake-up; the ring is checked anyway.
+    const watcher: FdWatcher = new FdWatcher(fd, (status) => {
+      let why: string | null = status < 0 ? `poll error ${status}` : null;
+      if (why === null) {
+        try {
+          if (fs.readSync(fd, drain, 0, 8, null) === 0) why = 'end of file';
+        } catch (err) {
+          // EAGAIN: a spurious wake-up; the ring is checked anyway.
+          const code = (err as NodeJS.ErrnoException).code;
+          if (code !== 'EAGAIN' && code !== 'EINTR') why = (err as Error).message;
+        }
+      }
+      if (why !== null) {
+        watcher.close();
+        if (this.kickWatcher === watcher) this.kickWatcher = null;
+        onDead(why);
+        return;
       }
       onKick();
     });
+    this.kickWatcher = watcher;
+  }
+
+  /** Whether the kick fd is being watched (false once it turned out unusable). */
+  get watchingKick(): boolean {
+    return this.kickWatcher !== null;
   }
 
   /**
-   * Signals the driver through the call eventfd (if it gave one). A call fd that
-   * cannot be written (the front-end sent something else) is dropped, with the
-   * error returned for the owner to log: signals stop, the daemon does not.
+   * Takes an fd the front-end handed over for `which`. It may be anything (a
+   * pipe nobody reads, a socket): it is made non-blocking first, so no read or
+   * write of ours can ever stop the event loop. Closes it if that fails.
+   */
+  adoptFd(which: 'kickFd' | 'callFd' | 'errFd', fd: number): void {
+    try {
+      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
+    } catch (err) {
+      close(fd);
+      throw err;
+    }
+    this.replaceFd(which, fd);
+  }
+
+  /**
+   * Signals the driver through the call fd (if it gave one). A full fd
+   * (EAGAIN: a pipe nobody reads, a saturated eventfd) is fine: a signal is
+   * pending already. A call fd that cannot be written at all (the front-end
+   * sent something else) is dropped, with the error returned for the owner to
+   * log once: signals stop, the daemon does not.
    */
   signal(): Error | null {
     if (this.callFd < 0) return null;
@@ -55,6 +95,7 @@ export class Vring {
       fs.writeSync(this.callFd, ONE, 0, 8, null);
       return null;
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return null;
       this.replaceFd('callFd', -1);
       return err as Error;
     }

@@ -157,9 +157,11 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
     const table = Buffer.alloc(MemoryTableHeader.size + MemoryRegionDesc.size);
     MemoryTableHeader.encode({ nregions: 1, padding: 0 }, table);
     MemoryRegionDesc.encode({ guestPhysAddr: 0n, memorySize: 0n, userspaceAddr: 0n, mmapOffset: 0n }, table, MemoryTableHeader.size);
-    await expect(frontend.send(FrontendRequest.SET_MEM_TABLE, table, [frontend.ram.regions[0].fd])).rejects.toThrow();
-    await until(disconnected);
+    await expect(frontend.send(FrontendRequest.SET_MEM_TABLE, table, [frontend.ram.regions[0].fd])).rejects.toThrow(/status 1/);
     expect(logs.join('\n')).toMatch(/unusable region/);
+    // Refused with REPLY_ACK: the connection and the old table stay.
+    expect(disconnected()).toBeNull();
+    expect(await echo(frontend, 1, 'old table')).toBe('old table');
   });
 
   it('refuses a region whose fd is smaller than the region', async () => {
@@ -172,7 +174,7 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
   });
 
   it('refuses to remove the memory region that holds a running ring', async () => {
-    const { frontend, disconnected } = await start();
+    const { frontend, disconnected, logs } = await start();
     const r = frontend.ram.regions[1]; // queue 1's rings live in region 1
     const region = SingleMemoryRegion.encode({
       padding: 0n,
@@ -181,9 +183,10 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
       userspaceAddr: BigInt(r.userspaceAddr),
       mmapOffset: 0n,
     });
-    await expect(frontend.send(FrontendRequest.REM_MEM_REG, region, [])).rejects.toThrow();
-    await until(disconnected);
-    expect(disconnected()?.err?.message).toMatch(/outside the new memory table/);
+    await expect(frontend.send(FrontendRequest.REM_MEM_REG, region, [])).rejects.toThrow(/status 1/);
+    expect(logs.join('\n')).toMatch(/queue 1 would not fit the new memory table/);
+    expect(disconnected()).toBeNull();
+    expect(await echo(frontend, 1, 'region kept')).toBe('region kept');
   });
 
   it('returns an indirect table longer than the queue as a broken chain', async () => {
