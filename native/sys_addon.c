@@ -13,6 +13,9 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <uv.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #define MAX_FDS 64
 
@@ -37,18 +40,49 @@ static int32_t arg_i32(napi_env env, napi_value v) {
   return x;
 }
 
-static uint64_t arg_u64(napi_env env, napi_value v) {
+// Throws a JS error for a failed N-API call (unless one is already pending) and
+// returns NULL from the calling function.
+#define NAPI_CHECK(env, call)                                   \
+  do {                                                          \
+    napi_status status_ = (call);                               \
+    if (status_ != napi_ok) return throw_napi_failure((env), status_, #call); \
+  } while (0)
+
+static napi_value throw_napi_failure(napi_env env, napi_status status, const char *what) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (pending) return NULL;
+  const napi_extended_error_info *e = NULL;
+  napi_get_last_error_info(env, &e);
+  char text[256];
+  snprintf(text, sizeof text, "%s failed: %s (napi_status %d)", what, e && e->error_message ? e->error_message : "?", (int)status);
+  napi_throw_error(env, "ERR_NAPI", text);
+  return NULL;
+}
+
+// Argument readers that throw a TypeError and return 0 when the value is not of the right type.
+static int arg_i32_checked(napi_env env, napi_value v, int32_t *out) {
+  if (napi_get_value_int32(env, v, out) == napi_ok) return 1;
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "expected a number");
+  return 0;
+}
+
+static int arg_u64_checked(napi_env env, napi_value v, uint64_t *out) {
   napi_valuetype t;
-  napi_typeof(env, v, &t);
-  if (t == napi_bigint) {
-    uint64_t x = 0;
-    bool lossless;
-    napi_get_value_bigint_uint64(env, v, &x, &lossless);
-    return x;
+  if (napi_typeof(env, v, &t) == napi_ok) {
+    if (t == napi_bigint) {
+      bool lossless;
+      if (napi_get_value_bigint_uint64(env, v, out, &lossless) == napi_ok && lossless) return 1;
+    } else if (t == napi_number) {
+      double d;
+      if (napi_get_value_double(env, v, &d) == napi_ok && d >= 0 && d < 18446744073709551616.0) {
+        *out = (uint64_t)d;
+        return 1;
+      }
+    }
   }
-  double d = 0;
-  napi_get_value_double(env, v, &d);
-  return (uint64_t)d;
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "expected a non-negative number or BigInt below 2^64");
+  return 0;
 }
 
 /* ---------------- fd readiness ---------------- */
@@ -232,26 +266,29 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6], out;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  void *addr = (void *)(uintptr_t)arg_u64(env, argv[0]);
-  size_t length = (size_t)arg_u64(env, argv[1]);
-  int prot = arg_i32(env, argv[2]);
-  int flags = arg_i32(env, argv[3]);
-  int fd = arg_i32(env, argv[4]);
-  off_t offset = (off_t)arg_u64(env, argv[5]);
-  void *p = mmap(addr, length, prot, flags, fd, offset);
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 6) return throw_errno(env, EINVAL, "mmap");
+  uint64_t addr, length, offset;
+  int32_t prot, flags, fd;
+  if (!arg_u64_checked(env, argv[0], &addr) || !arg_u64_checked(env, argv[1], &length) ||
+      !arg_i32_checked(env, argv[2], &prot) || !arg_i32_checked(env, argv[3], &flags) ||
+      !arg_i32_checked(env, argv[4], &fd) || !arg_u64_checked(env, argv[5], &offset)) {
+    return NULL;
+  }
+  void *p = mmap((void *)(uintptr_t)addr, (size_t)length, prot, flags, fd, (off_t)offset);
   if (p == MAP_FAILED) return throw_errno(env, errno, "mmap");
-  napi_create_bigint_uint64(env, (uint64_t)(uintptr_t)p, &out);
+  NAPI_CHECK(env, napi_create_bigint_uint64(env, (uint64_t)(uintptr_t)p, &out));
   return out;
 }
 
 static napi_value js_munmap(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  void *addr = (void *)(uintptr_t)arg_u64(env, argv[0]);
-  size_t length = (size_t)arg_u64(env, argv[1]);
-  if (munmap(addr, length) < 0) return throw_errno(env, errno, "munmap");
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) return throw_errno(env, EINVAL, "munmap");
+  uint64_t addr, length;
+  if (!arg_u64_checked(env, argv[0], &addr) || !arg_u64_checked(env, argv[1], &length)) return NULL;
+  if (munmap((void *)(uintptr_t)addr, (size_t)length) < 0) return throw_errno(env, errno, "munmap");
   return NULL;
 }
 
@@ -260,50 +297,213 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
 static napi_value js_view(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2], out;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  void *addr = (void *)(uintptr_t)arg_u64(env, argv[0]);
-  size_t length = (size_t)arg_u64(env, argv[1]);
-  napi_status s = napi_create_external_arraybuffer(env, addr, length, NULL, NULL, &out);
-  if (s != napi_ok) return throw_errno(env, ENOMEM, "napi_create_external_arraybuffer");
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) return throw_errno(env, EINVAL, "view");
+  uint64_t addr, length;
+  if (!arg_u64_checked(env, argv[0], &addr) || !arg_u64_checked(env, argv[1], &length)) return NULL;
+  NAPI_CHECK(env, napi_create_external_arraybuffer(env, (void *)(uintptr_t)addr, (size_t)length, NULL, NULL, &out));
   return out;
 }
 
-/* ---------------- fault-guarded copies ---------------- */
+/* ---------------- fault handling: guarded ranges and guarded copies ---------------- */
 
-// A file mapped in a DAX window raises SIGBUS when touched past the file's end
-// (e.g. the host truncated it). Copies through such memory run with a SIGBUS
-// handler that jumps back and reports the fault instead of killing Node.
+// Two kinds of memory can vanish under us:
+// - guest RAM: the front-end hands us a memfd and may shrink it (ftruncate)
+//   while we have it mapped; touching a page past the new end raises SIGBUS.
+//   Such mappings are registered as guarded ranges: a fault inside one replaces
+//   the page with an anonymous zero page, counts the fault for JS to poll
+//   (guardFaults) and returns, so the access retries and reads zeros. The owner
+//   then drops the front-end.
+// - a file mapped in a DAX window (guest side) raises SIGBUS past the file's
+//   end (the host truncated it). Copies through such memory (copyGuarded) jump
+//   back and report the fault instead of killing Node.
+// Any other fault goes to the handler installed before ours (Node's, V8's, or
+// the default action, which kills as it always did).
+
+// Every mapping of guest RAM (32 slots per front-end, plus old tables kept while
+// requests drain) and of the TypeScript guest's RAM in tests.
+#define MAX_GUARDED 4096
+
+typedef struct {
+  uintptr_t start, end;      /* [start, end), page-aligned */
+  volatile uint32_t faults;  /* faults absorbed so far */
+  volatile int active;       /* read by the signal handler */
+} guarded_t;
+
+static guarded_t guarded[MAX_GUARDED];
+static volatile uint64_t guarded_fault_total;
+static pthread_mutex_t guarded_lock = PTHREAD_MUTEX_INITIALIZER;
+static uintptr_t page_size;
+
 static __thread sigjmp_buf *volatile guard_jmp;
 
-static void on_sigbus(int sig, siginfo_t *info, void *ctx) {
-  (void)info;
-  (void)ctx;
-  if (guard_jmp) siglongjmp(*guard_jmp, 1);
-  signal(sig, SIG_DFL);
-  raise(sig);
+static struct sigaction prev_sigbus, prev_sigsegv;
+static pthread_once_t handlers_once = PTHREAD_ONCE_INIT;
+static int handlers_error;
+
+// Replaces the page holding `addr` in range `g` with anonymous zero memory.
+// A hugetlbfs mapping can only be replaced in whole huge pages (mmap says
+// EINVAL), so the common huge page sizes are tried next. mmap is a plain
+// system call on Linux, safe in a signal handler.
+static int absorb_fault(guarded_t *g, uintptr_t addr) {
+  static const uintptr_t huge[] = {(uintptr_t)2 << 20, (uintptr_t)1 << 30};
+  for (int i = -1; i < (int)(sizeof huge / sizeof huge[0]); i++) {
+    uintptr_t granule = i < 0 ? page_size : huge[i];
+    uintptr_t page = addr & ~(granule - 1);
+    if (page < g->start || page + granule > g->end) continue;
+    void *p = mmap((void *)page, granule, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p != MAP_FAILED) {
+      __atomic_add_fetch(&g->faults, 1, __ATOMIC_RELAXED);
+      __atomic_add_fetch(&guarded_fault_total, 1, __ATOMIC_RELAXED);
+      return 0;
+    }
+    if (errno != EINVAL) break;
+  }
+  return -1;
 }
 
-static int guard_installed;
+static void chain(int sig, siginfo_t *info, void *ctx, struct sigaction *prev) {
+  if (prev->sa_flags & SA_SIGINFO) {
+    prev->sa_sigaction(sig, info, ctx);
+    return;
+  }
+  if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+    prev->sa_handler(sig);
+    return;
+  }
+  // Default action (an ignored synchronous fault would only repeat forever):
+  // restore it; a kernel fault happens again on return and kills, a signal
+  // sent by someone is raised again.
+  signal(sig, SIG_DFL);
+  if (info->si_code <= 0) raise(sig);
+}
+
+static void on_fault(int sig, siginfo_t *info, void *ctx) {
+  int saved_errno = errno;
+  // si_addr means something only for faults the kernel raised (si_code > 0);
+  // kill()/tgkill() put the sender's pid there.
+  if (info->si_code > 0) {
+    uintptr_t addr = (uintptr_t)info->si_addr;
+    for (int i = 0; i < MAX_GUARDED; i++) {
+      guarded_t *g = &guarded[i];
+      if (!__atomic_load_n(&g->active, __ATOMIC_ACQUIRE)) continue;
+      if (addr >= g->start && addr < g->end) {
+        if (absorb_fault(g, addr) == 0) {
+          errno = saved_errno;
+          return;
+        }
+        break;  /* could not replace the page: let the fault take its course */
+      }
+    }
+    if (guard_jmp) siglongjmp(*guard_jmp, 1);
+  }
+  errno = saved_errno;
+  chain(sig, info, ctx, sig == SIGBUS ? &prev_sigbus : &prev_sigsegv);
+}
+
+static void install_handlers(void) {
+  page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_fault;
+  // SA_NODEFER: copyGuarded leaves the handler by siglongjmp; SA_ONSTACK: use
+  // an alternate stack where a thread has one.
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGBUS, &sa, &prev_sigbus) < 0 || sigaction(SIGSEGV, &sa, &prev_sigsegv) < 0) handlers_error = errno;
+}
+
+// 0, or -1 with a JS error thrown.
+static int ensure_handlers(napi_env env) {
+  pthread_once(&handlers_once, install_handlers);
+  if (!handlers_error) return 0;
+  throw_errno(env, handlers_error, "sigaction");
+  return -1;
+}
+
+// guardRange(address, length) -> id, for a mapping made by mmap (address page-aligned).
+static napi_value js_guard_range(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], out;
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) return throw_errno(env, EINVAL, "guardRange");
+  if (ensure_handlers(env) < 0) return NULL;
+  uint64_t addr, length;
+  if (!arg_u64_checked(env, argv[0], &addr) || !arg_u64_checked(env, argv[1], &length)) return NULL;
+  if (length == 0 || addr % page_size ||
+      addr + length < addr || addr + length > UINTPTR_MAX - page_size) {
+    return throw_errno(env, EINVAL, "guardRange");
+  }
+  uintptr_t end = ((uintptr_t)(addr + length) + page_size - 1) & ~(page_size - 1);
+  int id = -1;
+  pthread_mutex_lock(&guarded_lock);
+  for (int i = 0; i < MAX_GUARDED; i++) {
+    if (!guarded[i].active) {
+      guarded[i].start = (uintptr_t)addr;
+      guarded[i].end = end;
+      guarded[i].faults = 0;
+      __atomic_store_n(&guarded[i].active, 1, __ATOMIC_RELEASE);
+      id = i;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&guarded_lock);
+  if (id < 0) return throw_errno(env, ENOSPC, "guardRange");
+  NAPI_CHECK(env, napi_create_int32(env, id, &out));
+  return out;
+}
+
+static guarded_t *arg_guarded(napi_env env, napi_callback_info info, const char *what) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t id;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_int32(env, argv[0], &id) != napi_ok || id < 0 || id >= MAX_GUARDED || !guarded[id].active) {
+    throw_errno(env, EINVAL, what);
+    return NULL;
+  }
+  return &guarded[id];
+}
+
+// unguardRange(id): call before munmap, so a later mapping at that address is not absorbed.
+static napi_value js_unguard_range(napi_env env, napi_callback_info info) {
+  guarded_t *g = arg_guarded(env, info, "unguardRange");
+  if (!g) return NULL;
+  pthread_mutex_lock(&guarded_lock);
+  __atomic_store_n(&g->active, 0, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&guarded_lock);
+  return NULL;
+}
+
+// guardFaults(id) -> faults absorbed in that range so far.
+static napi_value js_guard_faults(napi_env env, napi_callback_info info) {
+  napi_value out;
+  guarded_t *g = arg_guarded(env, info, "guardFaults");
+  if (!g) return NULL;
+  NAPI_CHECK(env, napi_create_uint32(env, __atomic_load_n(&g->faults, __ATOMIC_RELAXED), &out));
+  return out;
+}
+
+// guardFaultTotal() -> faults absorbed in all ranges, ever: one cheap poll per batch.
+static napi_value js_guard_fault_total(napi_env env, napi_callback_info info) {
+  napi_value out;
+  (void)info;
+  NAPI_CHECK(env, napi_create_double(env, (double)__atomic_load_n(&guarded_fault_total, __ATOMIC_RELAXED), &out));
+  return out;
+}
 
 // copyGuarded(dst, src) -> bytes copied, or -1 if the memory faulted (SIGBUS/SIGSEGV).
 static napi_value js_copy_guarded(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2], out;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *dst, *src;
   size_t dlen, slen;
-  napi_get_buffer_info(env, argv[0], &dst, &dlen);
-  napi_get_buffer_info(env, argv[1], &src, &slen);
+  if (argc < 2) return throw_errno(env, EINVAL, "copyGuarded");
+  NAPI_CHECK(env, napi_get_buffer_info(env, argv[0], &dst, &dlen));
+  NAPI_CHECK(env, napi_get_buffer_info(env, argv[1], &src, &slen));
   size_t n = dlen < slen ? dlen : slen;
-  if (!guard_installed) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_sigbus;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGBUS, &sa, NULL);
-    guard_installed = 1;
-  }
+  if (ensure_handlers(env) < 0) return NULL;
   sigjmp_buf jmp;
   volatile int64_t result = (int64_t)n;
   if (sigsetjmp(jmp, 1) == 0) {
@@ -313,7 +513,7 @@ static napi_value js_copy_guarded(napi_env env, napi_callback_info info) {
     result = -1;
   }
   guard_jmp = NULL;
-  napi_create_int64(env, result, &out);
+  NAPI_CHECK(env, napi_create_int64(env, result, &out));
   return out;
 }
 
@@ -327,8 +527,12 @@ static napi_value init(napi_env env, napi_value exports) {
       {"munmap", NULL, js_munmap, NULL, NULL, NULL, napi_default, NULL},
       {"view", NULL, js_view, NULL, NULL, NULL, napi_default, NULL},
       {"copyGuarded", NULL, js_copy_guarded, NULL, NULL, NULL, napi_default, NULL},
+      {"guardRange", NULL, js_guard_range, NULL, NULL, NULL, napi_default, NULL},
+      {"unguardRange", NULL, js_unguard_range, NULL, NULL, NULL, napi_default, NULL},
+      {"guardFaults", NULL, js_guard_faults, NULL, NULL, NULL, napi_default, NULL},
+      {"guardFaultTotal", NULL, js_guard_fault_total, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  NAPI_CHECK(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;
 }
 

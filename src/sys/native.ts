@@ -16,6 +16,18 @@ export interface SysAddon {
   view(addr: bigint, length: number): ArrayBuffer;
   /** memcpy(dst, src, min(len)) that returns -1 instead of dying if the memory raises SIGBUS. */
   copyGuarded(dst: Buffer, src: Buffer): number;
+  /**
+   * Registers [addr, addr+length) of a mapping made by mmap as guarded: a
+   * SIGBUS/SIGSEGV inside it replaces the page with a zero page and is counted
+   * instead of killing the process. Returns the range's id.
+   */
+  guardRange(addr: bigint, length: bigint | number): number;
+  /** Forgets a guarded range (before munmap). */
+  unguardRange(id: number): void;
+  /** Faults absorbed in guarded range `id` so far. */
+  guardFaults(id: number): number;
+  /** Faults absorbed in every guarded range, ever. */
+  guardFaultTotal(): number;
 }
 
 function load(): SysAddon {
