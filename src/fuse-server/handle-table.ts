@@ -31,9 +31,23 @@ export class HandleTable {
   private readonly handles = new Map<number, Handle>();
   /** fh 0 is left unused so a zeroed field never names a live handle. */
   private nextFh = 1;
+  /** Handles' O_APPEND twins currently open. */
+  private appendFds = 0;
 
   get size(): number {
     return this.handles.size;
+  }
+
+  /** fds the handles hold: one each, plus their O_APPEND twins. */
+  get fdCount(): number {
+    return this.handles.size + this.appendFds;
+  }
+
+  /** Gives `handle` its O_APPEND twin `fd` (taking ownership). */
+  setAppendFd(handle: Handle, fd: number): void {
+    if (handle.appendFd >= 0) closeQuietly(handle.appendFd);
+    else this.appendFds++;
+    handle.appendFd = fd;
   }
 
   /** Registers `fd` (taking ownership), opened with the access mode `access`, and returns its new handle. */
@@ -77,17 +91,20 @@ export class HandleTable {
   release(fh: number, nodeid: number, kind: HandleKind): void {
     const handle = this.get(fh, nodeid, kind);
     this.handles.delete(handle.fh);
-    closeHandle(handle);
+    this.close(handle);
   }
 
   /** Closes every handle. */
   clear(): void {
-    for (const handle of this.handles.values()) closeHandle(handle);
+    for (const handle of this.handles.values()) this.close(handle);
     this.handles.clear();
   }
-}
 
-function closeHandle(handle: Handle): void {
-  closeQuietly(handle.fd);
-  if (handle.appendFd >= 0) closeQuietly(handle.appendFd);
+  private close(handle: Handle): void {
+    closeQuietly(handle.fd);
+    if (handle.appendFd >= 0) {
+      closeQuietly(handle.appendFd);
+      this.appendFds--;
+    }
+  }
 }

@@ -42,6 +42,8 @@ export class InodeTable {
   private readonly byId = new Map<number, Inode>();
   private readonly byKey = new Map<string, Inode>();
   private nextId = FUSE_ROOT_ID + 1;
+  /** O_PATH fds held by inodes, kept as a count so the fd budget costs nothing to check. */
+  private fds = 0;
   readonly root: Inode;
 
   /**
@@ -74,9 +76,7 @@ export class InodeTable {
 
   /** O_PATH fds held by inodes (the root included). */
   get fdCount(): number {
-    let n = 0;
-    for (const inode of this.byId.values()) if (inode.fd >= 0) n++;
-    return n;
+    return this.fds;
   }
 
   /** The inode for `nodeid`; EBADF when the guest names one it does not hold. */
@@ -140,6 +140,7 @@ export class InodeTable {
     }
     this.byId.clear();
     this.byKey.clear();
+    this.fds = 0;
     this.root.refcount = 1;
     this.insert(this.root);
   }
@@ -147,11 +148,15 @@ export class InodeTable {
   private insert(inode: Inode): void {
     this.byId.set(inode.nodeid, inode);
     this.byKey.set(inode.key, inode);
+    if (inode.fd >= 0) this.fds++;
   }
 
   private remove(inode: Inode): void {
     this.byId.delete(inode.nodeid);
     this.byKey.delete(inode.key);
-    if (inode.fd >= 0) closeQuietly(inode.fd);
+    if (inode.fd >= 0) {
+      closeQuietly(inode.fd);
+      this.fds--;
+    }
   }
 }

@@ -15,7 +15,9 @@ import {
   S_IFDIR,
   S_IFLNK,
   S_IFREG,
+  STATX_INO,
   closeQuietly,
+  getNofileLimit,
   openat,
   statx,
   type Stat,
@@ -34,6 +36,27 @@ import { FUSE_ATTR_SUBMOUNT, FUSE_DONT_MASK, FUSE_SUBMOUNTS } from './protocol';
 
 /** The empty path that, with AT_EMPTY_PATH, makes an *at call act on the dirfd itself. */
 export const EMPTY = Buffer.from([0]);
+const DOTDOT = Buffer.from('..\0');
+
+/**
+ * fds below RLIMIT_NOFILE kept for the daemon itself (sockets, eventfds,
+ * memory regions, transient fds of a request), as the Rust virtiofsd keeps
+ * about 512 in reserve: the guest may hold the rest.
+ */
+export const FD_RESERVE = 512;
+
+/** The fds a guest may hold when the soft RLIMIT_NOFILE is `soft`: the reserve off, and never more than half of a small limit. */
+export function fdBudgetFor(soft: number): number {
+  return Math.max(soft - FD_RESERVE, Math.floor(soft / 2));
+}
+
+/**
+ * Upward steps taken to see whether a directory is still inside the share
+ * before answering that it is not: a bound on the work one request can cause.
+ */
+export const MAX_CLIMB = 4096;
+/** The climb stats "..", "../..", ... from one fd, and moves that fd up every this many levels (PATH_MAX). */
+const CLIMB_STRIDE = 256;
 
 export class PassthroughCore {
   readonly policy: CachePolicy;
@@ -54,6 +77,12 @@ export class PassthroughCore {
   daxFlags: (st: Stat) => number = () => 0;
   /** fds opened from file handles for the request being served; closed by endRequest(). */
   private readonly scratchFds: number[] = [];
+  /** How many fds the guest's inodes, handles and lock descriptions may hold together (see reserveFds). */
+  readonly fdBudget: number;
+  /** fds held for the guest outside the inode and handle tables (lock descriptions); set by the owner of those. */
+  extraFds: () => number = () => 0;
+  /** The share root's (st_dev, st_ino): what a climb through `..` must meet to stay inside. */
+  private readonly rootId: string;
 
   /** Opens the shared directory; throws if it cannot be served. */
   constructor(
@@ -64,12 +93,16 @@ export class PassthroughCore {
     this.policy = cachePolicy(options.cache, options.timeout);
     this.uidMap = options.uidMap ?? new IdMap();
     this.gidMap = options.gidMap ?? new IdMap();
-    this.procSelfFd = openat(AT_FDCWD, '/proc/self/fd', O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    this.fdBudget = options.fdBudget ?? fdBudgetFor(getNofileLimit().soft);
+    // Inside the sandbox /proc is out of reach: the sandbox hands over the fd it kept (ours from now on).
+    this.procSelfFd = options.procSelfFd ?? openat(AT_FDCWD, '/proc/self/fd', O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     let rootFd = -1;
     try {
       rootFd = openat(AT_FDCWD, options.sharedDir, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
       this.fileHandles = FileHandles.open(options.inodeFileHandles ?? 'never', rootFd, (msg) => this.log('warn', msg));
-      this.inodes = new InodeTable(rootFd, this.hostStat(rootFd), this.fileHandles, onDrop);
+      const rootStat = this.hostStat(rootFd);
+      this.rootId = devIno(rootStat);
+      this.inodes = new InodeTable(rootFd, rootStat, this.fileHandles, onDrop);
       const o = options;
       if (o.xattr || o.xattrmap || o.posixAcl || o.securityLabel) this.xattrs = new Xattrs(this.procSelfFd, o.xattrmap ?? null);
     } catch (err) {
@@ -126,6 +159,104 @@ export class PassthroughCore {
     }
   }
 
+  /* ---------------- the fd budget ---------------- */
+
+  /** fds held for the guest now: inodes' O_PATH fds, open handles, lock descriptions. */
+  heldFds(): number {
+    return this.inodes.fdCount + this.handles.fdCount + this.extraFds();
+  }
+
+  /**
+   * EMFILE, before anything is opened, when `n` more fds held for the guest
+   * would go past the budget: a guest that opens or looks up without end runs
+   * out of its own allowance, never of the daemon's descriptors (which the
+   * front-end's next message carrying an fd would need).
+   */
+  reserveFds(n = 1): void {
+    if (this.heldFds() + n > this.fdBudget) fail(Errno.EMFILE);
+  }
+
+  /* ---------------- staying inside the share ---------------- */
+
+  /**
+   * Whether the directory `fd` is the share's root or below it, now: a host
+   * process (or another VM sharing a directory above ours) may have moved a
+   * directory the guest holds out of the share. Climbs with `..` until it
+   * meets the root's (st_dev, st_ino) (inside), or a directory that is its own
+   * parent, or one the kernel will not climb from (ENOENT: disconnected under a
+   * bind mount) (outside). This is checked in our own code because there may
+   * be no mount namespace around the daemon (--sandbox none).
+   */
+  isInside(fd: number): boolean {
+    let prev = devIno(statx(fd, EMPTY, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_INO));
+    if (prev === this.rootId) return true;
+    // One statx per level ("..", "../..", ...: the kernel walks the dcache), no fd opened per level.
+    let anchor = fd;
+    try {
+      for (let depth = 1; depth <= MAX_CLIMB; depth++) {
+        const k = ((depth - 1) % CLIMB_STRIDE) + 1;
+        const up = climbPath(k);
+        let id: string;
+        try {
+          id = devIno(statx(anchor, up, AT_SYMLINK_NOFOLLOW, STATX_INO));
+          if (k === CLIMB_STRIDE) {
+            const next = openat(anchor, up, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+            if (anchor !== fd) closeQuietly(anchor);
+            anchor = next;
+          }
+        } catch (err) {
+          // A path disconnected from its bind mount: the kernel will not climb it.
+          if (errnoOf(err) === Errno.ENOENT) return false;
+          throw err;
+        }
+        if (id === this.rootId) return true;
+        // The top of our file-system tree is its own parent: the climb never met the root.
+        if (id === prev) return false;
+        prev = id;
+      }
+      // Deeper than any share we serve sensibly: not proven inside, so treated as outside.
+      return false;
+    } finally {
+      if (anchor !== fd) closeQuietly(anchor);
+    }
+  }
+
+  /**
+   * ENOENT unless the directory inode is still inside the share: the check
+   * before a name is made, removed or moved in it (a directory moved out by
+   * the host is no longer part of this file system, as if it were removed).
+   */
+  requireInside(dir: Inode): void {
+    if (dir !== this.inodes.root && !this.isInside(this.fdOf(dir))) fail(Errno.ENOENT);
+  }
+
+  /**
+   * LOOKUP of `..` in `dir`: the parent, only if it is inside the share. At the
+   * root it is the root (the guest cannot climb out by name); a parent outside
+   * answers ENOENT, as the kernel does for a path disconnected from a bind mount.
+   */
+  lookupParent(dir: Inode): Entry {
+    if (dir === this.inodes.root) {
+      dir.refcount++;
+      return this.entry(dir, this.hostStat(dir.fd), 0);
+    }
+    this.reserveFds();
+    const fd = openat(this.fdOf(dir), DOTDOT, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+    let inside: boolean;
+    try {
+      inside = this.isInside(fd);
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
+    if (!inside) {
+      closeQuietly(fd);
+      this.log('warn', `LOOKUP ".." of inode ${dir.nodeid}: its parent is outside the shared directory; refused`);
+      fail(Errno.ENOENT);
+    }
+    return this.adopt(fd, dir);
+  }
+
   /**
    * A new fd of the inode opened with `flags` (never O_PATH), owned by the
    * caller. Only regular files and directories are ever opened: opening a
@@ -135,6 +266,7 @@ export class PassthroughCore {
    */
   reopen(inode: Inode, flags: number): number {
     if (inode.type !== S_IFREG && inode.type !== S_IFDIR) fail(inode.type === S_IFLNK ? Errno.ELOOP : Errno.EINVAL);
+    this.reserveFds();
     if (inode.fd >= 0) return openat(this.procSelfFd, String(inode.fd), flags, 0);
     try {
       return this.fileHandles!.open(inode.handle!, flags);
@@ -182,8 +314,9 @@ export class PassthroughCore {
     return { nodeid: inode.nodeid, generation: 0, stat, entryTimeout: t, attrTimeout: t, attrFlags: attrFlags | this.daxFlags(stat) };
   }
 
-  /** Looks `name` (one component) up in `dir` and counts the lookup. */
+  /** Looks `name` (one component, not `..`: see lookupParent) up in `dir` and counts the lookup. */
   lookupAt(dir: Inode, name: Buffer): Entry {
+    this.reserveFds();
     return this.adopt(openat(this.fdOf(dir), name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0), dir);
   }
 
@@ -236,6 +369,17 @@ export class PassthroughCore {
     const ids: HostIds = { uid: this.uidMap.toHost(ctx.uid), gid: this.gidMap.toHost(ctx.gid) };
     return this.credentials.asCaller(ids, this.has(FUSE_DONT_MASK) ? umask : 0, fn);
   }
+}
+
+const climbPaths: Buffer[] = [];
+/** "..", "../..", ... `k` levels up, NUL-terminated. */
+function climbPath(k: number): Buffer {
+  return (climbPaths[k] ??= Buffer.from(`${Array(k).fill('..').join('/')}\0`));
+}
+
+/** A directory's identity for the climb: the file system and the inode, whatever mount it is reached through. */
+function devIno(st: Stat): string {
+  return `${st.devMajor}:${st.devMinor}:${st.ino}`;
 }
 
 /** requireRegular() for an S_IFMT type: EISDIR for a directory, EINVAL for anything else not regular. */

@@ -90,6 +90,9 @@ export class FileOps {
    */
   create(ctx: Context, dir: Inode, name: Buffer, mode: number, flags: number, umask: number, openFlags: number): [Entry, Opened] {
     const { core } = this;
+    core.requireInside(dir);
+    // The handle's fd and the new inode's O_PATH fd.
+    core.reserveFds(2);
     const hostFlags = this.hostFlags(flags) | O_CLOEXEC;
     const exclusive = hostFlags | O_CREAT | O_EXCL | O_NOFOLLOW;
     for (let attempt = 1; ; attempt++) {
@@ -111,6 +114,8 @@ export class FileOps {
 
   tmpfile(ctx: Context, dir: Inode, mode: number, flags: number, umask: number): [Entry, Opened] {
     const { core } = this;
+    core.requireInside(dir);
+    core.reserveFds(2);
     const hostFlags = this.hostFlags(flags) | O_TMPFILE | O_CLOEXEC;
     const fd = core.asCaller(ctx, umask, () => openat(core.fdOf(dir), DOT, hostFlags, mode & 0o7777));
     // Nameless: a failed label leaves nothing to remove.
@@ -221,7 +226,10 @@ export class FileOps {
 
   /** The handle's O_APPEND twin; only for a handle opened for writing (write() checks). */
   private appendFd(handle: Handle): number {
-    if (handle.appendFd < 0) handle.appendFd = openat(this.core.procSelfFd, String(handle.fd), O_WRONLY | O_APPEND | O_CLOEXEC, 0);
+    if (handle.appendFd < 0) {
+      this.core.reserveFds();
+      this.core.handles.setAppendFd(handle, openat(this.core.procSelfFd, String(handle.fd), O_WRONLY | O_APPEND | O_CLOEXEC, 0));
+    }
     return handle.appendFd;
   }
 

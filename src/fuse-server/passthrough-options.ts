@@ -32,5 +32,12 @@ export interface PassthroughOptions {
   uidMap?: IdMap;
   gidMap?: IdMap;
   dax?: DaxOptions | null;
+  /**
+   * fds the guest's inodes, handles and lock descriptions may hold together;
+   * by default the soft RLIMIT_NOFILE at start-up less a reserve for the daemon.
+   */
+  fdBudget?: number;
+  /** An fd on /proc/self/fd, handed over (the sandbox's, once /proc is out of reach); default: opened by path. */
+  procSelfFd?: number;
   log?: (level: 'error' | 'warn' | 'info' | 'debug', msg: string) => void;
 }

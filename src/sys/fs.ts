@@ -56,6 +56,7 @@ export const RENAME_WHITEOUT = 1 << 2;
 export const UTIME_NOW = (1 << 30) - 1;
 export const UTIME_OMIT = (1 << 30) - 2;
 
+export const STATX_INO = 0x100;
 export const STATX_BASIC_STATS = 0x7ff;
 export const STATX_BTIME = 0x800;
 export const STATX_MNT_ID = 0x1000;
