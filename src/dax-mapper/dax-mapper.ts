@@ -31,14 +31,24 @@ export interface SetupRequest {
 }
 
 /**
+ * Checks a range of the window (a REMOVEMAPPING entry, or where a SETUPMAPPING
+ * goes): non-empty, aligned, inside the window. Returns an errno, or 0.
+ */
+export function validateWindowRange(windowSize: bigint, moffset: bigint, len: bigint): number {
+  if (len === 0n) return Errno.EINVAL;
+  if (moffset % ALIGN !== 0n || len % ALIGN !== 0n) return Errno.EINVAL;
+  if (moffset > U64_MAX - len || moffset + len > windowSize) return Errno.EINVAL;
+  return 0;
+}
+
+/**
  * Checks a SETUPMAPPING's numbers against the window: returns an errno, or 0.
  * Every guest-supplied number is checked here before anything is mapped.
  */
 export function validateRange(windowSize: bigint, foffset: bigint, len: bigint, moffset: bigint): number {
-  if (len === 0n) return Errno.EINVAL;
-  if (moffset % ALIGN !== 0n || foffset % ALIGN !== 0n || len % ALIGN !== 0n) return Errno.EINVAL;
-  if (moffset > U64_MAX - len || foffset > U64_MAX - len) return Errno.EINVAL;
-  if (moffset + len > windowSize) return Errno.EINVAL;
+  const err = validateWindowRange(windowSize, moffset, len);
+  if (err) return err;
+  if (foffset % ALIGN !== 0n || foffset > U64_MAX - len) return Errno.EINVAL;
   // mmap offsets are signed 64-bit (off_t).
   if (foffset + len > (1n << 63n) - 1n) return Errno.EFBIG;
   return 0;
@@ -105,7 +115,8 @@ export class DaxMapper {
 
   /** FUSE_REMOVEMAPPING of one range: resolves with 0 or an errno. */
   remove(moffset: bigint, len: bigint): Promise<number> {
-    if (len === 0n || moffset > U64_MAX - len || moffset + len > this.windowSize) return Promise.resolve(Errno.EINVAL);
+    const err = validateWindowRange(this.windowSize, moffset, len);
+    if (err) return Promise.resolve(err);
     return this.serialize(async () => {
       const r = await this.unmapRange(moffset, len);
       return r < 0 ? -r : 0;

@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import { Errno, fail } from './errors';
 import type { Layout } from './layout';
+import { PATH_MAX } from './protocol';
 
 /** Linux UIO_MAXIOV: the most iovecs one preadv/pwritev accepts. */
 const IOV_MAX = 1024;
@@ -187,17 +188,22 @@ export class Reader extends ChainCursor {
   }
 
   /**
-   * Reads a NUL-terminated string and returns a private copy that keeps its NUL
-   * (ready for a syscall). A copy, because the guest can rewrite its own memory
-   * between our check of a name and the syscall that uses it. EINVAL without a NUL.
+   * Reads a NUL-terminated string of at most `max` bytes, its NUL included, and
+   * returns a private copy that keeps its NUL (ready for a syscall). A copy,
+   * because the guest can rewrite its own memory between our check of a name
+   * and the syscall that uses it. The scan stops after `max` bytes: a longer
+   * string fails with `tooLong` whatever its length, so a request can never
+   * make us scan or copy more than the bound (its descriptors may all repeat
+   * one huge block). EINVAL if the request ends before a NUL.
    */
-  readCString(): Buffer {
+  readCString(max: number = PATH_MAX, tooLong: number = Errno.ENAMETOOLONG): Buffer {
+    const window = Math.min(this.left, max);
     let length = -1;
     let scanned = 0;
-    for (let i = this.index, off = this.offset; i < this.bufs.length && scanned < this.left; i++, off = 0) {
+    for (let i = this.index, off = this.offset; i < this.bufs.length && scanned < window; i++, off = 0) {
       const b = this.bufs[i];
-      const end = Math.min(b.length, off + (this.left - scanned));
-      // Only up to the request's end: a descriptor may be far longer than the name.
+      // Only up to the bound and the request's end: a descriptor may be far longer than the name.
+      const end = Math.min(b.length, off + (window - scanned));
       const nul = b.subarray(off, end).indexOf(0);
       if (nul !== -1) {
         length = scanned + nul;
@@ -205,7 +211,7 @@ export class Reader extends ChainCursor {
       }
       scanned += end - off;
     }
-    if (length < 0) fail(Errno.EINVAL);
+    if (length < 0) fail(this.left > max ? tooLong : Errno.EINVAL);
     const out = Buffer.allocUnsafe(length + 1);
     this.gather(out, length + 1);
     return out;

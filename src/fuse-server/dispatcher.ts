@@ -10,11 +10,13 @@
  * handler returns. Such replies carry no body (SETLKW, SETUPMAPPING,
  * REMOVEMAPPING): the session writes the header when the promise settles.
  */
+import { RENAME_NOREPLACE } from '../sys/fs';
 import type { Reader, Writer } from './chain-io';
 import { Errno, fail } from './errors';
 import { findSecctxExtension, parseSecctx } from './extensions';
 import type { Context, FileSystem, LockRange, SecurityContext, SetattrArgs, WindowRange } from './filesystem';
-import { checkComponent } from './names';
+import { MAX_WRITE } from './init';
+import { DOTS, type DotErrnos, checkName } from './names';
 import {
   FATTR_ATIME,
   FATTR_ATIME_NOW,
@@ -29,7 +31,13 @@ import {
   FUSE_FSYNC_FDATASYNC,
   FUSE_GETATTR_FH,
   FUSE_LK_FLOCK,
+  FUSE_REMOVEMAPPING_MAX_ENTRY,
+  NAME_MAX,
   Opcode,
+  PATH_MAX,
+  XATTR_LIST_MAX,
+  XATTR_NAME_MAX,
+  XATTR_SIZE_MAX,
   type SetattrIn,
   fuse_access_in,
   fuse_batch_forget_in,
@@ -134,9 +142,40 @@ type Handler = (fs: FileSystem, req: Request) => void | typeof NO_REPLY | Promis
 
 /* ---------------- argument helpers ---------------- */
 
-/** A name that must be one component, not `.` or `..`. */
-function newName(req: Request): Buffer {
-  return checkComponent(req.args.readCString(), false);
+/*
+ * Every string a guest sends is read with its bound (the scan stops there):
+ * names NAME_MAX, paths PATH_MAX, xattr names XATTR_NAME_MAX. A name is the
+ * last argument of its request (a security context may follow on 7.36/7.37
+ * kernels): bytes after its NUL mean the guest's name held a NUL, and the
+ * request is refused rather than cut short at it.
+ */
+
+/** A path component of 1..NAME_MAX bytes; '.' and '..' answered with `dots`' errno. */
+function readName(req: Request, dots: DotErrnos): Buffer {
+  return checkName(req.args.readCString(NAME_MAX + 1, Errno.ENAMETOOLONG), dots);
+}
+
+/** EINVAL if anything is left after the last argument: a name with a NUL inside it. */
+function endOfArgs(req: Request): void {
+  if (req.args.remaining > 0) fail(Errno.EINVAL);
+}
+
+/** The end of a creating request: its security context (7.36/7.37 append it after the name), or nothing. */
+function endOfCreate(req: Request): void {
+  if (req.secctxFormat !== 'after-args') endOfArgs(req);
+}
+
+/** An xattr name of 1..XATTR_NAME_MAX bytes: ERANGE otherwise, as setxattr(2) and getxattr(2) answer. */
+function readXattrName(req: Request): Buffer {
+  const name = req.args.readCString(XATTR_NAME_MAX + 1, Errno.ERANGE);
+  if (name.length === 1) fail(Errno.ERANGE);
+  return name;
+}
+
+/** READ and WRITE move at most what INIT announced (max_write, max_pages pages). */
+function ioSize(size: number): number {
+  if (size > MAX_WRITE) fail(Errno.EINVAL);
+  return size;
 }
 
 /** A file range the host can address exactly; beyond 2^53 we answer EINVAL rather than guess. */
@@ -193,13 +232,16 @@ function replyXattr(req: Request, size: number, result: number | Buffer): void {
 
 function readdir(fs: FileSystem, req: Request, plus: boolean): void {
   const a = req.args.readStruct(fuse_readdir_in);
-  const sink = new DirReply(req.reply, Math.min(a.size, req.reply.remaining), plus);
+  // Linux asks for at most max_pages pages.
+  const sink = new DirReply(req.reply, Math.min(a.size, MAX_WRITE, req.reply.remaining), plus);
   fs.readdir(req, req.nodeid, a.fh, a.offset, sink);
 }
 
 function rename(fs: FileSystem, req: Request, newdir: number, flags: number): void {
-  const name = newName(req);
-  fs.rename(req, req.nodeid, name, newdir, newName(req), flags);
+  const name = readName(req, DOTS.rename);
+  const newname = readName(req, flags & RENAME_NOREPLACE ? DOTS.renameNoReplace : DOTS.rename);
+  endOfArgs(req);
+  fs.rename(req, req.nodeid, name, newdir, newname, flags);
 }
 
 function setlk(fs: FileSystem, req: Request, wait: boolean): void | Promise<void> {
@@ -212,7 +254,9 @@ function setlk(fs: FileSystem, req: Request, wait: boolean): void | Promise<void
 const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_LOOKUP]: (fs, req) => {
     // LOOKUP may name `.` and `..` (FUSE_EXPORT_SUPPORT); the file system keeps `..` inside the share.
-    replyEntry(req.reply, fs.lookup(req, req.nodeid, checkComponent(req.args.readCString(), true)));
+    const name = readName(req, DOTS.lookup);
+    endOfArgs(req);
+    replyEntry(req.reply, fs.lookup(req, req.nodeid, name));
   },
   [Opcode.FUSE_FORGET]: (fs, req) => {
     fs.forget(req.nodeid, req.args.readStruct(fuse_forget_in).nlookup);
@@ -243,26 +287,39 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     req.reply.writeBytes(fs.readlink(req, req.nodeid));
   },
   [Opcode.FUSE_SYMLINK]: (fs, req) => {
-    const name = newName(req);
-    // The target is a path stored in the link, not a name we resolve: any bytes but NUL.
-    const target = req.args.readCString();
+    const name = readName(req, DOTS.create);
+    // The target is a path stored in the link, not a name we resolve: any bytes but NUL, up to
+    // PATH_MAX with its NUL; empty is ENOENT, as symlink(2) answers.
+    const target = req.args.readCString(PATH_MAX, Errno.ENAMETOOLONG);
+    endOfCreate(req);
+    if (target.length === 1) fail(Errno.ENOENT);
     req.secctx = securityContext(req);
     replyEntry(req.reply, fs.symlink(req, target, req.nodeid, name));
   },
   [Opcode.FUSE_MKNOD]: (fs, req) => {
     const a = req.args.readStruct(fuse_mknod_in);
-    const name = newName(req);
+    const name = readName(req, DOTS.create);
+    endOfCreate(req);
     req.secctx = securityContext(req);
     replyEntry(req.reply, fs.mknod(req, req.nodeid, name, a.mode, a.rdev, a.umask));
   },
   [Opcode.FUSE_MKDIR]: (fs, req) => {
     const a = req.args.readStruct(fuse_mkdir_in);
-    const name = newName(req);
+    const name = readName(req, DOTS.create);
+    endOfCreate(req);
     req.secctx = securityContext(req);
     replyEntry(req.reply, fs.mkdir(req, req.nodeid, name, a.mode, a.umask));
   },
-  [Opcode.FUSE_UNLINK]: (fs, req) => fs.unlink(req, req.nodeid, newName(req)),
-  [Opcode.FUSE_RMDIR]: (fs, req) => fs.rmdir(req, req.nodeid, newName(req)),
+  [Opcode.FUSE_UNLINK]: (fs, req) => {
+    const name = readName(req, DOTS.unlink);
+    endOfArgs(req);
+    fs.unlink(req, req.nodeid, name);
+  },
+  [Opcode.FUSE_RMDIR]: (fs, req) => {
+    const name = readName(req, DOTS.rmdir);
+    endOfArgs(req);
+    fs.rmdir(req, req.nodeid, name);
+  },
   [Opcode.FUSE_RENAME]: (fs, req) => rename(fs, req, req.args.readStruct(fuse_rename_in).newdir, 0),
   [Opcode.FUSE_RENAME2]: (fs, req) => {
     const a = req.args.readStruct(fuse_rename2_in);
@@ -271,7 +328,9 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_LINK]: (fs, req) => {
     // The header names the directory that gets the new name; link_in the existing inode.
     const a = req.args.readStruct(fuse_link_in);
-    replyEntry(req.reply, fs.link(req, a.oldnodeid, req.nodeid, newName(req)));
+    const name = readName(req, DOTS.create);
+    endOfArgs(req);
+    replyEntry(req.reply, fs.link(req, a.oldnodeid, req.nodeid, name));
   },
   [Opcode.FUSE_OPEN]: (fs, req) => {
     const a = req.args.readStruct(fuse_open_in);
@@ -279,12 +338,12 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_READ]: (fs, req) => {
     const a = req.args.readStruct(fuse_read_in);
-    const size = Math.min(a.size, req.reply.remaining);
+    const size = Math.min(ioSize(a.size), req.reply.remaining);
     fs.read(req, req.nodeid, a.fh, req.reply, size, fileRange(a.offset, size));
   },
   [Opcode.FUSE_WRITE]: (fs, req) => {
     const a = req.args.readStruct(fuse_write_in);
-    if (a.size > req.args.remaining) fail(Errno.EINVAL);
+    if (ioSize(a.size) > req.args.remaining) fail(Errno.EINVAL);
     const written = fs.write(req, req.nodeid, a.fh, req.args, a.size, fileRange(a.offset, a.size), a.write_flags, a.flags);
     req.reply.writeStruct(fuse_write_out, { size: written });
   },
@@ -316,7 +375,8 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_ACCESS]: (fs, req) => fs.access(req, req.nodeid, req.args.readStruct(fuse_access_in).mask),
   [Opcode.FUSE_CREATE]: (fs, req) => {
     const a = req.args.readStruct(fuse_create_in);
-    const name = newName(req);
+    const name = readName(req, DOTS.open);
+    endOfCreate(req);
     req.secctx = securityContext(req);
     const [entry, opened] = fs.create(req, req.nodeid, name, a.mode, a.flags, a.umask, a.open_flags);
     replyEntry(req.reply, entry);
@@ -324,8 +384,10 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_TMPFILE]: (fs, req) => {
     const a = req.args.readStruct(fuse_create_in);
-    // The kernel sends the unnamed dentry's placeholder name ("/"): read past it, never use it.
-    req.args.readCString();
+    // The kernel sends the unnamed dentry's placeholder name ("/"): read past it (bounded like any
+    // name), never use it.
+    req.args.readCString(NAME_MAX + 1, Errno.ENAMETOOLONG);
+    endOfCreate(req);
     req.secctx = securityContext(req);
     const [entry, opened] = fs.tmpfile(req, req.nodeid, a.mode, a.flags, a.umask);
     replyEntry(req.reply, entry);
@@ -334,19 +396,28 @@ const handlers: Partial<Record<Opcode, Handler>> = {
 
   [Opcode.FUSE_SETXATTR]: (fs, req) => {
     const a = req.setxattrExt ? req.args.readStruct(fuse_setxattr_in) : { ...req.args.readStruct(fuse_setxattr_in_compat), setxattr_flags: 0 };
-    const name = req.args.readCString();
+    const name = readXattrName(req);
+    // As setxattr(2): a value past XATTR_SIZE_MAX is E2BIG, refused before anything is copied.
+    if (a.size > XATTR_SIZE_MAX) fail(Errno.E2BIG);
     const value = req.args.readBytes(a.size);
     fs.setxattr(req, req.nodeid, name, value, a.flags, a.setxattr_flags);
   },
   [Opcode.FUSE_GETXATTR]: (fs, req) => {
-    const { size } = req.args.readStruct(fuse_getxattr_in);
-    replyXattr(req, size, fs.getxattr(req, req.nodeid, req.args.readCString(), size));
+    // As getxattr(2), a larger buffer is cut to XATTR_SIZE_MAX: no value is longer.
+    const size = Math.min(req.args.readStruct(fuse_getxattr_in).size, XATTR_SIZE_MAX);
+    const name = readXattrName(req);
+    endOfArgs(req);
+    replyXattr(req, size, fs.getxattr(req, req.nodeid, name, size));
   },
   [Opcode.FUSE_LISTXATTR]: (fs, req) => {
-    const { size } = req.args.readStruct(fuse_getxattr_in);
+    const size = Math.min(req.args.readStruct(fuse_getxattr_in).size, XATTR_LIST_MAX);
     replyXattr(req, size, fs.listxattr(req, req.nodeid, size));
   },
-  [Opcode.FUSE_REMOVEXATTR]: (fs, req) => fs.removexattr(req, req.nodeid, req.args.readCString()),
+  [Opcode.FUSE_REMOVEXATTR]: (fs, req) => {
+    const name = readXattrName(req);
+    endOfArgs(req);
+    fs.removexattr(req, req.nodeid, name);
+  },
 
   [Opcode.FUSE_GETLK]: (fs, req) => {
     const a = req.args.readStruct(fuse_lk_in);
@@ -382,8 +453,8 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_REMOVEMAPPING]: (fs, req) => {
     const { count } = req.args.readStruct(fuse_removemapping_in);
-    // Every range the count announces must be in the request.
-    if (count === 0 || count > Math.floor(req.args.remaining / fuse_removemapping_one.size)) fail(Errno.EINVAL);
+    // Every range the count announces must be in the request, and no more than Linux ever sends.
+    if (count === 0 || count > FUSE_REMOVEMAPPING_MAX_ENTRY || count > Math.floor(req.args.remaining / fuse_removemapping_one.size)) fail(Errno.EINVAL);
     const ranges: WindowRange[] = [];
     for (let i = 0; i < count; i++) ranges.push(req.args.readStruct(fuse_removemapping_one));
     return fs.removemapping(req.snapshot(), ranges);

@@ -15,9 +15,11 @@ import {
   type InitOut,
 } from './protocol';
 
-/** Largest WRITE payload (and READ reply) we accept. */
+/** Largest WRITE payload (and READ reply) we accept: max_write, and max_pages pages. */
 export const MAX_WRITE = 1024 * 1024;
-const PAGE_SIZE = 4096;
+export const PAGE_SIZE = 4096;
+/** max_pages as INIT answers it: READ and READDIR replies of up to MAX_WRITE bytes. */
+export const MAX_PAGES = MAX_WRITE / PAGE_SIZE;
 
 export type InitResult =
   /** Versions agree: the session is initialised with these settings. */
@@ -64,7 +66,7 @@ export function negotiateInit(offer: InitIn, supported: Capabilities): InitResul
     max_write: MAX_WRITE,
     // Timestamps pass through with nanosecond precision.
     time_gran: 1,
-    max_pages: MAX_WRITE / PAGE_SIZE,
+    max_pages: MAX_PAGES,
     map_alignment: flags & FUSE_MAP_ALIGNMENT ? supported.mapAlignment : 0,
     flags2,
   };

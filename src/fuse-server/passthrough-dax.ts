@@ -13,11 +13,18 @@
  * - never:  none (a guest mounted with dax=always still maps everything).
  */
 import type { DaxMapper } from '../dax-mapper/dax-mapper';
-import { MAP_ALIGNMENT_LOG2 } from '../dax-mapper/dax-mapper';
-import { S_IFMT, S_IFREG, closeQuietly, type Stat } from '../sys/fs';
-import { fail } from './errors';
+import { MAP_ALIGNMENT_LOG2, validateWindowRange } from '../dax-mapper/dax-mapper';
+import { O_RDONLY, O_RDWR, S_IFMT, S_IFREG, closeQuietly, type Stat } from '../sys/fs';
+import { fcntl } from '../sys/libc';
+import { Errno, fail } from './errors';
 import type { SetupMapping, WindowRange } from './filesystem';
+import type { Handle } from './handle-table';
 import { FUSE_ATTR_DAX, FUSE_HAS_INODE_DAX_FLAGS2, FUSE_MAP_ALIGNMENT, FUSE_SETUPMAPPING_FLAG_WRITE } from './protocol';
+
+/** fuse_setupmapping_in.fh of a request naming the file by nodeid alone (Linux's fs/fuse/dax.c sends -1). */
+export const SETUPMAPPING_NO_FH = 0xffff_ffff_ffff_ffffn;
+/** linux/fcntl.h */
+const F_DUPFD_CLOEXEC = 1030;
 
 export type DaxPolicy = 'always' | 'never' | 'inode';
 export const DAX_POLICIES: readonly DaxPolicy[] = ['always', 'never', 'inode'];
@@ -66,6 +73,18 @@ export class DaxSupport {
   }
 
   /**
+   * A duplicate of an open handle's fd for a mapping through it (the guest named
+   * fh in SETUPMAPPING). The handle's access mode is what the guest was granted
+   * at open: a shared mapping needs it readable, and writable needs O_RDWR, as
+   * mmap(2) answers EACCES.
+   */
+  static handleFd(handle: Handle, writable: boolean): number {
+    const readable = handle.access === O_RDONLY || handle.access === O_RDWR;
+    if (!readable || (writable && handle.access !== O_RDWR)) fail(Errno.EACCES);
+    return fcntl(handle.fd, F_DUPFD_CLOEXEC, 0);
+  }
+
+  /**
    * Maps [foffset, foffset+len) of the file open as `fd` at `moffset` of the
    * window. Takes `fd` over: the mapper keeps its own duplicate, ours is
    * closed before this returns.
@@ -81,8 +100,17 @@ export class DaxSupport {
     if (errno) fail(errno);
   }
 
-  /** Unmaps every range; all are attempted, the first failure is the answer. */
+  /**
+   * Unmaps every range; all are attempted, the first failure is the answer. A
+   * range that is misaligned or outside the window fails the whole request
+   * before anything is unmapped.
+   */
   async remove(ranges: WindowRange[]): Promise<void> {
+    const { windowSize } = this.options.mapper;
+    for (const r of ranges) {
+      const errno = validateWindowRange(windowSize, r.moffset, r.len);
+      if (errno) fail(errno);
+    }
     const results = await Promise.all(ranges.map((r) => this.options.mapper.remove(r.moffset, r.len)));
     const errno = results.find((e) => e !== 0);
     if (errno) fail(errno);

@@ -30,10 +30,9 @@ import {
 } from '../sys/fs';
 import { Errno, errnoOf, fail } from './errors';
 import type { SecurityContext } from './filesystem';
+import { XATTR_LIST_MAX, XATTR_SIZE_MAX } from './protocol';
 import type { XattrMap } from './xattr-map';
 
-/** XATTR_SIZE_MAX / XATTR_LIST_MAX: no value or list is longer. */
-const XATTR_SIZE_MAX = 65536;
 const ACL_ACCESS = 'system.posix_acl_access';
 const ACL_DEFAULT = 'system.posix_acl_default';
 const NUL = Buffer.from([0]);
@@ -77,7 +76,7 @@ export class Xattrs {
   list(fd: number, size: number): number | Buffer {
     if (!this.map) {
       if (size === 0) return this.at(fd, (path) => listxattr(path, null, 0));
-      const list = Buffer.alloc(Math.min(size, XATTR_SIZE_MAX));
+      const list = Buffer.alloc(Math.min(size, XATTR_LIST_MAX));
       return list.subarray(0, this.at(fd, (path) => listxattr(path, list, list.length)));
     }
     // Mapped names have other lengths: read the host's whole list, then map it.
@@ -98,6 +97,7 @@ export class Xattrs {
    * the access ACL; the host cannot tell, since the daemon runs privileged.
    */
   set(fd: number, name: Buffer, value: Buffer, flags: number, killSgid: boolean): void {
+    if (value.length > XATTR_SIZE_MAX) fail(Errno.E2BIG);
     const hostName = this.hostName(name);
     this.at(fd, (path) => setxattr(path, hostName, value, value.length, flags));
     if (killSgid && withoutNul(name).toString('latin1') === ACL_ACCESS) {

@@ -4,8 +4,10 @@
  * the parent's fd with O_NOFOLLOW) or a file handle, and data is reached by
  * reopening it through /proc/self/fd (or open_by_handle_at), as virtiofsd
  * does; host paths are never rebuilt from guest names. `..` looked up at the
- * root answers the root, so the guest cannot climb out of the shared
- * directory by name.
+ * root answers the root, and elsewhere only a parent still inside the share
+ * (a directory may have been moved out by the host), so the guest cannot climb
+ * out of the shared directory by name; names are made, removed or moved only
+ * in directories still inside it.
  *
  * This class is the FileSystem face: INIT negotiation, names, attributes and
  * directories. The rest lives by concern: passthrough-core (inodes, handles,
@@ -66,7 +68,7 @@ import {
 import type { Inode } from './inode-table';
 import { isDot, isDotDot } from './names';
 import { EMPTY, PassthroughCore } from './passthrough-core';
-import { DaxSupport } from './passthrough-dax';
+import { DaxSupport, SETUPMAPPING_NO_FH } from './passthrough-dax';
 import { FileOps } from './passthrough-files';
 import { LockTable } from './passthrough-locks';
 import type { PassthroughOptions } from './passthrough-options';
@@ -123,6 +125,7 @@ export class PassthroughFs extends FileSystem {
     this.core = new PassthroughCore(options, (inode) => this.dropped(inode));
     this.locks = new LockTable((nodeid) => this.openForLocks(nodeid));
     this.files = new FileOps(this.core, this.locks);
+    this.core.extraFds = () => this.locks.fdCount;
     this.dax = options.dax ? new DaxSupport(options.dax, (msg) => this.core.log('warn', msg)) : null;
     if (this.dax) this.core.daxFlags = (st) => this.dax!.attrFlags(st);
   }
@@ -208,10 +211,7 @@ export class PassthroughFs extends FileSystem {
   override lookup(ctx: Context, parent: number, name: Buffer): Entry {
     const { core } = this;
     const dir = core.inodes.get(parent);
-    if (isDotDot(name) && dir === core.inodes.root) {
-      dir.refcount++;
-      return core.entry(dir, core.hostStat(dir.fd), 0);
-    }
+    if (isDotDot(name)) return core.lookupParent(dir);
     return core.lookupAt(dir, name);
   }
 
@@ -292,22 +292,25 @@ export class PassthroughFs extends FileSystem {
     const { core } = this;
     const inode = core.inodes.get(nodeid);
     const dir = core.inodes.get(newParent);
+    core.requireInside(dir);
+    // The new name's lookup keeps an fd: refused before the name is made.
+    core.reserveFds();
     // Through /proc rather than AT_EMPTY_PATH, which would need CAP_DAC_READ_SEARCH.
     linkat(core.procSelfFd, core.procName(inode), core.fdOf(dir), newName, AT_SYMLINK_FOLLOW);
     return core.lookupAt(dir, newName);
   }
 
   override unlink(ctx: Context, parent: number, name: Buffer): void {
-    unlinkat(this.core.fdOf(this.core.inodes.get(parent)), name, 0);
+    unlinkat(this.insideDirFd(parent), name, 0);
   }
 
   override rmdir(ctx: Context, parent: number, name: Buffer): void {
-    unlinkat(this.core.fdOf(this.core.inodes.get(parent)), name, AT_REMOVEDIR);
+    unlinkat(this.insideDirFd(parent), name, AT_REMOVEDIR);
   }
 
   override rename(ctx: Context, parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): void {
-    const { core } = this;
-    renameat2(core.fdOf(core.inodes.get(parent)), name, core.fdOf(core.inodes.get(newParent)), newName, flags);
+    const from = this.insideDirFd(parent);
+    renameat2(from, name, parent === newParent ? from : this.insideDirFd(newParent), newName, flags);
   }
 
   /* ---------------- files ---------------- */
@@ -452,6 +455,11 @@ export class PassthroughFs extends FileSystem {
     const inode = this.core.inodes.get(nodeid);
     this.core.requireRegular(inode);
     const writable = DaxSupport.writable(mapping);
+    if (fh !== SETUPMAPPING_NO_FH) {
+      // A named handle must be a file open on this inode, with the access the mapping needs.
+      const handle = this.core.handles.get(fh <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(fh) : 0, nodeid, 'file');
+      return this.dax.setup(nodeid, DaxSupport.handleFd(handle, writable), mapping);
+    }
     // The daemon opens as root: a writable mapping is checked against the caller like ACCESS(W_OK).
     if (writable) this.access(ctx, nodeid, W_OK);
     // Linux names the file by nodeid (fh is -1): open it as the mapping needs.
@@ -474,6 +482,13 @@ export class PassthroughFs extends FileSystem {
     return this.core.fdOf(this.core.inodes.get(nodeid));
   }
 
+  /** The fd of directory `nodeid`, once checked to be inside the share (ENOENT otherwise). */
+  private insideDirFd(nodeid: number): number {
+    const dir = this.core.inodes.get(nodeid);
+    this.core.requireInside(dir);
+    return this.core.fdOf(dir);
+  }
+
   /** What GETATTR/STATX stat: the open handle when the guest names one, else the inode. */
   private statFd(nodeid: number, fh: number | undefined): number {
     const inode = this.core.inodes.get(nodeid);
@@ -487,6 +502,8 @@ export class PassthroughFs extends FileSystem {
   private created(ctx: Context, parent: number, name: Buffer, removeFlags: number, make: (dirFd: number) => void): Entry {
     const { core } = this;
     const dir = core.inodes.get(parent);
+    core.requireInside(dir);
+    core.reserveFds();
     make(core.fdOf(dir));
     return core.labelled(ctx, core.lookupAt(dir, name), () => unlinkat(core.fdOf(dir), name, removeFlags));
   }

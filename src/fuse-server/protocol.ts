@@ -147,6 +147,20 @@ export const FUSE_SETUPMAPPING_FLAG_READ = 1 << 1;
 export const OFFSET_MAX = 0x7fff_ffff_ffff_ffffn;
 /** Extension types 0..31 are security contexts: the type is their count (fuse_secctx_header). */
 export const FUSE_MAX_NR_SECCTX = 31;
+/** Linux sends at most a page of fuse_removemapping_one per REMOVEMAPPING (fs/fuse/dax.c). */
+export const FUSE_REMOVEMAPPING_MAX_ENTRY = 4096 / 16;
+
+/* Linux limits (linux/limits.h) on what a guest can name, as the guest's own VFS enforces them. */
+/** Bytes in one path component, without its NUL. */
+export const NAME_MAX = 255;
+/** Bytes in a path (a symlink target), its NUL included. */
+export const PATH_MAX = 4096;
+/** Bytes in an xattr name, without its NUL. */
+export const XATTR_NAME_MAX = 255;
+/** Bytes in an xattr value. */
+export const XATTR_SIZE_MAX = 65536;
+/** Bytes in an xattr name list. */
+export const XATTR_LIST_MAX = 65536;
 
 /* ---------------- layouts ---------------- */
 

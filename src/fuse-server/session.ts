@@ -12,7 +12,7 @@ import { NO_REPLY, Request, dispatch, expectsNoReply } from './dispatcher';
 import { Errno, errnoOf, fail, isExpectedError } from './errors';
 import type { FileSystem } from './filesystem';
 import { IdMap } from './id-map';
-import { negotiateInit } from './init';
+import { MAX_WRITE, PAGE_SIZE, negotiateInit } from './init';
 import { PassthroughFs } from './passthrough';
 import type { DaxPolicy } from './passthrough-dax';
 import type { PassthroughOptions } from './passthrough-options';
@@ -23,11 +23,13 @@ import {
   FUSE_SETXATTR_EXT,
   type InHeader,
   Opcode,
+  XATTR_SIZE_MAX,
   fuse_in_header,
   fuse_init_in,
   fuse_init_out,
   fuse_interrupt_in,
   fuse_out_header,
+  fuse_write_in,
 } from './protocol';
 import { ReadOnlyFs } from './read-only';
 import { XattrMap } from './xattr-map';
@@ -51,6 +53,20 @@ export interface FuseSessionOptions extends Omit<PassthroughOptions, 'xattrmap' 
 const EXTLEN_UNIT = 8;
 /** FUSE 7.38 moved security contexts into request extensions. */
 const EXTENSIONS_MINOR = 38;
+/** The longest WRITE: its fixed arguments and max_write bytes of data (what INIT tells the guest). */
+const MAX_WRITE_REQUEST_LEN = fuse_in_header.size + fuse_write_in.size + MAX_WRITE;
+/**
+ * The longest request of any other opcode: the largest variable part Linux
+ * sends (an xattr value of XATTR_SIZE_MAX after its name, or a PATH_MAX symlink
+ * target after a NAME_MAX name) plus pages for fixed arguments and extensions
+ * (security context, supplementary group).
+ */
+const MAX_REQUEST_LEN = fuse_in_header.size + XATTR_SIZE_MAX + 4 * PAGE_SIZE;
+
+/** Bound on fuse_in_header.len: nothing past it is ever scanned or copied, whatever the chain holds. */
+function maxRequestLength(opcode: number): number {
+  return opcode === Opcode.FUSE_WRITE ? MAX_WRITE_REQUEST_LEN : MAX_REQUEST_LEN;
+}
 
 export class FuseSession {
   private readonly passthrough: PassthroughFs;
@@ -134,7 +150,9 @@ export class FuseSession {
 
     let errno = 0;
     try {
-      if (header.len < fuse_in_header.size || header.len > chainLength) fail(Errno.EINVAL);
+      // The header's len, not the chain, delimits the request: a chain whose descriptors all repeat
+      // one large block can be gigabytes long, and nothing past a bounded len is ever looked at.
+      if (header.len < fuse_in_header.size || header.len > chainLength || header.len > maxRequestLength(header.opcode)) fail(Errno.EINVAL);
       const extLength = header.total_extlen * EXTLEN_UNIT;
       const argsLength = header.len - fuse_in_header.size - extLength;
       if (argsLength < 0) fail(Errno.EINVAL);

@@ -392,8 +392,9 @@ describe('guest input that must be refused', () => {
     expect(fuse.request(Opcode.FUSE_LOOKUP, 1, [cstr('/etc')]).error).toBe(-Errno.EINVAL);
     expect(fuse.request(Opcode.FUSE_LOOKUP, 1, [cstr('')]).error).toBe(-Errno.EINVAL);
     expect(fuse.request(Opcode.FUSE_LOOKUP, 1, [Buffer.from('sub')]).error).toBe(-Errno.EINVAL); // no NUL
-    expect(fuse.request(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr('..')]).error).toBe(-Errno.EINVAL);
-    expect(fuse.request(Opcode.FUSE_UNLINK, 1, [cstr('.')]).error).toBe(-Errno.EINVAL);
+    // '.' and '..' answer what Linux answers for mkdir("..") and unlink(".").
+    expect(fuse.request(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr('..')]).error).toBe(-Errno.EEXIST);
+    expect(fuse.request(Opcode.FUSE_UNLINK, 1, [cstr('.')]).error).toBe(-Errno.EISDIR);
     expect(fuse.request(Opcode.FUSE_RENAME, 1, [encode(P.fuse_rename_in, { newdir: 1 }), cstr('sub'), cstr('a/b')]).error).toBe(-Errno.EINVAL);
     expect(fuse.request(Opcode.FUSE_CREATE, 1, [encode(P.fuse_create_in, { flags: O_RDWR, mode: 0o644, umask: 0, open_flags: 0 }), cstr('../escape')]).error).toBe(-Errno.EINVAL);
     expect(fs.existsSync(path.join(dir, '..', 'escape'))).toBe(false);
