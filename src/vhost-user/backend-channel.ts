@@ -47,7 +47,13 @@ export class BackendChannel {
     try {
       this.connection.send(request, this.replyAck ? VHOST_USER_NEED_REPLY_MASK : 0, payload, fds);
     } catch (err) {
-      return Promise.reject(err as Error);
+      // A front-end that does not read its end (EAGAIN), or a send cut short, leaves the stream
+      // mid-message: nothing more can be framed on it, so the channel is done for.
+      const why = new BackendChannelError(`back-end channel unusable: ${BackendRequest[request]} could not be sent (${(err as Error).message})`);
+      this.log(why.message);
+      this.fail(why);
+      this.connection.close();
+      return Promise.reject(why);
     }
     if (!this.replyAck) return Promise.resolve();
     return new Promise((resolve, reject) => this.waiting.push({ request, resolve, reject }));

@@ -1,4 +1,4 @@
-import { UnixStreamSocket, close } from '../sys';
+import { UnixStreamSocket, close, guardedFaultTotal } from '../sys';
 import { BackendChannel } from './backend-channel';
 import { Connection } from './connection';
 import { VhostUserDevice } from './device';
@@ -72,6 +72,8 @@ export class VhostUserBackend {
   private ackedProtocolFeatures = 0n;
   private backendChannel: BackendChannel | null = null;
   private closed = false;
+  /** guardedFaultTotal() when last looked at: a change means some guarded mapping faulted. */
+  private faultsSeen = guardedFaultTotal();
 
   constructor(
     socket: UnixStreamSocket,
@@ -398,6 +400,13 @@ export class VhostUserBackend {
       // invariants loses this queue; the others keep going.
       this.log('error', `queue ${vring.index}: ${(err as Error).message}; queue stopped`);
       vring.stop();
+    }
+    // A guest-RAM file shrunk under us: the faulting pages now read as zeros (the
+    // addon's guard kept the daemon alive), so this memory is no longer the guest's.
+    const faults = guardedFaultTotal();
+    if (faults !== this.faultsSeen) {
+      this.faultsSeen = faults;
+      if (this.memory.faulted()) this.teardown(new Error('guest memory faulted: a region\'s file was shrunk under the daemon'));
     }
   }
 

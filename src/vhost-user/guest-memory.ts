@@ -116,6 +116,11 @@ export class GuestMemory {
     return old;
   }
 
+  /** Whether a page of some region faulted (its file shrank under us) and now reads as zeros. */
+  faulted(): boolean {
+    return this.regions.some((r) => r.mapping.faulted());
+  }
+
   /** Unmaps and forgets every region. */
   clear(): void {
     unmapRegions(this.regions);

@@ -245,6 +245,19 @@ describe('memory tables from a hostile front-end', () => {
     await stillServes(frontend);
   });
 
+  it('drops the connection when guest RAM is shrunk under the daemon, instead of dying of SIGBUS', async () => {
+    const { frontend, disconnected, log } = await start();
+    await stillServes(frontend);
+    // The front-end truncates every region it handed over; the rings' pages are gone.
+    for (const r of frontend.ram.regions) ftruncate(r.fd, 0);
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    fs.writeSync(frontend.queues[1].kickFd, one);
+    await until(() => disconnected());
+    expect(disconnected()?.err?.message).toMatch(/guest memory faulted/);
+    expect(log()).toMatch(/guest memory faulted: a region's file was shrunk under the daemon; disconnecting/);
+  });
+
   it('refuses a SET_MEM_TABLE whose regions overlap each other, keeping the old table', async () => {
     const { frontend } = await start();
     const [r0, r1] = currentTable(frontend);
