@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DaxClient } from '../src/guest/dax-client';
 import { FUSE_ROOT_ID, FuseDriver } from '../src/guest/fuse-driver';
-import { CLI, REFERENCE_DAEMON, RunningBackend, startProcess } from '../test/helpers/backends';
+import { CLI, REFERENCE_DAEMON, RunningBackend, socketFileExists, startProcess } from '../test/helpers/backends';
 import { Series, groupedBarChart } from './svg-chart';
 
 const MiB = 1024 * 1024;
@@ -52,7 +52,7 @@ const targets: Target[] = [
     dax: true,
     requestQueues: 2,
     start: (share, sock) =>
-      startProcess(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--dax-window', String(DAX_WINDOW), '--log-level', 'warn'], sock),
+      startProcess(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--dax-window', String(DAX_WINDOW), '--log-level', 'warn'], sock, socketFileExists),
   },
   {
     name: 'C virtiofsd',

@@ -1,5 +1,11 @@
 #!/usr/bin/env node
 'use strict';
+// Before anything else: SIGUSR1 would open Node's inspector on 127.0.0.1:9229,
+// and whoever connects to it runs code as the daemon (root). A listener of our
+// own replaces Node's handler; the daemon adds what SIGUSR1 does for it.
+process.on('SIGUSR1', () => {});
+// An inspector opened by --inspect or NODE_OPTIONS is closed as well.
+require('node:inspector').close();
 // The installed command: runs the compiled CLI (npm run build produces dist/).
 require('../dist/cli.js')
   .main(process.argv.slice(2))

@@ -6,6 +6,8 @@ import { CACHE_POLICIES, CachePolicy, DAX_POLICIES, DaemonConfig, DaxPolicy, INO
 import { IdMap } from './fuse-server/id-map';
 import { XattrMap } from './fuse-server/xattr-map';
 import { LOG_LEVELS, LogLevel } from './log';
+import { SANDBOX_MODES, prepareSandbox, type SandboxMode } from './sandbox';
+import { SECCOMP_MODES, type SeccompMode } from './sandbox/seccomp';
 
 /** A bad command line: printed as one line on stderr, exit status 1. */
 export class UsageError extends Error {
@@ -72,6 +74,11 @@ export function parseArgs(argv: string[]): ParsedCommand {
     .option('translate-gid', { type: 'string', array: true, describe: 'gid translation, e.g. map:GUEST:HOST:COUNT (repeatable)' })
     .option('dax-window', { type: 'string', describe: 'DAX window size (bytes, or with a K/M/G suffix); off by default' })
     .option('dax-policy', { choices: DAX_POLICIES, describe: 'files offered for DAX: always (default), never, inode (>= 32 KiB)' })
+    .option('sandbox', { choices: SANDBOX_MODES, describe: 'confinement: namespace (default where possible), chroot, none' })
+    .option('seccomp', { choices: SECCOMP_MODES, default: 'kill' as SeccompMode, describe: 'syscall filter action: kill (default), log, trap, none' })
+    .option('modcaps', { type: 'string', describe: 'capabilities to add/remove, e.g. +sys_admin:-mknod' })
+    .option('uid-map', { type: 'string', array: true, describe: 'unprivileged namespace mode: uid map :INSIDE:OUTSIDE:COUNT: (repeatable)' })
+    .option('gid-map', { type: 'string', array: true, describe: 'unprivileged namespace mode: gid map :INSIDE:OUTSIDE:COUNT: (repeatable)' })
     .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
     .option('print-capabilities', { type: 'boolean', default: false, describe: 'print the back-end capabilities JSON' })
     .option('o', { type: 'string', array: true, describe: 'legacy virtiofsd options, e.g. source=DIR,cache=none,xattr,timeout=N' })
@@ -106,6 +113,8 @@ export function parseArgs(argv: string[]): ParsedCommand {
   let logLevel: LogLevel = args.d ? 'debug' : args['log-level'];
   let xattrmap = args.xattrmap;
   let timeout: number | undefined;
+  let sandbox = args.sandbox as SandboxMode | undefined;
+  let modcaps = args.modcaps;
   for (const group of args.o ?? []) {
     for (const item of splitOptions(group)) {
       const [key, value] = splitOnce(item, '=');
@@ -118,6 +127,8 @@ export function parseArgs(argv: string[]): ParsedCommand {
       else if (key === 'debug' && value === undefined) logLevel = 'debug';
       else if (key === 'xattrmap' && value) xattrmap = value;
       else if (key === 'timeout' && value !== undefined) timeout = parseSeconds(value);
+      else if (key === 'sandbox' && value && (SANDBOX_MODES as readonly string[]).includes(value)) sandbox = value as SandboxMode;
+      else if (key === 'modcaps' && value) modcaps = value;
       else throw new UsageError(`unsupported -o option '${item}'`);
     }
   }
@@ -148,6 +159,8 @@ export function parseArgs(argv: string[]): ParsedCommand {
   if (switches.posixAcl && (translateUid.length > 0 || translateGid.length > 0)) {
     throw new UsageError('--translate-uid/--translate-gid cannot be combined with --posix-acl');
   }
+  const uidMapNs = (args['uid-map'] ?? []).map((m) => checkIdMap(m, '--uid-map'));
+  const gidMapNs = (args['gid-map'] ?? []).map((m) => checkIdMap(m, '--gid-map'));
   const daxWindow = args['dax-window'] !== undefined ? parseWindowSize(args['dax-window']) : undefined;
   if (args['dax-policy'] !== undefined && daxWindow === undefined) throw new UsageError('--dax-policy needs --dax-window');
 
@@ -171,6 +184,12 @@ export function parseArgs(argv: string[]): ParsedCommand {
       translateGid,
       daxWindow,
       daxPolicy: daxWindow !== undefined ? ((args['dax-policy'] as DaxPolicy | undefined) ?? 'always') : undefined,
+      sandbox: sandbox ?? 'namespace',
+      sandboxExplicit: sandbox !== undefined,
+      seccomp: args.seccomp,
+      modcaps,
+      uidMapNs,
+      gidMapNs,
     },
   };
 }
@@ -198,6 +217,13 @@ function checkSyntax(parse: () => unknown, option: string): void {
   } catch (err) {
     throw new UsageError(`${option}: ${(err as Error).message}`);
   }
+}
+
+/** A user-namespace map as the Rust virtiofsd and libvirt write it: `:INSIDE:OUTSIDE:COUNT:` (colons at the ends optional). */
+function checkIdMap(value: string, option: string): string {
+  const m = /^:?(\d+):(\d+):(\d+):?$/.exec(value);
+  if (!m || Number(m[3]) === 0) throw new UsageError(`${option} ${value}: expected :INSIDE:OUTSIDE:COUNT:`);
+  return `${m[1]}:${m[2]}:${m[3]}`;
 }
 
 function parseSeconds(value: string): number {
@@ -271,6 +297,8 @@ export async function main(argv: string[]): Promise<number> {
   const { Daemon } = await import('./daemon');
   const daemon = new Daemon(parsed.config);
   try {
+    // Before anything is opened: the sandbox may re-exec this command inside new namespaces.
+    parsed.config.sandbox = prepareSandbox(parsed.config, (msg) => process.stderr.write(`virtiofsd-ts: ${msg}\n`));
     daemon.start();
   } catch (err) {
     process.stderr.write(`virtiofsd-ts: ${(err as Error).message}\n`);

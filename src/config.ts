@@ -3,6 +3,8 @@ import type { FileHandleMode } from './fuse-server/file-handles';
 import type { DaxPolicy } from './fuse-server/passthrough-dax';
 import type { FuseSessionOptions } from './fuse-server/session';
 import { LogLevel } from './log';
+import type { SandboxMode } from './sandbox';
+import type { SeccompMode } from './sandbox/seccomp';
 
 export type CachePolicy = CacheMode;
 export const CACHE_POLICIES: readonly CachePolicy[] = ['never', 'auto', 'always', 'metadata'];
@@ -33,4 +35,19 @@ export interface DaemonConfig extends Omit<FuseSessionOptions, 'dax' | 'log'> {
   daxWindow?: bigint;
   /** Default: always. */
   daxPolicy?: DaxPolicy;
+  /**
+   * Confinement (src/sandbox). The command line's default is namespace (none
+   * where that cannot work); absent, as when a program embeds the Daemon
+   * (the tests do), means none: the process is not ours to confine.
+   */
+  sandbox?: SandboxMode;
+  /** Whether --sandbox (or -o sandbox=) chose the mode. */
+  sandboxExplicit?: boolean;
+  /** Absent: none (see `sandbox`). */
+  seccomp?: SeccompMode;
+  /** --modcaps: capabilities added to or removed from the default set. */
+  modcaps?: string;
+  /** --uid-map/--gid-map for the user namespace of an unprivileged daemon ("INSIDE:OUTSIDE:COUNT"). */
+  uidMapNs?: string[];
+  gidMapNs?: string[];
 }

@@ -3,12 +3,11 @@ import { DaemonConfig } from './config';
 import { DaxMapper } from './dax-mapper/dax-mapper';
 import { FuseSession } from './fuse-server/session';
 import { Logger, stderrLogger } from './log';
-import { UnixListener, UnixStreamSocket, getNofileLimit, setNofileLimit } from './sys';
+import { applyNofileLimit } from './limits';
+import { UnixListener, UnixStreamSocket } from './sys';
 import { VhostUserBackend } from './vhost-user/backend';
 import { VirtioFsDevice } from './virtio-fs/device';
-
-/** The fd limit the daemon raises itself to by default, as virtiofsd does: min(this, fs.nr_open). */
-const DEFAULT_NOFILE = 1_000_000;
+import { confineProcess, enterRoot, processCapabilities } from './sandbox';
 
 /**
  * Wires the pieces: listener -> vhost-user back-end -> virtio-fs device ->
@@ -35,18 +34,34 @@ export class Daemon {
    */
   start(): void {
     const { config } = this;
-    applyNofileLimit(config.rlimitNofile, this.log);
+    // The command applied it before confining itself (prepareSandbox); an embedding program gets it here.
+    if (config.sandbox === undefined) applyNofileLimit(config.rlimitNofile, this.log);
     if (config.daxWindow !== undefined) this.mapper = new DaxMapper(config.daxWindow, (msg) => this.log('warn', msg));
-    // One session for the one connection, opened now so that a bad share fails at start-up.
-    const { socketPath, fd, socketGroup, logLevel, rlimitNofile, daxWindow, daxPolicy, ...share } = config;
-    this.session = new FuseSession({
-      ...share,
-      dax: this.mapper ? { mapper: this.mapper, policy: daxPolicy ?? 'always' } : null,
-      log: this.log,
-    });
-    this.listener = config.fd !== undefined ? UnixListener.fromFd(config.fd) : UnixListener.listen(config.socketPath!);
-    if (config.socketPath && config.socketGroup !== undefined) setSocketGroup(config.socketPath, config.socketGroup);
-    this.log('info', `listening on ${config.socketPath ?? `fd ${config.fd}`}, sharing ${config.sharedDir}`);
+    const gid = config.socketGroup !== undefined ? groupId(config.socketGroup) : undefined;
+    // The socket first: its path lies outside the share, out of reach once the sandbox is entered.
+    this.listener = config.fd !== undefined ? UnixListener.fromFd(config.fd) : UnixListener.listen(config.socketPath!, { gid });
+    try {
+      const root = enterRoot(config.sandbox ?? 'none', config.sharedDir);
+      // One session for the one connection, opened now so that a bad share fails at start-up,
+      // and opened inside the sandbox so that nothing it holds leads out of it.
+      const { socketPath, fd, socketGroup, logLevel, rlimitNofile, daxWindow, daxPolicy, sandbox, sandboxExplicit, seccomp, modcaps, uidMapNs, gidMapNs, ...share } =
+        config;
+      this.session = new FuseSession({
+        ...share,
+        sharedDir: root?.sharedDir ?? config.sharedDir,
+        procSelfFd: root?.procSelfFd,
+        dax: this.mapper ? { mapper: this.mapper, policy: daxPolicy ?? 'always' } : null,
+        log: this.log,
+      });
+      confineProcess({ seccomp: seccomp ?? 'none', capabilities: processCapabilities(config), log: this.log });
+    } catch (err) {
+      this.listener.close(config.socketPath !== undefined);
+      this.listener = null;
+      this.session?.close();
+      this.session = null;
+      throw err;
+    }
+    this.log('info', `listening on ${config.socketPath ?? `fd ${config.fd}`}, sharing ${config.sharedDir} (sandbox ${config.sandbox ?? 'none'}, seccomp ${config.seccomp ?? 'none'})`);
     this.listener.watch(() => this.accept());
   }
 
@@ -91,45 +106,8 @@ export class Daemon {
   }
 }
 
-/**
- * RLIMIT_NOFILE as `--rlimit-nofile` asks: 0 leaves it, a number sets it
- * (failing start-up if not allowed), absent raises it to min(1000000,
- * fs.nr_open) as far as the process may (each inode the guest holds costs an fd).
- */
-export function applyNofileLimit(requested: number | undefined, log: Logger): void {
-  if (requested === 0) return;
-  const current = getNofileLimit();
-  if (requested !== undefined) {
-    try {
-      setNofileLimit({ soft: requested, hard: requested });
-    } catch (err) {
-      throw new Error(`--rlimit-nofile ${requested}: ${(err as Error).message} (the hard limit is ${current.hard})`);
-    }
-    return;
-  }
-  const target = Math.min(DEFAULT_NOFILE, readNrOpen());
-  if (current.soft >= target) return;
-  try {
-    setNofileLimit({ soft: target, hard: Math.max(target, current.hard) });
-  } catch {
-    // Unprivileged: the soft limit can still go up to the hard one.
-    if (current.soft < current.hard) setNofileLimit({ soft: current.hard, hard: current.hard });
-    log('warn', `open-file limit is ${Math.max(current.soft, current.hard)}; could not raise it to ${target}`);
-  }
-}
-
-function readNrOpen(): number {
-  try {
-    return Number(fs.readFileSync('/proc/sys/fs/nr_open', 'utf8').trim()) || DEFAULT_NOFILE;
-  } catch {
-    return DEFAULT_NOFILE;
-  }
-}
-
-function setSocketGroup(path: string, group: string): void {
-  const gid = /^\d+$/.test(group) ? Number(group) : lookupGroup(group);
-  fs.chownSync(path, -1, gid);
-  fs.chmodSync(path, 0o660);
+function groupId(group: string): number {
+  return /^\d+$/.test(group) ? Number(group) : lookupGroup(group);
 }
 
 /** Node has no getgrnam(): read /etc/group. */

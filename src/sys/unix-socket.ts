@@ -1,4 +1,6 @@
 import * as fs from 'node:fs';
+import * as nodePath from 'node:path';
+import { AT_FDCWD, RENAME_NOREPLACE, renameat2 } from './fs';
 import { SysError, Errno } from './errno';
 import {
   AF_UNIX,
@@ -28,11 +30,18 @@ export interface Received {
   /** Bytes received; 0 means the peer closed the connection. */
   bytes: number;
   fds: number[];
+  /**
+   * The kernel could not hand over every fd sent with these bytes (MSG_CTRUNC:
+   * our fd table is full, or more fds than we make room for): those are lost.
+   */
+  fdsLost: boolean;
 }
 
 /**
  * A connected AF_UNIX stream socket that carries file descriptors (SCM_RIGHTS).
- * Sends block (messages are small); receives never block.
+ * Receives never block. Once watched, the fd is non-blocking (uv_poll_init
+ * makes it so), so a send the peer has no room for throws EAGAIN instead of
+ * stopping the event loop (the back-end then drops the front-end).
  */
 export class UnixStreamSocket {
   private watcher: FdWatcher | null = null;
@@ -61,8 +70,9 @@ export class UnixStreamSocket {
   /** Receives into `into[offset, offset+length)`. Returns null when nothing is waiting. */
   receive(into: Buffer, offset: number, length: number): Received | null {
     try {
-      const [bytes, ...fds] = addon.recvmsg(this.fd, into, offset, length);
-      return { bytes, fds };
+      const got = addon.recvmsg(this.fd, into, offset, length);
+      const [bytes, ...fds] = got;
+      return { bytes, fds, fdsLost: got.ctrunc === true };
     } catch (err) {
       if ((err as { errno?: number }).errno === Errno.EAGAIN) return null;
       throw err;
@@ -103,28 +113,46 @@ export class UnixListener {
     readonly path: string | null,
   ) {}
 
-  /** Binds `path`, replacing a stale socket file but never any other kind of file. */
-  static listen(path: string, backlog = 1): UnixListener {
+  /**
+   * Binds `path`, replacing a stale socket file but never any other kind of
+   * file. The socket is born in a private directory beside `path` (mode 0700,
+   * ours), given its mode (0600, or 0660 and group `gid`) there, and renamed
+   * into place: no chown or chmod ever runs on a path that someone else could
+   * swap for a symlink meanwhile.
+   */
+  static listen(path: string, options: { gid?: number; backlog?: number } = {}): UnixListener {
     try {
       if (fs.lstatSync(path).isSocket()) fs.unlinkSync(path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
+    const privateDir = fs.mkdtempSync(nodePath.join(nodePath.dirname(path), '.virtiofsd-ts-'));
+    const dirFd = fs.openSync(privateDir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
     const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     try {
-      const addr = sockaddrUn(path);
-      // The socket file is born owner-only (0600) whatever the process umask is
-      // (the passthrough sets it to 0): whoever connects first becomes the front-end.
+      // Named through the directory's fd: short enough for sun_path wherever `path` is.
+      const bornAt = `/proc/self/fd/${dirFd}/s`;
+      const addr = sockaddrUn(bornAt);
+      // Owner-only (0600) whatever the process umask is (the passthrough sets it to 0).
       const umask = process.umask(0o177);
       try {
         bind(fd, addr, addr.length);
       } finally {
         process.umask(umask);
       }
-      listen(fd, backlog);
+      if (options.gid !== undefined) {
+        fs.chownSync(bornAt, -1, options.gid);
+        fs.chmodSync(bornAt, 0o660);
+      }
+      listen(fd, options.backlog ?? 1);
+      // RENAME_NOREPLACE: whatever appeared at `path` since the stale socket went is left alone.
+      renameat2(dirFd, 's', AT_FDCWD, path, RENAME_NOREPLACE);
     } catch (err) {
       close(fd);
       throw err;
+    } finally {
+      fs.closeSync(dirFd);
+      fs.rmSync(privateDir, { recursive: true, force: true });
     }
     return new UnixListener(fd, path);
   }

@@ -103,6 +103,16 @@ describe('share options', () => {
   });
 });
 
+describe('sandbox options', () => {
+  it('default to namespace and seccomp kill, and take the forms virtiofsd and libvirt use', () => {
+    expect(config()).toMatchObject({ sandbox: 'namespace', sandboxExplicit: false, seccomp: 'kill', uidMapNs: [], gidMapNs: [] });
+    expect(config('--sandbox', 'chroot', '--seccomp', 'log')).toMatchObject({ sandbox: 'chroot', sandboxExplicit: true, seccomp: 'log' });
+    expect(config('-o', 'sandbox=none,modcaps=+sys_admin:-mknod')).toMatchObject({ sandbox: 'none', sandboxExplicit: true, modcaps: '+sys_admin:-mknod' });
+    expect(config('--modcaps=-fsetid')).toMatchObject({ modcaps: '-fsetid' });
+    expect(config('--uid-map=:0:1000:1:', '--gid-map', '0:1000:1')).toMatchObject({ uidMapNs: ['0:1000:1'], gidMapNs: ['0:1000:1'] });
+  });
+});
+
 describe('legacy -o options', () => {
   it('map onto the same fields', () => {
     const c = parseArgs([
@@ -152,7 +162,11 @@ describe('bad values', () => {
       [['--translate-gid', 'map:0:1:5', '--translate-gid', 'map:3:9:1'], /overlaps/],
       [['--translate-uid', 'map:0:1:5', '--posix-acl'], /cannot be combined with --posix-acl/],
       [['-o', 'timeout=soon'], /-o timeout=soon: expected a number of seconds/],
-      [['-o', 'sandbox=chroot'], /unsupported -o option 'sandbox=chroot'/],
+      [['-o', 'sandbox=jail'], /unsupported -o option 'sandbox=jail'/],
+      [['--sandbox', 'jail'], /Invalid values/],
+      [['--seccomp', 'maybe'], /Invalid values/],
+      [['--uid-map', '0:1000'], /--uid-map 0:1000: expected :INSIDE:OUTSIDE:COUNT:/],
+      [['--gid-map', ':0:1000:0:'], /--gid-map :0:1000:0:: expected :INSIDE:OUTSIDE:COUNT:/],
       [['-o', 'no_such'], /unsupported -o option 'no_such'/],
       [['--no-such-flag'], /Unknown argument/],
     ];

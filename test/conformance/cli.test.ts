@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { UnixListener } from '../../src/sys';
-import { type Backend, CLI, ensureBuilt, oursCli, reference, startProcess } from '../helpers/backends';
+import { type Backend, CLI, ensureBuilt, oursCli, reference, socketFileExists, startProcess } from '../helpers/backends';
 import { openSession } from '../helpers/fuse-session';
 import { O_RDWR, ROOT } from './conformance';
 
@@ -96,7 +96,7 @@ describe('virtiofsd-ts probe', () => {
   it('exits 1 and names the failing step when the share refuses writes (--readonly)', async () => {
     const readonlyCli: Backend = {
       ...oursCli,
-      start: (sharedDir, socketPath) => startProcess(process.execPath, [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--readonly'], socketPath),
+      start: (sharedDir, socketPath) => startProcess(process.execPath, [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--readonly'], socketPath, socketFileExists),
     };
     const { share, socketPath } = await serve(readonlyCli);
     const r = await runCli(['probe', '--socket-path', socketPath]);

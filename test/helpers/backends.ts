@@ -61,12 +61,17 @@ export interface Backend {
  * before listen(), so its existence alone is not enough); fails early if the
  * process has already exited.
  */
-async function waitForSocket(socketPath: string, exitedEarly: () => string | null, timeoutMs = 10_000): Promise<void> {
+async function waitForSocket(
+  socketPath: string,
+  exitedEarly: () => string | null,
+  ready: (socketPath: string) => boolean,
+  timeoutMs = 10_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const why = exitedEarly();
     if (why) throw new Error(why);
-    if (isListening(socketPath)) return;
+    if (ready(socketPath)) return;
     if (Date.now() > deadline) throw new Error(`nothing listening at ${socketPath} after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 5));
   }
@@ -89,8 +94,26 @@ function isListening(socketPath: string): boolean {
     });
 }
 
-/** Runs `command` as a child process that creates `socketPath`. */
-export async function startProcess(command: string, args: string[], socketPath: string): Promise<RunningBackend> {
+/**
+ * Our daemon's socket file is born listening (bound in a private directory,
+ * renamed into place after listen()), in whatever network namespace its
+ * sandbox put it: the file's existence is the signal.
+ */
+export function socketFileExists(socketPath: string): boolean {
+  try {
+    return fs.lstatSync(socketPath).isSocket();
+  } catch {
+    return false;
+  }
+}
+
+/** Runs `command` as a child process that creates `socketPath`; `ready` tells when it listens. */
+export async function startProcess(
+  command: string,
+  args: string[],
+  socketPath: string,
+  ready: (socketPath: string) => boolean = isListening,
+): Promise<RunningBackend> {
   const child: ChildProcess = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
@@ -109,7 +132,11 @@ export async function startProcess(command: string, args: string[], socketPath: 
     });
   });
   try {
-    await waitForSocket(socketPath, () => (status !== undefined ? `${path.basename(command)} exited with ${status} before listening:\n${output}` : null));
+    await waitForSocket(
+      socketPath,
+      () => (status !== undefined ? `${path.basename(command)} exited with ${status} before listening:\n${output}` : null),
+      ready,
+    );
   } catch (err) {
     child.kill('SIGKILL');
     throw err;
@@ -214,5 +241,6 @@ export const oursCli: Backend = {
       process.execPath,
       [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--xattr', '--posix-lock', '--flock', '--log-level', 'warn'],
       socketPath,
+      socketFileExists,
     ),
 };
