@@ -79,11 +79,26 @@ export interface ArgCondition {
   values: readonly number[];
 }
 
-/** One allowed syscall; with `args`, only when every condition holds (else the default action). */
+/**
+ * One allowed syscall; with `args`, only when every condition holds (else the
+ * default action). With `errno`, the call is not run but fails with that errno
+ * (for a call whose arguments a filter cannot see, so that libc falls back to
+ * one it can).
+ */
 export interface SyscallRule {
   name: SyscallName;
   args?: readonly ArgCondition[];
+  errno?: number;
 }
+
+/**
+ * The clone(2) flags of glibc's pthread_create (sysdeps/unix/sysv/linux/createthread.c):
+ * CLONE_VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|SETTLS|PARENT_SETTID|CHILD_CLEARTID. Only
+ * threads, then: no fork, and no new namespace (CLONE_NEW*) even from a thread that
+ * still holds CAP_SYS_ADMIN from start-up.
+ */
+export const PTHREAD_CLONE_FLAGS = 0x3d0f00;
+const ENOSYS = 38;
 
 // ioctl requests (asm-generic/ioctls.h) the runtime makes.
 const TCGETS = 0x5401;
@@ -179,7 +194,11 @@ export const ALLOW_GROUPS: readonly { group: string; rules: readonly SyscallRule
     // (measured with fs.promises after the filter: test/sandbox/seccomp.test.ts).
     group: 'threads',
     rules: [
-      ...plain('clone', 'clone3', 'set_robust_list', 'rseq', 'sched_getaffinity', 'uname'),
+      // clone3 passes its flags in memory, out of the filter's sight: ENOSYS makes glibc fall back
+      // to clone, whose flags must be exactly a thread's.
+      { name: 'clone3', errno: ENOSYS },
+      { name: 'clone', args: [{ index: 0, values: [PTHREAD_CLONE_FLAGS] }] },
+      ...plain('set_robust_list', 'rseq', 'sched_getaffinity', 'uname'),
       { name: 'prlimit64', args: [{ index: 0, values: [0] }, { index: 2, values: [0] }] },
     ],
   },

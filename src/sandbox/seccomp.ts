@@ -26,6 +26,7 @@ export const SECCOMP_RET_KILL_PROCESS = 0x80000000;
 export const SECCOMP_RET_TRAP = 0x00030000;
 export const SECCOMP_RET_LOG = 0x7ffc0000;
 export const SECCOMP_RET_ALLOW = 0x7fff0000;
+export const SECCOMP_RET_ERRNO = 0x00050000;
 // linux/audit.h: EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
 export const AUDIT_ARCH_X86_64 = 0xc000003e;
 // asm/unistd.h: x32 syscalls are x86_64 numbers with this bit, same arch value.
@@ -84,6 +85,10 @@ function syscallNumber(name: string): number {
  */
 function ruleBlock(rule: SyscallRule, defaultAction: number): Insn[] {
   const nr = syscallNumber(rule.name);
+  if (rule.errno !== undefined) {
+    if (rule.args?.length) throw new Error(`seccomp: ${rule.name}: an errno rule takes no argument conditions`);
+    return [jump(BPF_JMP_JEQ_K, nr, 0, 1), stmt(BPF_RET_K, SECCOMP_RET_ERRNO | (rule.errno & 0xffff))];
+  }
   if (!rule.args?.length) return [jump(BPF_JMP_JEQ_K, nr, 0, 1), stmt(BPF_RET_K, SECCOMP_RET_ALLOW)];
   // Body laid out first with absolute targets, then the jeq on nr in front of it.
   const body: { insn: Insn; jt?: 'next' | 'fail' | number; jf?: 'next' | 'fail' | number }[] = [];

@@ -275,6 +275,8 @@ export function expectCleanExit({ run, report }: GuestRun): void {
   expect(report.done, `guest did not reach E2E-DONE\n${details}`).toBe(true);
   expect(run.qemuExitCode, details).toBe(0);
   expect(run.daemonExitCode, `daemon must exit 0 after QEMU powered off\n${details}`).toBe(0);
+  // Ours served the guest from inside its default sandbox: namespaces (share as root) and seccomp kill.
+  if (!REFERENCE) expect(run.daemonConfinement, details).toEqual({ seccomp: '2', ownMountNamespace: true });
 }
 
 /** A clean exit, no failed check, and each of expectedChecks passed. */

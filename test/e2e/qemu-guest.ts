@@ -58,6 +58,8 @@ export interface BootResult {
   daemonSignal: NodeJS.Signals | null;
   daemonStdout: string;
   daemonStderr: string;
+  /** The serving daemon's confinement as /proc showed it while the guest ran. */
+  daemonConfinement: Confinement;
   /** Wall time from QEMU's start to its exit. */
   qemuMs: number;
 }
@@ -190,6 +192,7 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
 
     const started = Date.now();
     qemu = start(['qemu-system-x86_64', ...qemuArgs(opts)], REPO_ROOT);
+    const daemonConfinement = await confinementOf(daemon.child.pid!);
     const timeoutMs = opts.timeoutMs ?? 120_000;
     const timedOut = !(await within(qemu.done, timeoutMs));
     if (timedOut) {
@@ -214,6 +217,7 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
       daemonSignal: daemonExited ? daemonExit.signal : null,
       daemonStdout: daemon.output.stdout,
       daemonStderr: daemon.output.stderr,
+      daemonConfinement,
       qemuMs,
     };
   } finally {
@@ -224,6 +228,37 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
       }
     }
   }
+}
+
+export interface Confinement {
+  /** /proc/PID/status Seccomp: 0 none, 2 filter. */
+  seccomp: string;
+  /** Whether the serving process has a mount namespace of its own. */
+  ownMountNamespace: boolean;
+}
+
+/**
+ * The confinement of the process serving for `pid`: the launcher's child when
+ * the sandbox forked one, else `pid` itself. Waits (briefly) for the filter,
+ * the last step of the daemon's start-up; a daemon without one shows 0.
+ */
+async function confinementOf(pid: number): Promise<Confinement> {
+  const read = (): Confinement | null => {
+    try {
+      const children = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+      const server = children ? Number(children.split(/\s+/)[0]) : pid;
+      const seccomp = /^Seccomp:\s+(\d+)$/m.exec(fs.readFileSync(`/proc/${server}/status`, 'utf8'))?.[1] ?? '?';
+      const ownMountNamespace = fs.readlinkSync(`/proc/${server}/ns/mnt`) !== fs.readlinkSync('/proc/self/ns/mnt');
+      return { seccomp, ownMountNamespace };
+    } catch {
+      return null;
+    }
+  };
+  let last = read();
+  for (const deadline = Date.now() + 3000; last?.seccomp !== '2' && Date.now() < deadline; last = read()) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return last ?? { seccomp: '?', ownMountNamespace: false };
 }
 
 /** The last `lines` lines of `text`. */

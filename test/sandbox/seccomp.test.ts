@@ -129,6 +129,17 @@ describe('seccomp in a child process', () => {
     expect(r.stdout).not.toContain('listening');
   });
 
+  it('kill: clone only makes threads: a fork, or a clone into new namespaces, kills the process; clone3 answers ENOSYS', async () => {
+    // clone(CLONE_NEWNS|CLONE_NEWNET|SIGCHLD): what a thread still holding CAP_SYS_ADMIN could try.
+    const ns = await runChild('kill', `raw(56, 'long', 0x20000 | 0x40000000 | 17, 'long', 0, 'long', 0, 'long', 0, 'long', 0); console.log('survived');`);
+    expect(ns.signal).toBe('SIGSYS');
+    expect(ns.stdout).toBe('');
+    const spawned = await runChild('kill', `require('child_process').spawnSync('/bin/true'); console.log('survived');`);
+    expect(spawned.signal).toBe('SIGSYS');
+    const clone3 = await runChild('kill', `console.log(JSON.stringify({ ret: raw(435, 'long', 0, 'long', 0), errno: koffi.errno() }));`);
+    expect(JSON.parse(clone3.stdout.trim())).toEqual({ ret: -1, errno: 38 });
+  });
+
   it('kill: mount(2) through syscall(2) kills the process, before it reaches the kernel', async () => {
     const r = await runChild('kill', `raw(165, 'long', 0, 'long', 0, 'long', 0, 'long', 0, 'long', 0); console.log('survived');`);
     expect(r.signal).toBe('SIGSYS');
