@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ALLOW_LIST, SYSCALLS_X86_64 } from '../../src/sandbox/seccomp-syscalls';
 import { AUDIT_ARCH_X86_64, SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_LOG, SECCOMP_RET_TRAP, buildSeccompFilter } from '../../src/sandbox/seccomp';
-import { type Backend, CLI, OURS_LACKS, ensureBuilt, socketFileExists, startProcess } from '../helpers/backends';
+import { ensureBuilt, oursCli } from '../helpers/backends';
 import { openSession } from '../helpers/fuse-session';
 
 const REPO = path.resolve(__dirname, '../..');
@@ -218,22 +218,9 @@ describe('seccomp in a child process', () => {
   }, 20_000);
 });
 
-/** The daemon as users start it: the default sandbox (namespace) and seccomp (kill). */
-const daemonUnderSeccomp: Backend = {
-  name: 'virtiofsd-ts under seccomp kill',
-  lacks: OURS_LACKS,
-  start: (sharedDir, socketPath) =>
-    startProcess(
-      process.execPath,
-      [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--xattr', '--posix-lock', '--flock', '--log-level', 'warn'],
-      socketPath,
-      socketFileExists,
-    ),
-};
-
 describe('the daemon under seccomp kill', () => {
   it('serves a guest session (files, directories, links, xattrs, locks, copy, sync) and exits 0 when the guest leaves', async () => {
-    const { fuse, dir, backend, close } = await openSession(daemonUnderSeccomp, {
+    const { fuse, dir, backend, close } = await openSession(oursCli, {
       populate: (d) => fs.writeFileSync(path.join(d, 'seed'), 'seed data'),
     });
     try {

@@ -5,49 +5,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { VhostUserFrontend } from '../../src/guest/frontend';
 import { UnixListener } from '../../src/sys';
 import { VhostUserBackend } from '../../src/vhost-user/backend';
-import { VhostUserDevice } from '../../src/vhost-user/device';
 import { FrontendRequest, ProtocolFeature, VHOST_USER_NEED_REPLY_MASK } from '../../src/vhost-user/protocol';
 import { MFD_CLOEXEC, close, ftruncate, memfdCreate } from '../../src/sys';
 import { MemoryRegionDesc, MemoryTableHeader, SingleMemoryRegion, U64 } from '../../src/vhost-user/messages';
 import { VIRTQ_DESC_F_INDIRECT } from '../../src/vhost-user/virtqueue';
-import { Vring } from '../../src/vhost-user/vring';
-
-/** A device that copies each chain's readable bytes into its writable ones. */
-class EchoDevice implements VhostUserDevice {
-  readonly maxQueues = 3;
-  readonly deviceFeatures = 0n;
-  readonly deviceProtocolFeatures = 0n;
-  resets = 0;
-  processQueue(vring: Vring): void {
-    const q = vring.queue!;
-    do {
-      for (let c = q.pop(); c; c = q.pop()) {
-        if ('error' in c) {
-          q.pushUsed(c.head, 0);
-          continue;
-        }
-        const data = Buffer.concat(c.readable);
-        let written = 0;
-        for (const w of c.writable) written += data.copy(w, 0, written);
-        q.pushUsed(c.head, written);
-      }
-    } while (q.armKick());
-    vring.signalIfNeeded();
-  }
-  shmemRegions(): bigint[] {
-    return [];
-  }
-  setBackendChannel(): void {}
-  inflight(): number {
-    return 0;
-  }
-  whenIdle(callback: () => void): void {
-    callback();
-  }
-  reset(): void {
-    this.resets++;
-  }
-}
+import { EchoDevice } from './echo-backend';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));

@@ -8,6 +8,8 @@ export class EchoDevice implements VhostUserDevice {
   readonly maxQueues = 3;
   readonly deviceFeatures = 0n;
   readonly deviceProtocolFeatures = 0n;
+  /** How many times the back-end reset the device. */
+  resets = 0;
   constructor(private readonly log: (msg: string) => void = () => undefined) {}
   processQueue(vring: Vring): void {
     const q = vring.queue!;
@@ -37,7 +39,9 @@ export class EchoDevice implements VhostUserDevice {
   whenIdle(callback: () => void): void {
     callback();
   }
-  reset(): void {}
+  reset(): void {
+    this.resets++;
+  }
 }
 
 /** An echo back-end listening on `socketPath` for one front-end at a time. */
