@@ -34,12 +34,6 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall) {
   return NULL;
 }
 
-static int32_t arg_i32(napi_env env, napi_value v) {
-  int32_t x = 0;
-  napi_get_value_int32(env, v, &x);
-  return x;
-}
-
 // Throws a JS error for a failed N-API call (unless one is already pending) and
 // returns NULL from the calling function.
 #define NAPI_CHECK(env, call)                                   \
@@ -141,12 +135,20 @@ static void watcher_finalize(napi_env env, void *data, void *hint) {
 // watch(fd, callback(status, events)) -> external handle; readable events only.
 static napi_value js_watch(napi_env env, napi_callback_info info) {
   size_t argc = 2;
-  napi_value argv[2], ext, name;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int fd = arg_i32(env, argv[0]);
+  napi_value argv[2], ext, name, resource;
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  if (argc < 2 || !arg_i32_checked(env, argv[0], &fd)) return argc < 2 ? throw_errno(env, EINVAL, "watch") : NULL;
+  napi_valuetype t;
+  NAPI_CHECK(env, napi_typeof(env, argv[1], &t));
+  if (t != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "watch: expected a callback");
+    return NULL;
+  }
   uv_loop_t *loop;
-  napi_get_uv_event_loop(env, &loop);
+  NAPI_CHECK(env, napi_get_uv_event_loop(env, &loop));
   watcher_t *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "watch");
   w->env = env;
   int rc = uv_poll_init(loop, &w->poll, fd);
   if (rc < 0) {
@@ -154,22 +156,37 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
     return throw_errno(env, -rc, "uv_poll_init");
   }
   w->poll.data = w;
-  napi_create_reference(env, argv[1], 1, &w->callback);
-  napi_create_string_utf8(env, "fdwatch", NAPI_AUTO_LENGTH, &name);
-  napi_value resource;
-  napi_create_object(env, &resource);
-  napi_async_init(env, resource, name, &w->context);
-  uv_poll_start(&w->poll, UV_READABLE, on_poll);
-  napi_create_external(env, w, watcher_finalize, NULL, &ext);
+  // From here a failure must close the poll handle (libuv owns it until closed).
+  if (napi_create_reference(env, argv[1], 1, &w->callback) != napi_ok ||
+      napi_create_string_utf8(env, "fdwatch", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_object(env, &resource) != napi_ok || napi_async_init(env, resource, name, &w->context) != napi_ok) {
+    if (w->callback) napi_delete_reference(env, w->callback);
+    w->closed = 1;
+    w->finalized = 1;
+    uv_close((uv_handle_t *)&w->poll, watcher_closed);
+    return throw_napi_failure(env, napi_generic_failure, "watch: setting up the callback");
+  }
+  rc = uv_poll_start(&w->poll, UV_READABLE, on_poll);
+  if (rc < 0 || napi_create_external(env, w, watcher_finalize, NULL, &ext) != napi_ok) {
+    napi_delete_reference(env, w->callback);
+    napi_async_destroy(env, w->context);
+    w->closed = 1;
+    w->finalized = 1;
+    uv_close((uv_handle_t *)&w->poll, watcher_closed);
+    return rc < 0 ? throw_errno(env, -rc, "uv_poll_start") : throw_napi_failure(env, napi_generic_failure, "napi_create_external");
+  }
   return ext;
 }
 
 static napi_value js_unwatch(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   watcher_t *w;
-  if (napi_get_value_external(env, argv[0], (void **)&w) != napi_ok) return NULL;
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&w) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "unwatch: expected a watch handle");
+    return NULL;
+  }
   watcher_close(env, w);
   return NULL;
 }
@@ -180,13 +197,21 @@ static napi_value js_unwatch(napi_env env, napi_callback_info info) {
 static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3], out;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int fd = arg_i32(env, argv[0]);
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) return throw_errno(env, EINVAL, "sendmsg");
+  int32_t fd;
+  if (!arg_i32_checked(env, argv[0], &fd)) return NULL;
   void *data;
   size_t len;
-  napi_get_buffer_info(env, argv[1], &data, &len);
+  if (napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "sendmsg: expected a Buffer");
+    return NULL;
+  }
   uint32_t nfds = 0;
-  if (argc > 2) napi_get_array_length(env, argv[2], &nfds);
+  if (argc > 2 && napi_get_array_length(env, argv[2], &nfds) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "sendmsg: expected an array of fds");
+    return NULL;
+  }
   if (nfds > MAX_FDS) return throw_errno(env, EINVAL, "sendmsg");
   struct iovec iov = {data, len};
   struct msghdr msg = {0};
@@ -204,15 +229,15 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
     int *fds = (int *)CMSG_DATA(c);
     for (uint32_t i = 0; i < nfds; i++) {
       napi_value v;
-      napi_get_element(env, argv[2], i, &v);
-      fds[i] = arg_i32(env, v);
+      NAPI_CHECK(env, napi_get_element(env, argv[2], i, &v));
+      if (!arg_i32_checked(env, v, &fds[i])) return NULL;
     }
   }
   ssize_t n;
   do n = sendmsg(fd, &msg, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
   if (n < 0) return throw_errno(env, errno, "sendmsg");
-  napi_create_int64(env, n, &out);
+  NAPI_CHECK(env, napi_create_int64(env, n, &out));
   return out;
 }
 
@@ -220,15 +245,21 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
 static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4], out, v;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int fd = arg_i32(env, argv[0]);
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) return throw_errno(env, EINVAL, "recvmsg");
+  int32_t fd, off = 0, want;
+  if (!arg_i32_checked(env, argv[0], &fd)) return NULL;
   char *data;
   size_t len;
-  napi_get_buffer_info(env, argv[1], (void **)&data, &len);
-  uint32_t off = argc > 2 ? (uint32_t)arg_i32(env, argv[2]) : 0;
-  uint32_t want = argc > 3 ? (uint32_t)arg_i32(env, argv[3]) : (uint32_t)len;
-  if (off > len || want > len - off) return throw_errno(env, EINVAL, "recvmsg");
-  struct iovec iov = {data + off, want};
+  if (napi_get_buffer_info(env, argv[1], (void **)&data, &len) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "recvmsg: expected a Buffer");
+    return NULL;
+  }
+  want = (int32_t)(len > INT32_MAX ? INT32_MAX : len);
+  if (argc > 2 && !arg_i32_checked(env, argv[2], &off)) return NULL;
+  if (argc > 3 && !arg_i32_checked(env, argv[3], &want)) return NULL;
+  if (off < 0 || want < 0 || (size_t)off > len || (size_t)want > len - (size_t)off) return throw_errno(env, EINVAL, "recvmsg");
+  struct iovec iov = {data + off, (size_t)want};
   char control[CMSG_SPACE(sizeof(int) * MAX_FDS)];
   struct msghdr msg = {0};
   msg.msg_iov = &iov;
@@ -239,23 +270,29 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
   if (n < 0) return throw_errno(env, errno, "recvmsg");
-  napi_create_array(env, &out);
-  napi_create_int64(env, n, &v);
-  napi_set_element(env, out, 0, v);
-  uint32_t idx = 1;
+  // Received fds are ours from here: if building the result fails they must not leak.
+  int received[MAX_FDS];
+  int count = 0;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    int count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     int *fds = (int *)CMSG_DATA(c);
-    for (int i = 0; i < count; i++) {
-      napi_create_int32(env, fds[i], &v);
-      napi_set_element(env, out, idx++, v);
+    for (int i = 0; i < k && count < MAX_FDS; i++) received[count++] = fds[i];
+  }
+  if (napi_create_array(env, &out) != napi_ok || napi_create_int64(env, n, &v) != napi_ok || napi_set_element(env, out, 0, v) != napi_ok) {
+    for (int i = 0; i < count; i++) close(received[i]);
+    return throw_napi_failure(env, napi_generic_failure, "recvmsg: building the result");
+  }
+  for (int i = 0; i < count; i++) {
+    if (napi_create_int32(env, received[i], &v) != napi_ok || napi_set_element(env, out, (uint32_t)(i + 1), v) != napi_ok) {
+      for (int j = i; j < count; j++) close(received[j]);
+      return throw_napi_failure(env, napi_generic_failure, "recvmsg: building the result");
     }
   }
   if (msg.msg_flags & MSG_CTRUNC) {
     napi_value t;
-    napi_get_boolean(env, true, &t);
-    napi_set_named_property(env, out, "ctrunc", t);
+    NAPI_CHECK(env, napi_get_boolean(env, true, &t));
+    NAPI_CHECK(env, napi_set_named_property(env, out, "ctrunc", t));
   }
   return out;
 }

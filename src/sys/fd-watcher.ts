@@ -9,13 +9,29 @@ import { addon } from './native';
 export class FdWatcher {
   private handle: object | null;
 
+  /**
+   * `onError` receives whatever `onReadable` throws: an exception must never
+   * leave a libuv callback (N-API would make it fatal). By default it is
+   * written to stderr and the loop goes on.
+   */
   constructor(
     readonly fd: number,
     onReadable: (status: number) => void,
+    onError: (err: unknown) => void = reportWatcherError,
   ) {
     // A negative status is a libuv error on the fd (e.g. EBADF): passed on so the owner
     // can stop watching; owners that only read see the same error from their read.
-    this.handle = addon.watch(fd, (status) => onReadable(status));
+    this.handle = addon.watch(fd, (status) => {
+      try {
+        onReadable(status);
+      } catch (err) {
+        try {
+          onError(err);
+        } catch {
+          // The error path itself failed: nothing sensible is left to tell.
+        }
+      }
+    });
   }
 
   close(): void {
@@ -24,4 +40,8 @@ export class FdWatcher {
       this.handle = null;
     }
   }
+}
+
+function reportWatcherError(err: unknown): void {
+  process.stderr.write(`[virtiofsd-ts] error: fd watcher callback: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
 }
