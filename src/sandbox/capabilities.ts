@@ -28,7 +28,7 @@ import {
   capset,
   prctl,
   setgroups,
-} from './koffi-sys';
+} from '../sys/process';
 
 /** linux/capability.h, without the CAP_ prefix. */
 export const CAPABILITIES: Readonly<Record<string, number>> = {

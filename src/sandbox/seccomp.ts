@@ -13,7 +13,7 @@ import {
   SECCOMP_FILTER_FLAG_TSYNC,
   prctl,
   seccompSetModeFilter,
-} from './koffi-sys';
+} from '../sys/process';
 import { ALLOW_LIST, SYSCALLS_X86_64, type SyscallName, type SyscallRule } from './seccomp-syscalls';
 
 /** `--seccomp`: none installs nothing; the others name the action for a syscall not on the list. */

@@ -22,12 +22,19 @@ export function syscall<F extends Fn>(name: string, declaration: string): F {
   return wrapped as unknown as F;
 }
 
+/**
+ * syscall(2) for the calls glibc does not wrap (pivot_root, seccomp): the
+ * number, then each argument as a koffi type name and its value.
+ */
+export const rawSyscall = libc.func('long syscall(long, ...)') as unknown as (nr: number, ...typedArgs: unknown[]) => number;
+
 export const SOCK_STREAM = 1;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const AF_UNIX = 1;
 export const SOL_SOCKET = 1;
 export const SO_ACCEPTCONN = 30;
+export const F_SETFD = 2;
 export const F_GETFL = 3;
 export const F_SETFL = 4;
 export const O_NONBLOCK = 0o4000;

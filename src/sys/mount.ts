@@ -4,7 +4,7 @@
  */
 import koffi from 'koffi';
 import { SysError } from './errno';
-import { libc, syscall } from './libc';
+import { F_SETFD, fcntl, libc, rawSyscall, syscall } from './libc';
 
 export const MS_NOSUID = 0x2;
 export const MS_NODEV = 0x4;
@@ -26,9 +26,8 @@ export const umount2 = syscall<(target: string, flags: number) => number>('umoun
 export const chroot = syscall<(path: string) => number>('chroot', 'int chroot(const char*)');
 export const chdir = syscall<(path: string) => number>('chdir', 'int chdir(const char*)');
 
-const rawSyscall2 = libc.func('long syscall(long, const char*, const char*)') as (nr: number, a: string, b: string) => number;
 export function pivotRoot(newRoot: string, putOld: string): void {
-  if (rawSyscall2(SYS_pivot_root, newRoot, putOld) < 0) throw new SysError('pivot_root', koffi.errno());
+  if (rawSyscall(SYS_pivot_root, 'const char *', newRoot, 'const char *', putOld) < 0) throw new SysError('pivot_root', koffi.errno());
 }
 
 const rawExecve = libc.func('int execve(const char*, const char**, const char**)') as (
@@ -36,15 +35,12 @@ const rawExecve = libc.func('int execve(const char*, const char**, const char**)
   argv: (string | null)[],
   envp: (string | null)[],
 ) => number;
-const F_SETFD = 2;
-const fcntlSetFd = syscall<(fd: number, cmd: number, arg: number) => number>('fcntl', 'int fcntl(int, int, int)');
-
 /**
  * Replaces the process image (same pid); the fds in `keepFds` stay open
  * across it (Node marks even stdio close-on-exec). Returns only by throwing.
  */
 export function execve(path: string, argv: string[], env: NodeJS.ProcessEnv, keepFds: number[] = [0, 1, 2]): never {
-  for (const fd of keepFds) fcntlSetFd(fd, F_SETFD, 0);
+  for (const fd of keepFds) fcntl(fd, F_SETFD, 0);
   const envp = Object.entries(env)
     .filter(([, v]) => v !== undefined)
     .map(([k, v]) => `${k}=${v}`);

@@ -1,10 +1,11 @@
 /**
- * The few libc calls the sandbox needs beyond src/sys: prctl, capget/capset,
- * setgroups, and the seccomp(2) syscall (glibc has no wrapper: syscall(2)).
+ * Process-wide privileges for the sandbox (src/sandbox): prctl,
+ * capget/capset, setgroups, and the seccomp(2) syscall (glibc has no
+ * wrapper: syscall(2)).
  */
 import koffi from 'koffi';
-import { SysError } from '../sys/errno';
-import { libc, syscall } from '../sys/libc';
+import { SysError } from './errno';
+import { rawSyscall, syscall } from './libc';
 
 export const PR_CAPBSET_READ = 23;
 export const PR_CAPBSET_DROP = 24;
@@ -31,7 +32,6 @@ export const setgroups = syscall<(size: number, list: null) => number>('setgroup
 
 /** struct sock_fprog: unsigned short len; struct sock_filter *filter (anonymous: koffi type names are process-wide). */
 const SockFprog = koffi.struct({ len: 'uint16_t', filter: 'const uint8_t *' });
-const rawSyscall = libc.func('long syscall(long, ...)') as unknown as (nr: number, ...typedArgs: unknown[]) => number;
 
 /**
  * seccomp(SECCOMP_SET_MODE_FILTER, flags, &{len, filter}); `filter` holds
