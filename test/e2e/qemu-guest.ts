@@ -43,6 +43,11 @@ export interface BootOptions {
   timeoutMs?: number;
   /** How long the daemon may take to exit once QEMU is gone (default 10 s). */
   daemonExitTimeoutMs?: number;
+  /**
+   * Boot with the share as the root file system (`root=myfs rootfstype=virtiofs`,
+   * no initramfs): the kernel needs virtio-fs built in, and the share its own /init.
+   */
+  rootFromShare?: boolean;
 }
 
 export interface BootResult {
@@ -153,11 +158,12 @@ export function qemuArgs(opts: BootOptions): string[] {
     '-chardev', `socket,id=char0,path=${opts.socketPath}`,
     '-device', `vhost-user-fs-pci,chardev=char0,tag=myfs${queues}`,
     '-kernel', opts.kernel.kernel,
-    '-initrd', opts.kernel.initrd,
+    ...(opts.rootFromShare ? [] : ['-initrd', opts.kernel.initrd]),
     // panic=-1: a guest kernel panic reboots at once, which ends QEMU
     // (-no-reboot) instead of waiting for the timeout.
     // Not "quiet": when a boot hangs, the console shows how far the kernel got.
-    '-append', `console=ttyS0 panic=-1 e2e.mode=${opts.mode}`,
+    '-append',
+    `console=ttyS0 panic=-1 e2e.mode=${opts.mode}` + (opts.rootFromShare ? ' root=myfs rootfstype=virtiofs rw init=/init' : ''),
     '-nographic',
     ...(opts.allowReboot ? [] : ['-no-reboot']),
     '-nic', 'none',
@@ -170,7 +176,7 @@ export function qemuArgs(opts: BootOptions): string[] {
  * Both processes are always gone when this returns or throws.
  */
 export async function bootGuest(opts: BootOptions): Promise<BootResult> {
-  for (const file of [opts.kernel.kernel, opts.kernel.initrd]) {
+  for (const file of opts.rootFromShare ? [opts.kernel.kernel] : [opts.kernel.kernel, opts.kernel.initrd]) {
     if (!fs.existsSync(file)) throw new Error(`${file} is missing: run scripts/e2e/setup.sh`);
   }
   const daemon = start(opts.daemonCommand, REPO_ROOT);
