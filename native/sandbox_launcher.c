@@ -10,7 +10,8 @@
  * loads all of its code and makes the share its root itself (src/sandbox/).
  *
  * usage: virtiofsd-ts-sandbox [--namespace] [--userns] [--uid-map I:O:C]...
- *          [--gid-map I:O:C]... [--caps HEXMASK] [--remove PATH] -- PROGRAM ARGS...
+ *          [--gid-map I:O:C]... [--caps HEXMASK] [--remove PATH]... [--remove-pidfile PATH]
+ *          -- PROGRAM ARGS...
  *   --namespace   new mount, pid and network namespaces for the daemon
  *                 (this process forks it, waits, and forwards signals)
  *   --userns      also a new user namespace (unprivileged start); maps as given,
@@ -19,7 +20,10 @@
  *                 inheritable; ambient cleared) in every thread Node will start
  *   --remove PATH after the daemon has ended, remove the socket file PATH (the
  *                 daemon cannot: the path is outside its new root); implies the
- *                 fork and wait
+ *                 fork and wait; repeatable (the metrics socket too)
+ *   --remove-pidfile PATH  after the daemon has ended, remove the pid file PATH if
+ *                 no process holds its lock any more (a new daemon may have taken
+ *                 it over meanwhile); implies the fork and wait
  * Exit status: the daemon's; 127 with a message on stderr if the sandbox
  * cannot be set up.
  */
@@ -33,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -41,6 +46,7 @@
 #include <unistd.h>
 
 #define MAX_MAPS 64
+#define MAX_REMOVE 4
 
 struct id_map {
   unsigned long inside, outside, count;
@@ -188,7 +194,9 @@ static void forward(int sig) {
 int main(int argc, char **argv) {
   int namespace = 0, userns = 0, have_caps = 0;
   uint64_t caps = 0;
-  const char *remove_path = NULL;
+  const char *remove_paths[MAX_REMOVE];
+  int nremove = 0;
+  const char *remove_pidfile = NULL;
   struct id_map uids[MAX_MAPS], gids[MAX_MAPS];
   int nuids = 0, ngids = 0;
   int i = 1;
@@ -213,7 +221,10 @@ int main(int argc, char **argv) {
       if (errno || *end) usage("bad --caps mask");
       have_caps = 1;
     } else if (strcmp(a, "--remove") == 0 && i + 1 < argc) {
-      remove_path = argv[++i];
+      if (nremove >= MAX_REMOVE) usage("too many --remove");
+      remove_paths[nremove++] = argv[++i];
+    } else if (strcmp(a, "--remove-pidfile") == 0 && i + 1 < argc) {
+      remove_pidfile = argv[++i];
     } else {
       usage("unknown argument");
     }
@@ -229,7 +240,7 @@ int main(int argc, char **argv) {
   if (namespace && unshare(CLONE_NEWPID) < 0) die("unshare(CLONE_NEWPID)");
   if (have_caps) limit_caps(caps);
 
-  if (!namespace && !remove_path) {
+  if (!namespace && nremove == 0 && !remove_pidfile) {
     execv(program[0], program);
     die(program[0]);
   }
@@ -260,9 +271,17 @@ int main(int argc, char **argv) {
   int status;
   while (waitpid(child_pid, &status, 0) < 0)
     if (errno != EINTR) die("waitpid");
-  if (remove_path) {
+  for (int r = 0; r < nremove; r++) {
     struct stat st;
-    if (lstat(remove_path, &st) == 0 && S_ISSOCK(st.st_mode)) unlink(remove_path);
+    if (lstat(remove_paths[r], &st) == 0 && S_ISSOCK(st.st_mode)) unlink(remove_paths[r]);
+  }
+  if (remove_pidfile) {
+    /* Ours only if nobody holds the lock: a daemon started since then keeps its pid file. */
+    int fd = open(remove_pidfile, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0) {
+      if (flock(fd, LOCK_EX | LOCK_NB) == 0) unlink(remove_pidfile);
+      close(fd);
+    }
   }
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   /* Die of the same signal, so that the caller sees what the daemon died of. */

@@ -2,7 +2,7 @@ import type { CacheMode } from './fuse-server/cache-policy';
 import type { FileHandleMode } from './fuse-server/file-handles';
 import type { DaxPolicy } from './fuse-server/passthrough-dax';
 import type { FuseSessionOptions } from './fuse-server/session';
-import { LogLevel } from './log';
+import type { LogThreshold } from './log';
 import type { SandboxMode } from './sandbox';
 import type { SeccompMode } from './sandbox/seccomp';
 
@@ -10,10 +10,18 @@ export type CachePolicy = CacheMode;
 export const CACHE_POLICIES: readonly CachePolicy[] = ['never', 'auto', 'always', 'metadata'];
 
 export type InodeFileHandles = FileHandleMode;
+/** The sandbox's and seccomp's modes (src/sandbox re-checks them), here so that the CLI parses without loading the sandbox. */
+export const SANDBOX_MODE_NAMES: readonly SandboxMode[] = ['namespace', 'chroot', 'none'];
+export const SECCOMP_MODE_NAMES: readonly SeccompMode[] = ['none', 'kill', 'log', 'trap'];
 export const INODE_FILE_HANDLES: readonly InodeFileHandles[] = ['never', 'prefer', 'mandatory'];
 
 export type { DaxPolicy };
-export const DAX_POLICIES: readonly DaxPolicy[] = ['always', 'never', 'inode'];
+/**
+ * The same list and default as fuse-server/passthrough-dax.ts (test/cli pins that they agree), written
+ * out here because that module loads the native addon and the CLI must parse --help without it.
+ */
+export const DAX_POLICIES: readonly DaxPolicy[] = ['inode', 'large', 'always', 'never'];
+export const DEFAULT_DAX_POLICY: DaxPolicy = 'inode';
 
 /**
  * Everything the daemon needs, validated; built by cli.ts only. The share's
@@ -28,13 +36,38 @@ export interface DaemonConfig extends Omit<FuseSessionOptions, 'dax' | 'log'> {
   /** An already-listening socket inherited from the parent (libvirt). */
   fd?: number;
   socketGroup?: string;
-  logLevel: LogLevel;
+  logLevel: LogThreshold;
+  /** --syslog: log to syslog (/dev/log) instead of stderr. */
+  syslog?: boolean;
+  /** --thread-pool-size (libvirt's <thread_pool size>): worker threads for requests; absent: the default. */
+  threadPoolSize?: number;
+  /** --allow-mmap: accepted for the Rust virtiofsd's command line (see cli.ts for what we do with it). */
+  allowMmap?: boolean;
+  /** --metrics-socket: a socket that answers each connection with the metrics JSON. */
+  metricsSocket?: string;
+  /** The pid file beside the socket (SOCKET.pid), locked for as long as the daemon lives. */
+  pidFile?: string;
+  /**
+   * fds the command opened before the sandbox for the daemon (pid file, notify
+   * socket, syslog socket, socket-activated listener): kept open across the relaunch.
+   */
+  inheritFds?: number[];
+  /** A datagram socket connected to NOTIFY_SOCKET (systemd readiness), opened before the sandbox. */
+  notifyFd?: number;
+  /** A datagram socket connected to /dev/log (--syslog), opened before the sandbox. */
+  syslogFd?: number;
+  /** One line each, logged at start: options accepted for compatibility that change nothing here, deprecations. */
+  notices?: string[];
+  /** The pid file's open fd (its lock lives as long as the fd). */
+  pidFileFd?: number;
   /** RLIMIT_NOFILE to set; 0 leaves it alone; absent raises it to min(1000000, fs.nr_open). */
   rlimitNofile?: number;
   /** Size of the DAX window in bytes; absent: no DAX. */
   daxWindow?: bigint;
-  /** Default: always. */
+  /** Default: inode (DEFAULT_DAX_POLICY). */
   daxPolicy?: DaxPolicy;
+  /** --tag: the virtio-fs tag served through GET_CONFIG (VHOST_USER_PROTOCOL_F_CONFIG); absent: no device config. */
+  tag?: string;
   /**
    * Confinement (src/sandbox). The command line's default is namespace (none
    * where that cannot work); absent, as when a program embeds the Daemon

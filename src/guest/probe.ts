@@ -228,12 +228,15 @@ export async function probeMain(argv: string[]): Promise<number> {
       .option('timeout', { type: 'number', default: DEFAULT_TIMEOUT_MS, describe: 'ms to wait for each answer' })
       .strict()
       .help()
+      .alias('help', 'h')
       .version(false)
       .exitProcess(false)
       .fail((msg, err) => {
         throw new ProbeUnreachable(msg ?? err?.message ?? 'invalid arguments');
       })
       .parseSync();
+    // yargs printed the help (exitProcess is off): nothing to probe.
+    if (args.help) return 0;
     socketPath = args['socket-path'];
     timeoutMs = args.timeout;
   } catch (err) {

@@ -32,9 +32,12 @@ export const SANDBOX_MODES: readonly SandboxMode[] = ['namespace', 'chroot', 'no
 /** Set in the environment of the daemon the launcher runs, so that it does not relaunch again. */
 export const INSIDE_ENV = 'VIRTIOFSD_TS_SANDBOXED';
 
-/** The launcher program, built beside the addon by node-gyp. */
+/** The launcher program, built beside the addon by node-gyp, or the package's prebuilt one. */
 export function launcherPath(): string {
-  return path.resolve(__dirname, '..', '..', 'build', 'Release', 'virtiofsd-ts-sandbox');
+  const root = path.resolve(__dirname, '..', '..');
+  const built = path.join(root, 'build', 'Release', 'virtiofsd-ts-sandbox');
+  const prebuilt = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'virtiofsd-ts-sandbox');
+  return fs.existsSync(built) || !fs.existsSync(prebuilt) ? built : prebuilt;
 }
 
 export interface SandboxRequest {
@@ -48,6 +51,10 @@ export interface SandboxRequest {
   socketPath?: string;
   /** Capability bitmask the launcher leaves every thread (bounding, permitted, effective). */
   launcherCaps?: bigint;
+  /** More socket files of ours (--metrics-socket), removed like `socketPath`. */
+  alsoRemove?: string[];
+  /** The pid file, removed by the launcher once the daemon has ended and released its lock. */
+  pidFile?: string;
   /** fds the daemon inherits and needs (e.g. --fd, LISTEN_FDS). */
   inheritedFds: number[];
 }
@@ -111,6 +118,8 @@ export function relaunchIntoSandbox(mode: SandboxMode, req: SandboxRequest): voi
   for (const m of req.gidMap) args.push('--gid-map', m);
   if (root && req.launcherCaps !== undefined) args.push('--caps', req.launcherCaps.toString(16));
   if (mode !== 'none' && req.socketPath) args.push('--remove', req.socketPath);
+  for (const p of mode !== 'none' ? (req.alsoRemove ?? []) : []) args.push('--remove', p);
+  if (mode !== 'none' && req.pidFile) args.push('--remove-pidfile', req.pidFile);
   args.push('--', process.execPath, ...process.execArgv, ...process.argv.slice(1));
   execve(launcher, args, { ...process.env, [INSIDE_ENV]: '1' }, [0, 1, 2, ...req.inheritedFds]);
 }
@@ -154,7 +163,10 @@ export function prepareSandbox(config: DaemonConfig, warn: (msg: string) => void
     uidMap: config.uidMapNs ?? [],
     gidMap: config.gidMapNs ?? [],
     socketPath: config.socketPath,
-    inheritedFds: config.fd !== undefined ? [config.fd] : [],
+    alsoRemove: config.metricsSocket !== undefined ? [config.metricsSocket] : [],
+    pidFile: config.pidFile,
+    // The pid file's lock, the notify and syslog sockets (daemon.ts openOutside) stay open too.
+    inheritedFds: [...(config.fd !== undefined ? [config.fd] : []), ...(config.inheritFds ?? [])],
   };
   if (process.env[INSIDE_ENV] === '1') return req.mode;
   const mode = effectiveMode(req, warn);

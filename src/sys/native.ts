@@ -35,6 +35,8 @@ function load(): SysAddon {
   const candidates = [
     path.join(root, 'build', 'Release', 'sys_addon.node'),
     path.join(root, 'build', 'Debug', 'sys_addon.node'),
+    // Shipped in the package (scripts/prebuild.js): used where no local build exists, e.g. scripts blocked.
+    path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'sys_addon.node'),
   ];
   let lastError: unknown;
   for (const file of candidates) {

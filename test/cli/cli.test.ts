@@ -96,8 +96,8 @@ describe('share options', () => {
     expect(c.translateGid).toEqual(['squash-guest:0:100:65536']);
   });
 
-  it('--dax-window takes bytes or K/M/G; --dax-policy defaults to always', () => {
-    expect(config('--dax-window', '1G')).toMatchObject({ daxWindow: 1n << 30n, daxPolicy: 'always' });
+  it('--dax-window takes bytes or K/M/G; --dax-policy defaults to inode (DEFAULT_DAX_POLICY)', () => {
+    expect(config('--dax-window', '1G')).toMatchObject({ daxWindow: 1n << 30n, daxPolicy: 'inode' });
     expect(config('--dax-window', '4194304', '--dax-policy', 'inode')).toMatchObject({ daxWindow: 4n << 20n, daxPolicy: 'inode' });
     expect(config('--dax-window', '64M', '--dax-policy', 'never').daxWindow).toBe(64n << 20n);
   });
@@ -149,7 +149,7 @@ describe('bad values', () => {
   it('are refused with one clear line', () => {
     const cases: [string[], RegExp][] = [
       [['--cache', 'sometimes'], /cache.*Invalid values|Invalid values.*cache/s],
-      [['--inode-file-handles', 'always'], /Invalid values/],
+      [['--inode-file-handles', 'always'], /--inode-file-handles always: expected never, prefer or mandatory/],
       [['--dax-policy', 'inode'], /--dax-policy needs --dax-window/],
       [['--dax-window', 'huge'], /--dax-window huge: expected a size/],
       [['--dax-window', '1M'], /at least one 2 MiB range/],

@@ -280,7 +280,8 @@ function snapshot(base: string, share: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const name of fs.readdirSync(base)) {
     const p = path.join(base, name);
-    if (p === share || name.endsWith('.sock')) continue;
+    // The socket and its pid file are the daemon's own, gone when it exits.
+    if (p === share || name.endsWith('.sock') || name.endsWith('.sock.pid')) continue;
     const st = fs.lstatSync(p);
     out[name] = st.isDirectory() ? 'dir' : `${st.size}:${(st.mode & 0o7777).toString(8)}:${st.mtimeMs}`;
   }

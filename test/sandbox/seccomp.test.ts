@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ALLOW_LIST, SYSCALLS_X86_64 } from '../../src/sandbox/seccomp-syscalls';
 import { AUDIT_ARCH_X86_64, SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_LOG, SECCOMP_RET_TRAP, buildSeccompFilter } from '../../src/sandbox/seccomp';
-import { ensureBuilt, oursCli } from '../helpers/backends';
+import { CLI, type Backend, ensureBuilt, oursCli, socketFileExists, startProcess } from '../helpers/backends';
 import { openSession } from '../helpers/fuse-session';
 
 const REPO = path.resolve(__dirname, '../..');
@@ -260,6 +260,38 @@ describe('the daemon under seccomp kill', () => {
       expect(fs.readFileSync(path.join(dir, 'seed'), 'utf8')).toBe('hellodata');
       fuse.close();
       // null would mean a signal: SIGSYS if the session needed a syscall off the list.
+      expect(await backend.exited, backend.log()).toBe(0);
+    } finally {
+      await close();
+    }
+  }, 30_000);
+});
+
+describe('the daemon under seccomp kill, with --thread-pool-size', () => {
+  // READ and WRITE of 64 KiB and more, FSYNC and FDATASYNC, on libuv's pool threads (started after
+  // the filter): preadv, pwritev, fsync, fdatasync, dup and close there must all be on the list.
+  const pooled: Backend = {
+    ...oursCli,
+    name: 'virtiofsd-ts CLI --thread-pool-size 2',
+    start: (sharedDir, socketPath) =>
+      startProcess(process.execPath, [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--thread-pool-size', '2', '--log-level', 'warn'], socketPath, socketFileExists),
+  };
+
+  it('serves large READs and WRITEs and syncs from the pool, and exits 0 when the guest leaves', async () => {
+    const { fuse, dir, backend, close } = await openSession(pooled);
+    try {
+      const data = Buffer.alloc(1 << 20);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 13) & 0xff;
+      const c = await fuse.create(1, 'big', 2 /* O_RDWR */, 0o644);
+      const f = Number(c.entry.nodeid);
+      const parts = await Promise.all([0, 1, 2, 3].map((i) => fuse.write(f, c.open.fh, i * 262144, data.subarray(i * 262144, (i + 1) * 262144))));
+      expect(parts).toEqual([262144, 262144, 262144, 262144]);
+      await Promise.all([fuse.fsync(f, c.open.fh), fuse.fsync(f, c.open.fh, true)]);
+      const back = await Promise.all([0, 1].map((i) => fuse.read(f, c.open.fh, i * 524288, 524288)));
+      expect(Buffer.concat(back).equals(data)).toBe(true);
+      await fuse.release(f, c.open.fh);
+      expect(fs.readFileSync(path.join(dir, 'big')).equals(data)).toBe(true);
+      fuse.close();
       expect(await backend.exited, backend.log()).toBe(0);
     } finally {
       await close();
