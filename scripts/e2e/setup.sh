@@ -13,6 +13,10 @@
 #   - one busybox initramfs per kernel holding test/e2e/guest/init,
 #     test/e2e/guest/workload.sh and the battery (see those files for what
 #     the guest does).
+#   - backports/dax-initrd.gz: the DAX guest (test/e2e/guest/dax-init,
+#     dax-workload.sh and daxtool.c, built like the battery) for
+#     test/e2e/dax-guest.test.ts and bench/in-guest-dax.ts
+#   - QEMU 11.1 and the Rust virtiofsd in a trixie root: scripts/peers/setup.sh
 # Idempotent: work already done is skipped, so a re-run takes well under a
 # second. Run as root (installs packages). E2E_CACHE_DIR overrides the cache.
 set -euo pipefail
@@ -142,6 +146,42 @@ build_battery() {
   mv "$bin.tmp" "$bin"
 }
 
+# build_static SRC BIN: a static binary from a C file, skipped when newer than it.
+build_static() {
+  local src=$1 bin=$2
+  if [ "$bin" -nt "$src" ] && [ "$bin" -nt "${BASH_SOURCE[0]}" ]; then
+    log "$(basename "$bin") up to date"
+    return
+  fi
+  log "compiling $src"
+  gcc -static -O2 -Wall -Wextra -Werror -o "$bin.tmp" "$src"
+  mv "$bin.tmp" "$bin"
+}
+
+# build_dax_initramfs: $CACHE/backports/dax-initrd.gz, busybox with the DAX
+# guest's init, workload and daxtool (the 6.12 kernel has virtio-fs and DAX
+# built in: no modules).
+build_dax_initramfs() {
+  local dir=$CACHE/backports stage f fresh=1
+  local inputs=("$GUEST_SRC/dax-init" "$GUEST_SRC/dax-workload.sh" "$CACHE/daxtool" /bin/busybox "${BASH_SOURCE[0]}")
+  for f in "${inputs[@]}"; do [ "$dir/dax-initrd.gz" -nt "$f" ] || fresh=0; done
+  if [ "$fresh" = 1 ]; then
+    log "DAX initramfs up to date"
+    return
+  fi
+  stage=$dir/dax-initramfs
+  rm -rf "$stage"
+  mkdir -p "$stage"/{bin,dev,proc,sys,mnt,tmp}
+  cp /bin/busybox "$stage/bin/busybox"
+  ln -s busybox "$stage/bin/sh"
+  install -m 0755 "$GUEST_SRC/dax-init" "$stage/init"
+  install -m 0755 "$GUEST_SRC/dax-workload.sh" "$stage/dax-workload.sh"
+  install -m 0755 "$CACHE/daxtool" "$stage/bin/daxtool"
+  (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9 > "$dir/dax-initrd.gz.tmp"
+  mv "$dir/dax-initrd.gz.tmp" "$dir/dax-initrd.gz"
+  rm -rf "$stage"
+}
+
 # build_initramfs NAME: $CACHE/NAME/initrd.gz from busybox, the guest scripts
 # and the kernel's modules (if any); skipped when newer than all its inputs.
 build_initramfs() {
@@ -186,8 +226,12 @@ if ! kernel_present backports; then
   fetch_kernel backports "${BACKPORTS_APT[@]}"
 fi
 build_battery
+build_static "$GUEST_SRC/daxtool.c" "$CACHE/daxtool"
 build_initramfs bookworm
 build_initramfs backports
+build_dax_initramfs
+# QEMU 11.1 (the DAX guest) and the Rust virtiofsd (second reference daemon).
+PEERS=$(bash "$ROOT/scripts/peers/setup.sh")
 
 for name in bookworm backports; do
   echo "$name: kernel $(cat "$CACHE/$name/kernel-release")"
@@ -197,3 +241,5 @@ done
 echo "qemu: $(command -v qemu-system-x86_64) ($(qemu-system-x86_64 --version | head -n 1))"
 echo "reference daemon: /usr/lib/qemu/virtiofsd"
 echo "battery: $CACHE/battery"
+echo "DAX initramfs: $CACHE/backports/dax-initrd.gz"
+echo "$PEERS"

@@ -7,14 +7,21 @@
  * (dax=always|never|inode; the default is "inode"). In the per-inode modes it
  * maps exactly the files whose attributes carry FUSE_ATTR_DAX, and that flag
  * is ours to set, by `--dax-policy`:
+ * - inode (default): regular files whose every 2 MiB chunk a VMM can map:
+ *   a size that is a non-zero multiple of DAX_CHUNK_SIZE, on a writable
+ *   share. QEMU 11.1 refuses mappings that reach past the end of the file
+ *   and maps everything read-write (docs/dax.md), and Linux neither maps
+ *   less than a whole chunk nor falls back to FUSE_READ when a mapping
+ *   fails: any other file would read as EIO;
+ * - large:  regular files of at least DAX_MIN_FILE_SIZE bytes, for a VMM that
+ *   maps any range (the TypeScript guest; small files gain nothing from a
+ *   2 MiB window range and would crowd it out);
  * - always: every regular file;
- * - inode:  regular files of at least DAX_MIN_FILE_SIZE bytes (small files
- *   gain nothing from a 2 MiB window range and would crowd it out);
  * - never:  none (a guest mounted with dax=always still maps everything).
  */
 import type { DaxMapper } from '../dax-mapper/dax-mapper';
 import { MAP_ALIGNMENT_LOG2, validateWindowRange } from '../dax-mapper/dax-mapper';
-import { O_RDONLY, O_RDWR, S_IFMT, S_IFREG, closeQuietly, type Stat } from '../sys/fs';
+import { O_CLOEXEC, O_RDONLY, O_RDWR, S_IFMT, S_IFREG, closeQuietly, type Stat } from '../sys/fs';
 import { fcntl } from '../sys/libc';
 import { Errno, fail } from './errors';
 import type { SetupMapping, WindowRange } from './filesystem';
@@ -26,15 +33,27 @@ export const SETUPMAPPING_NO_FH = 0xffff_ffff_ffff_ffffn;
 /** linux/fcntl.h */
 const F_DUPFD_CLOEXEC = 1030;
 
-export type DaxPolicy = 'always' | 'never' | 'inode';
-export const DAX_POLICIES: readonly DaxPolicy[] = ['always', 'never', 'inode'];
+export type DaxPolicy = 'inode' | 'large' | 'always' | 'never';
+export const DAX_POLICIES: readonly DaxPolicy[] = ['inode', 'large', 'always', 'never'];
+export const DEFAULT_DAX_POLICY: DaxPolicy = 'inode';
 
-/** Files below this size are not offered for DAX under `--dax-policy inode`. */
+/** Linux maps the window in chunks of this size at chunk-aligned file offsets (FUSE_DAX_SZ). */
+export const DAX_CHUNK_SIZE = 2 * 1024 * 1024;
+/** Files below this size are not offered for DAX under `--dax-policy large`. */
 export const DAX_MIN_FILE_SIZE = 32 * 1024;
+
+/** Why an O_RDWR open of a file the guest only reads may fail; O_RDONLY is tried then. */
+const RDWR_REFUSALS = new Set<number>([Errno.EACCES, Errno.EPERM, Errno.EROFS, Errno.ETXTBSY]);
 
 export interface DaxOptions {
   mapper: DaxMapper;
   policy: DaxPolicy;
+  /**
+   * The share is read-only (`--readonly`): read mappings get O_RDONLY fds,
+   * which QEMU 11.1 cannot map (it maps every range writable), so the inode
+   * policy offers no file for DAX.
+   */
+  readonlyShare?: boolean;
 }
 
 export class DaxSupport {
@@ -65,7 +84,34 @@ export class DaxSupport {
   /** FUSE_ATTR_DAX for the files the policy picks (see the module comment). */
   attrFlags(st: Stat): number {
     if (!this.inodeDax || (st.mode & S_IFMT) !== S_IFREG) return 0;
-    return this.options.policy === 'always' || st.size >= DAX_MIN_FILE_SIZE ? FUSE_ATTR_DAX : 0;
+    switch (this.options.policy) {
+      case 'always':
+        return FUSE_ATTR_DAX;
+      case 'large':
+        return st.size >= DAX_MIN_FILE_SIZE ? FUSE_ATTR_DAX : 0;
+      case 'inode':
+        return !this.options.readonlyShare && st.size > 0 && st.size % DAX_CHUNK_SIZE === 0 ? FUSE_ATTR_DAX : 0;
+      case 'never':
+        return 0;
+    }
+  }
+
+  /**
+   * The fd for a mapping that names the file by nodeid (Linux's fh = -1),
+   * opened by `reopen(flags)`. Read mappings too are opened O_RDWR where the
+   * share and the file allow it: QEMU 11.1 maps every range read-write, and
+   * mmap(2) refuses that on an O_RDONLY fd (the guest would read EIO). On a
+   * read-only share they stay O_RDONLY, so the guest never holds a writable
+   * window onto a share it may not write.
+   */
+  openForMapping(reopen: (flags: number) => number, writable: boolean): number {
+    if (writable || this.options.readonlyShare) return reopen((writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    try {
+      return reopen(O_RDWR | O_CLOEXEC);
+    } catch (err) {
+      if (!RDWR_REFUSALS.has((err as { errno?: number }).errno ?? 0)) throw err;
+      return reopen(O_RDONLY | O_CLOEXEC);
+    }
   }
 
   static writable(m: SetupMapping): boolean {

@@ -32,11 +32,21 @@ export interface PassthroughOptions {
   uidMap?: IdMap;
   gidMap?: IdMap;
   dax?: DaxOptions | null;
+  /** The share is served read-only (a ReadOnlyFs wraps this one); DAX opens nothing O_RDWR for reads then. */
+  readonly?: boolean;
   /**
    * fds the guest's inodes, handles and lock descriptions may hold together;
    * by default the soft RLIMIT_NOFILE at start-up less a reserve for the daemon.
    */
   fdBudget?: number;
+  /**
+   * `--thread-pool-size`: above 0, READ and WRITE of ASYNC_MIN_BYTES or more
+   * run on libuv's thread pool (sized by UV_THREADPOOL_SIZE, which the command
+   * sets from it), so a slow host file system stalls no other request. Absent
+   * or 0: they run on the event loop, which measures faster on the page cache
+   * (docs/benchmarks.md). FSYNC runs on the pool either way.
+   */
+  threadPoolSize?: number;
   /** An fd on /proc/self/fd, handed over (the sandbox's, once /proc is out of reach); default: opened by path. */
   procSelfFd?: number;
   log?: (level: 'error' | 'warn' | 'info' | 'debug', msg: string) => void;

@@ -177,7 +177,8 @@ export class VhostUserFrontend {
       }
       return;
     }
-    const table = Buffer.alloc(MemoryTableHeader.size + 8 * MemoryRegionDesc.size);
+    // Exactly nregions entries, as QEMU sends it (the Rust virtiofsd refuses any other size).
+    const table = Buffer.alloc(MemoryTableHeader.size + regions.length * MemoryRegionDesc.size);
     MemoryTableHeader.encode({ nregions: regions.length, padding: 0 }, table);
     regions.forEach((r, i) => MemoryRegionDesc.encode(r, table, MemoryTableHeader.size + i * MemoryRegionDesc.size));
     await this.send(FrontendRequest.SET_MEM_TABLE, table, this.ram.regions.map((r) => r.fd));

@@ -27,6 +27,7 @@ import {
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
   VRING_IDX_MASK,
+  VHOST_USER_MAX_CONFIG_SIZE,
   VRING_NOFD_MASK,
   bit,
 } from './protocol';
@@ -47,6 +48,23 @@ const TRANSPORT_PROTOCOL_FEATURES =
   bit(ProtocolFeature.BACKEND_SEND_FD) |
   bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
   bit(ProtocolFeature.RESET_DEVICE);
+
+/**
+ * A request refused without ending the connection, whether or not the
+ * front-end asked for a reply: the refusal harms nobody (e.g. no free memory
+ * slot for a DAX mapping's region, which only descriptors into the window
+ * would need), and QEMU carries on after it; a disconnect would hang the guest.
+ */
+class Refused extends Error {}
+
+export interface BackendOptions {
+  /**
+   * The device config served through GET_CONFIG (with
+   * VHOST_USER_PROTOCOL_F_CONFIG offered), e.g. the virtio-fs tag and queue
+   * count. Absent: CONFIG is not offered and GET_CONFIG answers size 0.
+   */
+  deviceConfig?: Buffer;
+}
 
 /** Messages whose reply is defined by the protocol; need_reply adds nothing to them. */
 const HAS_OWN_REPLY = new Set<number>([
@@ -80,7 +98,9 @@ export class VhostUserBackend {
     private readonly device: VhostUserDevice,
     private readonly log: Logger,
     private readonly onDisconnect: (err?: Error) => void,
+    private readonly options: BackendOptions = {},
   ) {
+    if (options.deviceConfig && options.deviceConfig.length > VHOST_USER_MAX_CONFIG_SIZE) throw new RangeError('device config too large');
     this.connection = new Connection(socket);
     this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new Vring(i));
   }
@@ -90,7 +110,8 @@ export class VhostUserBackend {
   }
 
   get protocolFeatures(): bigint {
-    return TRANSPORT_PROTOCOL_FEATURES | this.device.deviceProtocolFeatures;
+    const config = this.options.deviceConfig ? bit(ProtocolFeature.CONFIG) : 0n;
+    return TRANSPORT_PROTOCOL_FEATURES | config | this.device.deviceProtocolFeatures;
   }
 
   start(): void {
@@ -120,7 +141,9 @@ export class VhostUserBackend {
       reply = this.handle(msg);
     } catch (err) {
       const malformed = err instanceof ProtocolError;
-      this.log('error', `vhost-user: ${name} failed: ${(err as Error).message}`);
+      const refused = err instanceof Refused;
+      this.log(refused ? 'warn' : 'error', `vhost-user: ${name} ${refused ? 'refused' : 'failed'}: ${(err as Error).message}`);
+      if (refused && !(needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK))) return;
       if (malformed || !(needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK))) {
         // The front-end cannot learn of the failure any other way: end the connection cleanly.
         this.teardown(err as Error);
@@ -181,14 +204,15 @@ export class VhostUserBackend {
       case FrontendRequest.ADD_MEM_REG: {
         const r = SingleMemoryRegion.decode(p);
         if (msg.fds.length !== 1) throw new ProtocolError(`ADD_MEM_REG with ${msg.fds.length} fds`);
-        if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new Error(`no free memory slot (all ${MAX_MEM_SLOTS} in use)`);
+        if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new Refused(`no free memory slot (all ${MAX_MEM_SLOTS} in use)`);
         this.memory.addRegion(r, msg.fds.shift()!);
         return undefined;
       }
       case FrontendRequest.REM_MEM_REG: {
         const r = SingleMemoryRegion.decode(p);
         const removed = this.memory.detachRegion(r.guestPhysAddr, r.memorySize);
-        if (!removed) throw new Error(`no memory region at 0x${r.guestPhysAddr.toString(16)}`);
+        // E.g. the region of a DAX mapping refused for want of a slot: nothing to remove.
+        if (!removed) throw new Refused(`no memory region at 0x${r.guestPhysAddr.toString(16)} of size 0x${r.memorySize.toString(16)}`);
         // A running ring inside the region refuses the removal: it would point into unmapped memory.
         let rings: [Vring, RingViews][];
         try {
@@ -274,11 +298,18 @@ export class VhostUserBackend {
         return undefined;
       }
       case FrontendRequest.GET_CONFIG: {
-        // No device config is served from here (QEMU builds virtio-fs config itself):
-        // answer with size 0, which the protocol defines as failure.
+        // The front-end's header names the slice it wants; the reply carries exactly that
+        // slice, or size 0 (the protocol's failure) when there is no config or it lies outside.
         const h = ConfigHeader.decode(p);
-        return ConfigHeader.encode({ offset: h.offset, size: 0, flags: h.flags });
+        const config = this.options.deviceConfig;
+        if (!config || h.size === 0 || h.size > VHOST_USER_MAX_CONFIG_SIZE || h.offset > config.length || h.size > config.length - h.offset) {
+          return ConfigHeader.encode({ offset: h.offset, size: 0, flags: h.flags });
+        }
+        return Buffer.concat([ConfigHeader.encode(h), config.subarray(h.offset, h.offset + h.size)]);
       }
+      case FrontendRequest.SET_CONFIG:
+        // virtio-fs config is read-only for the driver (virtio spec 5.11.4).
+        throw new Refused('the device config is read-only');
       case FrontendRequest.GET_SHMEM_CONFIG: {
         const sizes = this.device.shmemRegions();
         const out = Buffer.alloc(8 + 8 * MAX_SHMEM_REGIONS);

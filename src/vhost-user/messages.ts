@@ -1,6 +1,8 @@
 import {
   HEADER_SIZE,
   MAX_PAYLOAD_SIZE,
+  VIRTIO_FS_CONFIG_SIZE,
+  VIRTIO_FS_TAG_SIZE,
   VHOST_USER_NEED_REPLY_MASK,
   VHOST_USER_REPLY_MASK,
   VHOST_USER_VERSION,
@@ -131,6 +133,20 @@ export const ConfigHeader = new Struct('device config', [
   ['size', 4],
   ['flags', 4],
 ] as const);
+/**
+ * The virtio-fs device config a back-end serves through GET_CONFIG: the tag
+ * NUL-padded to 36 bytes (no NUL needed when it fills them), then
+ * num_request_queues. Throws for a tag that is empty or longer than 36 bytes.
+ */
+export function encodeVirtioFsConfig(tag: string, numRequestQueues: number): Buffer {
+  const bytes = Buffer.from(tag, 'utf8');
+  if (bytes.length === 0 || bytes.length > VIRTIO_FS_TAG_SIZE) throw new RangeError(`virtio-fs tag must be 1 to ${VIRTIO_FS_TAG_SIZE} bytes, not ${bytes.length}`);
+  if (bytes.includes(0)) throw new RangeError('virtio-fs tag must not contain NUL');
+  const out = Buffer.alloc(VIRTIO_FS_CONFIG_SIZE);
+  bytes.copy(out, 0);
+  out.writeUInt32LE(numRequestQueues, VIRTIO_FS_TAG_SIZE);
+  return out;
+}
 /** SHMEM_MAP / SHMEM_UNMAP body: u8 shmid, u8 padding[7], then these u64s. */
 export const SHMEM_MAP_SIZE = 40;
 export interface ShmemMapBody {

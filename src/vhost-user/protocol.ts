@@ -106,8 +106,17 @@ export const HEADER_SIZE = 12;
 export const MAX_PAYLOAD_SIZE = 4096 + 256 * 8;
 /** SET_MEM_TABLE carries at most this many regions (VHOST_MEMORY_BASELINE_NREGIONS). */
 export const MEMORY_BASELINE_NREGIONS = 8;
-/** Slots offered through GET_MAX_MEM_SLOTS with CONFIGURE_MEM_SLOTS. */
-export const MAX_MEM_SLOTS = 32;
+/**
+ * Slots offered through GET_MAX_MEM_SLOTS with CONFIGURE_MEM_SLOTS: QEMU's own
+ * limit (VHOST_USER_MAX_RAM_SLOTS). QEMU 11.1 forwards every live DAX mapping
+ * as one more region (ADD_MEM_REG), so the window needs as many as it can get.
+ */
+export const MAX_MEM_SLOTS = 512;
+/** GET_CONFIG / SET_CONFIG carry at most this many bytes of device config (VHOST_USER_MAX_CONFIG_SIZE). */
+export const VHOST_USER_MAX_CONFIG_SIZE = 256;
+/** virtio-fs device config (virtio spec 5.11.4): u8 tag[36], le32 num_request_queues. */
+export const VIRTIO_FS_TAG_SIZE = 36;
+export const VIRTIO_FS_CONFIG_SIZE = VIRTIO_FS_TAG_SIZE + 4;
 
 /** SET_VRING_KICK/CALL/ERR payload: queue index in bits 0-7, bit 8 = no fd. */
 export const VRING_IDX_MASK = 0xff;

@@ -165,7 +165,7 @@ describe.each(BACKENDS)('files on $name', (backend) => {
     expect(fs.readdirSync(dir)).toEqual(['f']);
   });
 
-  it('sets, tests and releases POSIX record locks between lock owners', async () => {
+  itIfCan(backend, 'locks', 'sets, tests and releases POSIX record locks between lock owners', async () => {
     const { fuse } = await open({ populate: (d) => fs.writeFileSync(path.join(d, 'f'), 'x'.repeat(1000)) });
     const f = await fuse.lookup(ROOT, 'f');
     const ha = await fuse.open(f.nodeid, O_RDWR);
@@ -207,7 +207,7 @@ describe.each(BACKENDS)('files on $name', (backend) => {
     expect(granted).toBe(true);
   });
 
-  it('takes BSD flock locks per open file', async () => {
+  itIfCan(backend, 'locks', 'takes BSD flock locks per open file', async () => {
     const { fuse } = await open({ populate: (d) => fs.writeFileSync(path.join(d, 'f'), '') });
     const f = await fuse.lookup(ROOT, 'f');
     const h1 = await fuse.open(f.nodeid, O_RDWR);

@@ -52,7 +52,7 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
     await expectErrno(fuse.init({ major: 6, minor: 0 }), 'EPROTO');
   });
 
-  it('answers EIO to requests before INIT', async () => {
+  itIfCan(backend, 'eioBeforeInit', 'answers EIO to requests before INIT', async () => {
     const { fuse } = await open({ init: false });
     await expectErrno(fuse.getattr(ROOT), 'EIO');
     await expectErrno(fuse.lookup(ROOT, 'x'), 'EIO');
@@ -69,7 +69,7 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
     await fuse.getattr(ROOT);
   });
 
-  it('answers malformed requests with EINVAL or EIO and keeps serving', async () => {
+  itIfCan(backend, 'answersMalformedRequests', 'answers malformed requests with EINVAL or EIO and keeps serving', async () => {
     const { fuse } = await open({ populate: (d) => fs.writeFileSync(path.join(d, 'f'), 'data') });
     const f = await fuse.lookup(ROOT, 'f');
     const h = await fuse.open(f.nodeid, O_RDWR);
@@ -196,7 +196,7 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
     expect((await fuse.getattr(again[2].nodeid)).attr.size).toBe(1);
   });
 
-  it('ends the session on DESTROY and accepts a new INIT', async () => {
+  itIfCan(backend, 'destroyReply', 'ends the session on DESTROY and accepts a new INIT', async () => {
     const { fuse } = await open({ populate: (d) => fs.writeFileSync(path.join(d, 'f'), 'x') });
     await fuse.lookup(ROOT, 'f');
     await fuse.destroy();

@@ -1,7 +1,9 @@
 import * as fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MAP_ALIGNMENT_LOG2 } from '../../src/dax-mapper/dax-mapper';
-import type { DaxPolicy } from '../../src/fuse-server/passthrough-dax';
+import { DEFAULT_DAX_POLICY, DaxSupport, type DaxPolicy } from '../../src/fuse-server/passthrough-dax';
+import { O_ACCMODE, O_RDONLY, O_RDWR } from '../../src/sys/fs';
+import { SysError } from '../../src/sys/errno';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys';
@@ -178,10 +180,25 @@ describe('--dax-policy', () => {
     expect(h.getattr(h.lookup(1, 'small').nodeid).flags & P.FUSE_ATTR_DAX).toBe(P.FUSE_ATTR_DAX);
   });
 
-  it('inode: only files of at least 32 KiB', () => {
-    const { h } = daxHarness('inode');
+  it('large: only files of at least 32 KiB', () => {
+    const { h } = daxHarness('large');
     h.init();
     expect([flagsOf(h, 'big'), flagsOf(h, 'small')]).toEqual([P.FUSE_ATTR_DAX, 0]);
+  });
+
+  it('inode (the default): only files whose every 2 MiB chunk QEMU 11.1 can map, on a writable share', () => {
+    expect(DEFAULT_DAX_POLICY).toBe('inode');
+    const { h } = daxHarness('inode');
+    fs.writeFileSync(`${h.dir}/tail`, Buffer.alloc(3 * MiB));
+    fs.writeFileSync(`${h.dir}/empty`, '');
+    h.init();
+    expect(['big', 'small', 'tail', 'empty', 'dir'].map((n) => flagsOf(h, n))).toEqual([P.FUSE_ATTR_DAX, 0, 0, 0, 0]);
+    // The flag follows the size: once big is no longer whole chunks, its attributes drop it.
+    fs.appendFileSync(`${h.dir}/big`, 'x');
+    expect(h.getattr(h.lookup(1, 'big').nodeid).flags & P.FUSE_ATTR_DAX).toBe(0);
+    const ro = daxHarness('inode', { readonly: true }).h;
+    ro.init();
+    expect(flagsOf(ro, 'big')).toBe(0);
   });
 
   it('never: no per-inode DAX, but the window still serves guests mounted with dax=always', async () => {
@@ -197,5 +214,41 @@ describe('--dax-policy', () => {
     const { h } = daxHarness('always');
     h.init(LINUX_FLAGS, LINUX_FLAGS2 & ~P.FUSE_HAS_INODE_DAX_FLAGS2);
     expect(flagsOf(h, 'big')).toBe(0);
+  });
+});
+
+describe('the fd of a read mapping (QEMU 11.1 maps every range read-write)', () => {
+  const support = (readonlyShare: boolean) => new DaxSupport({ mapper: null as never, policy: 'inode', readonlyShare }, () => undefined);
+  /** A reopen that records the access modes asked for, refusing O_RDWR with `refuse` if given. */
+  const reopener = (refuse?: number) => {
+    const modes: number[] = [];
+    const reopen = (flags: number) => {
+      modes.push(flags & O_ACCMODE);
+      if (refuse && (flags & O_ACCMODE) === O_RDWR) throw new SysError('open', refuse);
+      return 100;
+    };
+    return { modes, reopen };
+  };
+
+  it('is O_RDWR on a writable share, O_RDONLY where the file refuses that', () => {
+    const ok = reopener();
+    expect(support(false).openForMapping(ok.reopen, false)).toBe(100);
+    expect(ok.modes).toEqual([O_RDWR]);
+    for (const errno of [Errno.EACCES, Errno.EPERM, Errno.EROFS, Errno.ETXTBSY]) {
+      const refused = reopener(errno);
+      support(false).openForMapping(refused.reopen, false);
+      expect(refused.modes).toEqual([O_RDWR, O_RDONLY]);
+    }
+    // Any other failure is the answer.
+    expect(() => support(false).openForMapping(reopener(Errno.ENOENT).reopen, false)).toThrow();
+  });
+
+  it('stays O_RDONLY on a read-only share; a write mapping is O_RDWR', () => {
+    const ro = reopener();
+    support(true).openForMapping(ro.reopen, false);
+    expect(ro.modes).toEqual([O_RDONLY]);
+    const w = reopener();
+    support(false).openForMapping(w.reopen, true);
+    expect(w.modes).toEqual([O_RDWR]);
   });
 });

@@ -1,6 +1,7 @@
 /**
  * The virtio-fs back-ends tests can run against: our daemon (in-process, or
- * the built CLI as a child process) and QEMU's C virtiofsd. Each starts on a
+ * the built CLI as a child process), QEMU's C virtiofsd and the Rust
+ * virtiofsd (trixie's build, run from the trixie root of scripts/peers/setup.sh). Each starts on a
  * fresh socket for one front-end connection and says which cases it cannot
  * serve, with the reason shown in the test's name.
  */
@@ -14,7 +15,19 @@ const REPO = path.resolve(__dirname, '../..');
 export const CLI = path.join(REPO, 'bin/virtiofsd-ts.js');
 
 /** Cases some back-end cannot serve. */
-export type Capability = 'dax' | 'multiQueue' | 'setlkw' | 'access' | 'checksHeaderLen' | 'survivesMalformedChains';
+export type Capability =
+  | 'dax'
+  | 'multiQueue'
+  | 'setlkw'
+  | 'access'
+  | 'checksHeaderLen'
+  | 'survivesMalformedChains'
+  | 'locks'
+  | 'refusesSlashNames'
+  | 'dotdotLookup'
+  | 'eioBeforeInit'
+  | 'answersMalformedRequests'
+  | 'destroyReply';
 
 export type Lacks = Partial<Record<Capability, string>>;
 
@@ -25,6 +38,23 @@ export const REFERENCE_LACKS: Lacks = {
   access: 'C virtiofsd 7.2 answers ACCESS with ENOSYS (the kernel then checks permissions itself)',
   checksHeaderLen: 'C virtiofsd 7.2 ignores fuse_in_header.len and serves the request as if it matched',
   survivesMalformedChains: 'C virtiofsd 7.2 exits on a chain shorter than fuse_in_header',
+};
+
+/** The Rust virtiofsd (trixie's 1.13), the daemon users deploy today: scripts/peers/setup.sh. */
+export const RUST_DAEMON = path.join(process.env.PEERS_CACHE_DIR ?? path.join(REPO, '.cache', 'peers'), 'bin', 'virtiofsd');
+
+export const RUST_LACKS: Lacks = {
+  dax: 'the Rust virtiofsd has no DAX: no SHMEM protocol feature, SETUPMAPPING answers ENOSYS',
+  multiQueue: 'the Rust virtiofsd serves one request queue',
+  locks: 'the Rust virtiofsd 1.13 has no POSIX or BSD locks: GETLK and SETLK answer ENOSYS',
+  setlkw: 'the Rust virtiofsd 1.13 has no locks: SETLKW answers ENOSYS',
+  refusesSlashNames: "the Rust virtiofsd 1.13 looks a name holding '/' up as a path beneath the directory (LOOKUP 'sub/f' succeeds)",
+  dotdotLookup: "the Rust virtiofsd 1.13 answers LOOKUP '..' in a subdirectory with the subdirectory itself (Linux resolves '..' in its dcache and never asks)",
+  eioBeforeInit: 'the Rust virtiofsd 1.13 answers requests before INIT with EBADF, not EIO',
+  answersMalformedRequests: 'the Rust virtiofsd 1.13 leaves a request with a truncated argument (GETATTR without fuse_getattr_in) unanswered',
+  checksHeaderLen: 'the Rust virtiofsd 1.13 ignores fuse_in_header.len and serves the request as if it matched',
+  survivesMalformedChains: 'the Rust virtiofsd 1.13 leaves a chain too short for a header, or without room for a reply, unanswered',
+  destroyReply: "the Rust virtiofsd 1.13 returns FUSE_DESTROY's chain with nothing written (used length 0)",
 };
 
 export const OURS_LACKS: Lacks = {};
@@ -210,7 +240,17 @@ export const ours: Backend = {
   },
 };
 
-export const BACKENDS: Backend[] = [ours, reference];
+/** The Rust virtiofsd through trixie's loader, with the features the C daemon is started with where it has them. */
+export const rust: Backend = {
+  name: 'Rust virtiofsd',
+  lacks: RUST_LACKS,
+  start: (sharedDir, socketPath) => {
+    if (!fs.existsSync(RUST_DAEMON)) throw new Error(`${RUST_DAEMON} is missing: run scripts/peers/setup.sh`);
+    return startProcess(RUST_DAEMON, [`--socket-path=${socketPath}`, `--shared-dir=${sharedDir}`, '--xattr', '--cache=auto', '--log-level=warn'], socketPath);
+  },
+};
+
+export const BACKENDS: Backend[] = [ours, reference, rust];
 
 /**
  * Builds dist/ (npm run build) unless it is newer than every source file, so

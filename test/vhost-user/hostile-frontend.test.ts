@@ -30,7 +30,7 @@ import {
 } from '../../src/sys';
 import { VhostUserBackend } from '../../src/vhost-user/backend';
 import { MemoryRegionDesc, MemoryTableHeader, SingleMemoryRegion, U64, VringAddr, VringState } from '../../src/vhost-user/messages';
-import { FrontendRequest, VHOST_USER_NEED_REPLY_MASK } from '../../src/vhost-user/protocol';
+import { FrontendRequest, MAX_MEM_SLOTS, VHOST_USER_NEED_REPLY_MASK } from '../../src/vhost-user/protocol';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/vhost-user/virtqueue';
 import { listenEcho } from './echo-backend';
 
@@ -285,12 +285,14 @@ describe('memory tables from a hostile front-end', () => {
   it('refuses a region past the last memory slot, and frees a slot on REM_MEM_REG', async () => {
     const { frontend, log } = await start();
     const slot = (i: number) => region(BigInt(0x200000000 + i * 0x100000), 1n << 16n, BigInt(0x7f0000000000 + i * 0x100000));
-    for (let i = 0; i < 30; i++) await frontend.send(FrontendRequest.ADD_MEM_REG, slot(i), [smallMemfd()]);
-    await expect(frontend.send(FrontendRequest.ADD_MEM_REG, slot(30), [smallMemfd()])).rejects.toThrow(/status 1/);
+    // The two RAM regions hold two of the slots.
+    const free = MAX_MEM_SLOTS - 2;
+    for (let i = 0; i < free; i++) await frontend.send(FrontendRequest.ADD_MEM_REG, slot(i), [smallMemfd()]);
+    await expect(frontend.send(FrontendRequest.ADD_MEM_REG, slot(free), [smallMemfd()])).rejects.toThrow(/status 1/);
     expect(log()).toMatch(/no free memory slot/);
     await frontend.send(FrontendRequest.REM_MEM_REG, slot(0), []);
-    await frontend.send(FrontendRequest.ADD_MEM_REG, slot(30), [smallMemfd()]);
-    await expect(frontend.send(FrontendRequest.REM_MEM_REG, slot(31), [])).rejects.toThrow(/status 1/);
+    await frontend.send(FrontendRequest.ADD_MEM_REG, slot(free), [smallMemfd()]);
+    await expect(frontend.send(FrontendRequest.REM_MEM_REG, slot(free + 1), [])).rejects.toThrow(/status 1/);
     await stillServes(frontend);
   });
 });
