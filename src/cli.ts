@@ -9,8 +9,8 @@ import {
   DaxPolicy,
   INODE_FILE_HANDLES,
   InodeFileHandles,
-  SANDBOX_MODE_NAMES,
-  SECCOMP_MODE_NAMES,
+  SANDBOX_MODES,
+  SECCOMP_MODES,
   DEFAULT_DAX_POLICY,
 } from './config';
 import { IdMap } from './fuse-server/id-map';
@@ -137,11 +137,11 @@ export const OPTIONS: Record<string, OptionDef> = {
   'gid-map': { group: 'Identity', type: 'string', array: true, describe: 'unprivileged namespace mode: gid map :INSIDE:OUTSIDE:COUNT: (repeatable)' },
   sandbox: {
     group: 'Sandbox',
-    choices: SANDBOX_MODE_NAMES,
+    choices: SANDBOX_MODES,
     describe: 'confinement: namespace (default where possible), chroot, none',
     rust: 'Rust: namespace, and an unprivileged start fails without --sandbox none',
   },
-  seccomp: { group: 'Sandbox', choices: SECCOMP_MODE_NAMES, default: 'kill' as SeccompMode, describe: 'syscall filter action: kill (default), log, trap, none' },
+  seccomp: { group: 'Sandbox', choices: SECCOMP_MODES, default: 'kill' as SeccompMode, describe: 'syscall filter action: kill (default), log, trap, none' },
   modcaps: { group: 'Sandbox', type: 'string', describe: 'capabilities to add/remove, e.g. +sys_admin:-mknod' },
   'log-level': { group: 'Logging and metrics', choices: LOG_THRESHOLDS, default: 'info' as LogThreshold, describe: 'least severe messages shown; debug adds one line per FUSE request' },
   syslog: { group: 'Logging and metrics', type: 'boolean', describe: 'log to syslog (/dev/log, facility daemon) instead of stderr' },
@@ -237,7 +237,7 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env, 
       else if (key === 'debug' && value === undefined) logLevel = 'debug';
       else if (key === 'xattrmap' && value) xattrmap = value;
       else if (key === 'timeout' && value !== undefined) timeout = parseSeconds(value);
-      else if (key === 'sandbox' && value && (SANDBOX_MODE_NAMES as readonly string[]).includes(value)) sandbox = value as SandboxMode;
+      else if (key === 'sandbox' && value && (SANDBOX_MODES as readonly string[]).includes(value)) sandbox = value as SandboxMode;
       else if (key === 'modcaps' && value) modcaps = value;
       else if (key === 'inode_file_handles' && value !== undefined) inodeFileHandles = value;
       else if (key === 'thread_pool_size' && value !== undefined) threadPoolSize = parseCount(value, '-o thread_pool_size');

@@ -1,27 +1,19 @@
 import type { CacheMode } from './fuse-server/cache-policy';
 import type { FileHandleMode } from './fuse-server/file-handles';
-import type { DaxPolicy } from './fuse-server/passthrough-dax';
+import type { DaxPolicy } from './fuse-server/dax-policy';
 import type { FuseSessionOptions } from './fuse-server/session';
 import type { LogThreshold } from './log';
-import type { SandboxMode } from './sandbox';
-import type { SeccompMode } from './sandbox/seccomp';
+import type { SandboxMode, SeccompMode } from './sandbox/modes';
 
 export type CachePolicy = CacheMode;
 export const CACHE_POLICIES: readonly CachePolicy[] = ['never', 'auto', 'always', 'metadata'];
 
 export type InodeFileHandles = FileHandleMode;
-/** The sandbox's and seccomp's modes (src/sandbox re-checks them), here so that the CLI parses without loading the sandbox. */
-export const SANDBOX_MODE_NAMES: readonly SandboxMode[] = ['namespace', 'chroot', 'none'];
-export const SECCOMP_MODE_NAMES: readonly SeccompMode[] = ['none', 'kill', 'log', 'trap'];
 export const INODE_FILE_HANDLES: readonly InodeFileHandles[] = ['never', 'prefer', 'mandatory'];
 
 export type { DaxPolicy };
-/**
- * The same list and default as fuse-server/passthrough-dax.ts (test/cli pins that they agree), written
- * out here because that module loads the native addon and the CLI must parse --help without it.
- */
-export const DAX_POLICIES: readonly DaxPolicy[] = ['inode', 'large', 'always', 'never'];
-export const DEFAULT_DAX_POLICY: DaxPolicy = 'inode';
+export { DAX_POLICIES, DEFAULT_DAX_POLICY } from './fuse-server/dax-policy';
+export { SANDBOX_MODES, SECCOMP_MODES } from './sandbox/modes';
 
 /**
  * Everything the daemon needs, validated; built by cli.ts only. The share's

@@ -11,7 +11,7 @@ import { applyNofileLimit } from './limits';
 import { UnixListener, UnixStreamSocket } from './sys';
 import { VhostUserBackend } from './vhost-user/backend';
 import { encodeVirtioFsConfig } from './vhost-user/messages';
-import { DEFAULT_DAX_POLICY } from './fuse-server/passthrough-dax';
+import { DEFAULT_DAX_POLICY } from './fuse-server/dax-policy';
 
 /**
  * num_request_queues in the config --tag serves: one, as the Rust virtiofsd

@@ -33,9 +33,8 @@ export const SETUPMAPPING_NO_FH = 0xffff_ffff_ffff_ffffn;
 /** linux/fcntl.h */
 const F_DUPFD_CLOEXEC = 1030;
 
-export type DaxPolicy = 'inode' | 'large' | 'always' | 'never';
-export const DAX_POLICIES: readonly DaxPolicy[] = ['inode', 'large', 'always', 'never'];
-export const DEFAULT_DAX_POLICY: DaxPolicy = 'inode';
+export { DAX_POLICIES, DEFAULT_DAX_POLICY, type DaxPolicy } from './dax-policy';
+import type { DaxPolicy } from './dax-policy';
 
 /** Linux maps the window in chunks of this size at chunk-aligned file offsets (FUSE_DAX_SZ). */
 export const DAX_CHUNK_SIZE = 2 * 1024 * 1024;

@@ -26,8 +26,8 @@ import { capabilityMask, dropCapabilities, dropSupplementaryGroups, keepSet } fr
 import { chrootIntoShare, pivotIntoShare, type SandboxedRoot } from './mounts';
 import { installSeccomp, type SeccompMode } from './seccomp';
 
-export type SandboxMode = 'namespace' | 'chroot' | 'none';
-export const SANDBOX_MODES: readonly SandboxMode[] = ['namespace', 'chroot', 'none'];
+export { SANDBOX_MODES, type SandboxMode } from './modes';
+import type { SandboxMode } from './modes';
 
 /** Set in the environment of the daemon the launcher runs, so that it does not relaunch again. */
 export const INSIDE_ENV = 'VIRTIOFSD_TS_SANDBOXED';

@@ -17,8 +17,8 @@ import {
 import { ALLOW_LIST, SYSCALLS_X86_64, type SyscallName, type SyscallRule } from './seccomp-syscalls';
 
 /** `--seccomp`: none installs nothing; the others name the action for a syscall not on the list. */
-export const SECCOMP_MODES = ['none', 'kill', 'log', 'trap'] as const;
-export type SeccompMode = (typeof SECCOMP_MODES)[number];
+export { SECCOMP_MODES, type SeccompMode } from './modes';
+import type { SeccompMode } from './modes';
 export type SeccompAction = Exclude<SeccompMode, 'none'>;
 
 // linux/seccomp.h
