@@ -55,7 +55,13 @@ export class Daemon {
     const { config } = this;
     // The command applied it before confining itself (prepareSandbox); an embedding program gets it here.
     if (config.sandbox === undefined) applyNofileLimit(config.rlimitNofile, this.log);
-    if (config.daxWindow !== undefined) this.mapper = new DaxMapper(config.daxWindow, (msg) => this.log('warn', msg));
+    if (config.daxWindow !== undefined) {
+      this.mapper = new DaxMapper(config.daxWindow, (msg) => this.log('warn', msg));
+      // The window becomes a PCI BAR, whose size must be a power of two (QEMU 11.1 asserts it and aborts).
+      if ((config.daxWindow & (config.daxWindow - 1n)) !== 0n) {
+        this.log('warn', `--dax-window ${config.daxWindow} is not a power of two: QEMU cannot expose it as a PCI BAR (QEMU 11.1 aborts)`);
+      }
+    }
     const gid = config.socketGroup !== undefined ? groupId(config.socketGroup) : undefined;
     // The sockets first: their paths lie outside the share, out of reach once the sandbox is entered.
     this.listener = config.fd !== undefined ? UnixListener.fromFd(config.fd) : UnixListener.listen(config.socketPath!, { gid });
