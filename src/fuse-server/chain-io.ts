@@ -2,7 +2,12 @@
  * Reader and Writer over the buffers of one descriptor chain. They hide where
  * the chain is split: a struct may straddle two descriptors at any byte. File
  * data never passes through here as a copy: `readToFile`/`writeFromFile` hand
- * views of guest memory straight to pwritev/preadv.
+ * views of guest memory straight to pwritev/preadv, on this thread or (the
+ * `Async` variants) on libuv's thread pool.
+ *
+ * Each request has its own Reader and Writer (a request that waits keeps
+ * them); they are small, and the scratch space for structs split across
+ * descriptors is shared, because it is only used inside one synchronous call.
  */
 import * as fs from 'node:fs';
 import { Errno, fail } from './errors';
@@ -13,6 +18,12 @@ import { PATH_MAX } from './protocol';
 const IOV_MAX = 1024;
 /** Larger than any fixed FUSE struct we decode or encode (fuse_statx_out is 288 bytes). */
 const SCRATCH_SIZE = 512;
+/** Only used within one synchronous call (never across an await), so one suffices for every cursor. */
+const scratch = Buffer.alloc(SCRATCH_SIZE);
+/** The iovec array of a synchronous preadv/pwritev: the call copies it before returning. */
+const syncIov: Buffer[] = [];
+
+type AsyncIo = (fd: number, buffers: Buffer[], position: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void) => void;
 
 abstract class ChainCursor {
   protected bufs: readonly Buffer[] = [];
@@ -23,9 +34,7 @@ abstract class ChainCursor {
   protected left = 0;
   /** Bytes consumed since the last reset. */
   protected consumed = 0;
-  protected readonly scratch = Buffer.alloc(SCRATCH_SIZE);
-  /** Reused iovec array: preadv/pwritev copy it before returning. */
-  private readonly iov: Buffer[] = [];
+  protected readonly scratch = scratch;
 
   /** Starts over on the buffers of another chain. */
   reset(bufs: readonly Buffer[]): this {
@@ -75,10 +84,9 @@ abstract class ChainCursor {
 
   /**
    * Views of up to `n` bytes from the cursor (at most IOV_MAX of them), not
-   * advancing. The array is reused by the next call.
+   * advancing, into `iov` (emptied first).
    */
-  protected views(n: number): Buffer[] {
-    const iov = this.iov;
+  protected views(n: number, iov: Buffer[]): Buffer[] {
     iov.length = 0;
     let i = this.index;
     let off = this.offset;
@@ -108,7 +116,7 @@ abstract class ChainCursor {
       this.settle();
       let n: number;
       try {
-        n = io(fd, this.views(count - done), position + done);
+        n = io(fd, this.views(count - done, syncIov), position + done);
       } catch (err) {
         if (done > 0) break;
         throw err;
@@ -118,6 +126,37 @@ abstract class ChainCursor {
       done += n;
     }
     return done;
+  }
+
+  /**
+   * fileIo() on libuv's thread pool: the kernel copies between the file and
+   * guest memory on a pool thread while the event loop serves other requests.
+   * The caller owns `fd` until the promise settles (it must stay open: see
+   * FileOps, which hands in a private dup). The cursor must not be used
+   * meanwhile; it advances as parts complete.
+   */
+  protected fileIoAsync(io: AsyncIo, fd: number, count: number, position: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      let done = 0;
+      const step = (): void => {
+        this.settle();
+        // A fresh array: the pool holds it until the call completes.
+        io(fd, this.views(count - done, []), position + done, (err, n) => {
+          if (err) {
+            if (done > 0) resolve(done);
+            else reject(err);
+            return;
+          }
+          if (n === 0) return resolve(done);
+          this.advance(n);
+          done += n;
+          if (done < count) step();
+          else resolve(done);
+        });
+      };
+      if (count === 0) resolve(0);
+      else step();
+    });
   }
 
   /** Copies the next `n` bytes out into `dst` (n <= left), advancing. */
@@ -256,6 +295,12 @@ export class Reader extends ChainCursor {
     if (count > this.left) fail(Errno.EINVAL);
     return this.fileIo(fs.writevSync, fd, count, position);
   }
+
+  /** readToFile() on the thread pool (see fileIoAsync). */
+  readToFileAsync(fd: number, count: number, position: number): Promise<number> {
+    if (count > this.left) fail(Errno.EINVAL);
+    return this.fileIoAsync(fs.writev as AsyncIo, fd, count, position);
+  }
 }
 
 /** Writes a reply into the device-writable buffers of a chain. */
@@ -321,5 +366,10 @@ export class Writer extends ChainCursor {
    */
   writeFromFile(fd: number, count: number, position: number): number {
     return this.fileIo(fs.readvSync, fd, Math.min(count, this.left), position);
+  }
+
+  /** writeFromFile() on the thread pool (see fileIoAsync). */
+  writeFromFileAsync(fd: number, count: number, position: number): Promise<number> {
+    return this.fileIoAsync(fs.readv as AsyncIo, fd, Math.min(count, this.left), position);
   }
 }

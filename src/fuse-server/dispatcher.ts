@@ -4,11 +4,13 @@
  * frames the reply and turns thrown errors into error replies. Guest names are
  * checked here, where they enter, before any file-system code sees them.
  *
- * A handler whose operation must wait returns a Promise. It decodes all its
- * arguments first and hands the operation a copy of the caller's context: the
- * Request, Reader and Writer are reused by the next request as soon as the
- * handler returns. Such replies carry no body (SETLKW, SETUPMAPPING,
- * REMOVEMAPPING): the session writes the header when the promise settles.
+ * A handler whose operation waits (SETLKW, SETUPMAPPING) or runs on libuv's
+ * thread pool (large READ/WRITE, FSYNC, COPY_FILE_RANGE, ...) returns a
+ * Promise; its Request, Reader and Writer are its own for as long as it runs
+ * (one of each per request, never reused), and the session writes the reply
+ * header when the promise settles. One table (OPCODES) carries every opcode's
+ * handler and framing flags, the session's own INIT, INTERRUPT and DESTROY
+ * included.
  */
 import { RENAME_NOREPLACE } from '../sys/fs';
 import type { Reader, Writer } from './chain-io';
@@ -51,6 +53,7 @@ import {
   fuse_getattr_in,
   fuse_getxattr_in,
   fuse_getxattr_out,
+  fuse_interrupt_in,
   fuse_link_in,
   fuse_lk_in,
   fuse_lk_out,
@@ -80,65 +83,69 @@ import { DirReply, replyAttr, replyEntry, replyOpen, replyStatfs, replyStatx } f
 /** Where security contexts arrive, once INIT agreed on FUSE_SECURITY_CTX. */
 export type SecctxFormat = 'none' | 'after-args' | 'extension';
 
-/** One decoded request as handlers see it; it is also the caller's Context. */
-export class Request implements Context {
-  opcode = 0;
-  unique = 0n;
-  nodeid = 0;
-  uid = 0;
-  gid = 0;
-  pid = 0;
-  secctx: SecurityContext | null = null;
-  /** The request's extension area (fuse_in_header.total_extlen), if any. */
-  extensions: Buffer | null = null;
-  /** Set by the session at INIT. */
-  secctxFormat: SecctxFormat = 'none';
-  setxattrExt = false;
-  private controller: AbortController | null = null;
+/** What INIT agreed on that changes how later requests are decoded. */
+export interface Negotiated {
+  readonly secctxFormat: SecctxFormat;
+  readonly setxattrExt: boolean;
+}
 
+/** The session's own opcodes (INIT, INTERRUPT, DESTROY) and the interrupt registry. */
+export interface SessionControl {
+  init(req: Request): void;
+  interrupt(unique: bigint): void;
+  destroy(): void;
+  /** A signal that fires if the guest interrupts the request now being served (FUSE_INTERRUPT) or the session ends. */
+  interruptSignal(): AbortSignal;
+}
+
+/**
+ * One decoded request as handlers see it; it is also the caller's Context.
+ * One object per request, never reused: a handler that waits may keep it (and
+ * its Reader and Writer) for as long as it likes.
+ */
+export class Request implements Context {
   constructor(
+    readonly opcode: number,
+    readonly unique: bigint,
+    readonly nodeid: number,
+    readonly uid: number,
+    readonly gid: number,
+    readonly pid: number,
+    /** The request's extension area (fuse_in_header.total_extlen), if any. */
+    readonly extensions: Buffer | null,
     /** The request's arguments, after fuse_in_header (and before any extensions). */
     readonly args: Reader,
     /** The reply body, after the space left for fuse_out_header. */
     readonly reply: Writer,
+    readonly negotiated: Negotiated,
+    readonly session: SessionControl,
   ) {}
 
-  /** Starts a new request. */
-  reset(opcode: number, unique: bigint, nodeid: number, uid: number, gid: number, pid: number, extensions: Buffer | null): void {
-    this.opcode = opcode;
-    this.unique = unique;
-    this.nodeid = nodeid;
-    this.uid = uid;
-    this.gid = gid;
-    this.pid = pid;
-    this.extensions = extensions;
-    this.secctx = null;
-    this.controller = null;
+  get secctxFormat(): SecctxFormat {
+    return this.negotiated.secctxFormat;
   }
 
-  /** A signal that fires if the guest interrupts this request (FUSE_INTERRUPT) or the session ends. */
+  /** A signal that fires if the guest interrupts this request (FUSE_INTERRUPT) or the session ends. Only while the handler runs synchronously. */
   interruptSignal(): AbortSignal {
-    this.controller ??= new AbortController();
-    return this.controller.signal;
-  }
-
-  /** The controller behind interruptSignal(), if a handler asked for one. */
-  takeController(): AbortController | null {
-    const c = this.controller;
-    this.controller = null;
-    return c;
-  }
-
-  /** The caller's ids, detached from this reused object (for operations that wait). */
-  snapshot(): Context {
-    return { uid: this.uid, gid: this.gid, pid: this.pid };
+    return this.session.interruptSignal();
   }
 }
 
-/** Returned by handlers of requests that get no reply (FORGET, BATCH_FORGET). */
-export const NO_REPLY = Symbol('no reply');
+/** The caller's ids with the label a creating request carries. */
+function labelled(req: Request, secctx: SecurityContext | null): Context {
+  return { uid: req.uid, gid: req.gid, pid: req.pid, secctx };
+}
 
-type Handler = (fs: FileSystem, req: Request) => void | typeof NO_REPLY | Promise<void>;
+type Handler = (fs: FileSystem, req: Request) => void | Promise<void>;
+
+/** One opcode's row: its handler and how the session frames it. */
+export interface OpcodeEntry {
+  readonly handler: Handler;
+  /** The kernel never waits for an answer (FORGET, BATCH_FORGET, INTERRUPT): none is sent, not even an error. */
+  readonly noReply?: boolean;
+  /** Served before INIT (INIT itself, INTERRUPT); everything else answers EIO until then (or nothing, if noReply). */
+  readonly beforeInit?: boolean;
+}
 
 /* ---------------- argument helpers ---------------- */
 
@@ -228,6 +235,11 @@ function replyXattr(req: Request, size: number, result: number | Buffer): void {
   else req.reply.writeBytes(result as Buffer);
 }
 
+/** Runs `then` on the operation's result, now or once its promise settles (operations on the thread pool). */
+function settled<T>(result: T | Promise<T>, then: (value: T) => void): void | Promise<void> {
+  return result instanceof Promise ? result.then(then) : then(result);
+}
+
 /* ---------------- handlers ---------------- */
 
 function readdir(fs: FileSystem, req: Request, plus: boolean): void {
@@ -248,10 +260,14 @@ function setlk(fs: FileSystem, req: Request, wait: boolean): void | Promise<void
   const a = req.args.readStruct(fuse_lk_in);
   const flock = (a.lk_flags & FUSE_LK_FLOCK) !== 0;
   if (!wait) return fs.setlk(req, req.nodeid, a.fh, a.owner, lockRange(a.lk), flock, null);
-  return fs.setlk(req.snapshot(), req.nodeid, a.fh, a.owner, lockRange(a.lk), flock, req.interruptSignal());
+  return fs.setlk(req, req.nodeid, a.fh, a.owner, lockRange(a.lk), flock, req.interruptSignal());
 }
 
 const handlers: Partial<Record<Opcode, Handler>> = {
+  [Opcode.FUSE_INIT]: (fs, req) => req.session.init(req),
+  // The interrupted request answers EINTR; one that already finished (or never waited) has nothing left to interrupt.
+  [Opcode.FUSE_INTERRUPT]: (fs, req) => req.session.interrupt(req.args.readStruct(fuse_interrupt_in).unique),
+  [Opcode.FUSE_DESTROY]: (fs, req) => req.session.destroy(),
   [Opcode.FUSE_LOOKUP]: (fs, req) => {
     // LOOKUP may name `.` and `..` (FUSE_EXPORT_SUPPORT); the file system keeps `..` inside the share.
     const name = readName(req, DOTS.lookup);
@@ -260,7 +276,6 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_FORGET]: (fs, req) => {
     fs.forget(req.nodeid, req.args.readStruct(fuse_forget_in).nlookup);
-    return NO_REPLY;
   },
   [Opcode.FUSE_BATCH_FORGET]: (fs, req) => {
     const { count } = req.args.readStruct(fuse_batch_forget_in);
@@ -270,7 +285,6 @@ const handlers: Partial<Record<Opcode, Handler>> = {
       const one = req.args.readStruct(fuse_forget_one);
       fs.forget(one.nodeid, one.nlookup);
     }
-    return NO_REPLY;
   },
   [Opcode.FUSE_GETATTR]: (fs, req) => {
     const a = req.args.readStruct(fuse_getattr_in);
@@ -293,22 +307,19 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     const target = req.args.readCString(PATH_MAX, Errno.ENAMETOOLONG);
     endOfCreate(req);
     if (target.length === 1) fail(Errno.ENOENT);
-    req.secctx = securityContext(req);
-    replyEntry(req.reply, fs.symlink(req, target, req.nodeid, name));
+    replyEntry(req.reply, fs.symlink(labelled(req, securityContext(req)), target, req.nodeid, name));
   },
   [Opcode.FUSE_MKNOD]: (fs, req) => {
     const a = req.args.readStruct(fuse_mknod_in);
     const name = readName(req, DOTS.create);
     endOfCreate(req);
-    req.secctx = securityContext(req);
-    replyEntry(req.reply, fs.mknod(req, req.nodeid, name, a.mode, a.rdev, a.umask));
+replyEntry(req.reply, fs.mknod(labelled(req, securityContext(req)), req.nodeid, name, a.mode, a.rdev, a.umask));
   },
   [Opcode.FUSE_MKDIR]: (fs, req) => {
     const a = req.args.readStruct(fuse_mkdir_in);
     const name = readName(req, DOTS.create);
     endOfCreate(req);
-    req.secctx = securityContext(req);
-    replyEntry(req.reply, fs.mkdir(req, req.nodeid, name, a.mode, a.umask));
+    replyEntry(req.reply, fs.mkdir(labelled(req, securityContext(req)), req.nodeid, name, a.mode, a.umask));
   },
   [Opcode.FUSE_UNLINK]: (fs, req) => {
     const name = readName(req, DOTS.unlink);
@@ -339,13 +350,13 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_READ]: (fs, req) => {
     const a = req.args.readStruct(fuse_read_in);
     const size = Math.min(ioSize(a.size), req.reply.remaining);
-    fs.read(req, req.nodeid, a.fh, req.reply, size, fileRange(a.offset, size));
+    return settled(fs.read(req, req.nodeid, a.fh, req.reply, size, fileRange(a.offset, size)), () => undefined);
   },
   [Opcode.FUSE_WRITE]: (fs, req) => {
     const a = req.args.readStruct(fuse_write_in);
     if (ioSize(a.size) > req.args.remaining) fail(Errno.EINVAL);
     const written = fs.write(req, req.nodeid, a.fh, req.args, a.size, fileRange(a.offset, a.size), a.write_flags, a.flags);
-    req.reply.writeStruct(fuse_write_out, { size: written });
+    return settled(written, (size) => req.reply.writeStruct(fuse_write_out, { size }));
   },
   [Opcode.FUSE_STATFS]: (fs, req) => replyStatfs(req.reply, fs.statfs(req, req.nodeid)),
   [Opcode.FUSE_RELEASE]: (fs, req) => {
@@ -354,7 +365,7 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_FSYNC]: (fs, req) => {
     const a = req.args.readStruct(fuse_fsync_in);
-    fs.fsync(req, req.nodeid, a.fh, (a.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);
+    return fs.fsync(req, req.nodeid, a.fh, (a.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);
   },
   [Opcode.FUSE_FLUSH]: (fs, req) => {
     const a = req.args.readStruct(fuse_flush_in);
@@ -370,15 +381,14 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_FSYNCDIR]: (fs, req) => {
     const a = req.args.readStruct(fuse_fsync_in);
-    fs.fsyncdir(req, req.nodeid, a.fh, (a.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);
+    return fs.fsyncdir(req, req.nodeid, a.fh, (a.fsync_flags & FUSE_FSYNC_FDATASYNC) !== 0);
   },
   [Opcode.FUSE_ACCESS]: (fs, req) => fs.access(req, req.nodeid, req.args.readStruct(fuse_access_in).mask),
   [Opcode.FUSE_CREATE]: (fs, req) => {
     const a = req.args.readStruct(fuse_create_in);
     const name = readName(req, DOTS.open);
     endOfCreate(req);
-    req.secctx = securityContext(req);
-    const [entry, opened] = fs.create(req, req.nodeid, name, a.mode, a.flags, a.umask, a.open_flags);
+    const [entry, opened] = fs.create(labelled(req, securityContext(req)), req.nodeid, name, a.mode, a.flags, a.umask, a.open_flags);
     replyEntry(req.reply, entry);
     replyOpen(req.reply, opened);
   },
@@ -388,14 +398,13 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     // name), never use it.
     req.args.readCString(NAME_MAX + 1, Errno.ENAMETOOLONG);
     endOfCreate(req);
-    req.secctx = securityContext(req);
-    const [entry, opened] = fs.tmpfile(req, req.nodeid, a.mode, a.flags, a.umask);
+    const [entry, opened] = fs.tmpfile(labelled(req, securityContext(req)), req.nodeid, a.mode, a.flags, a.umask);
     replyEntry(req.reply, entry);
     replyOpen(req.reply, opened);
   },
 
   [Opcode.FUSE_SETXATTR]: (fs, req) => {
-    const a = req.setxattrExt ? req.args.readStruct(fuse_setxattr_in) : { ...req.args.readStruct(fuse_setxattr_in_compat), setxattr_flags: 0 };
+    const a = req.negotiated.setxattrExt ? req.args.readStruct(fuse_setxattr_in) : { ...req.args.readStruct(fuse_setxattr_in_compat), setxattr_flags: 0 };
     const name = readXattrName(req);
     // As setxattr(2): a value past XATTR_SIZE_MAX is E2BIG, refused before anything is copied.
     if (a.size > XATTR_SIZE_MAX) fail(Errno.E2BIG);
@@ -429,7 +438,7 @@ const handlers: Partial<Record<Opcode, Handler>> = {
 
   [Opcode.FUSE_FALLOCATE]: (fs, req) => {
     const a = req.args.readStruct(fuse_fallocate_in);
-    fs.fallocate(req, req.nodeid, a.fh, fileRange(a.offset, a.length), a.length, a.mode);
+    return fs.fallocate(req, req.nodeid, a.fh, fileRange(a.offset, a.length), a.length, a.mode);
   },
   [Opcode.FUSE_LSEEK]: (fs, req) => {
     const a = req.args.readStruct(fuse_lseek_in);
@@ -440,16 +449,16 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     const a = req.args.readStruct(fuse_copy_file_range_in);
     const len = Math.min(a.len, Number.MAX_SAFE_INTEGER);
     const copied = fs.copyFileRange(req, req.nodeid, a.fh_in, fileRange(a.off_in, 0), a.nodeid_out, a.fh_out, fileRange(a.off_out, 0), len, a.flags);
-    req.reply.writeStruct(fuse_write_out, { size: copied });
+    return settled(copied, (size) => req.reply.writeStruct(fuse_write_out, { size }));
   },
   [Opcode.FUSE_SYNCFS]: (fs, req) => {
     req.args.readStruct(fuse_syncfs_in);
-    fs.syncfs(req, req.nodeid);
+    return fs.syncfs(req, req.nodeid);
   },
 
   [Opcode.FUSE_SETUPMAPPING]: (fs, req) => {
     const a = req.args.readStruct(fuse_setupmapping_in);
-    return fs.setupmapping(req.snapshot(), req.nodeid, a.fh, { foffset: a.foffset, len: a.len, flags: a.flags, moffset: a.moffset });
+    return fs.setupmapping(req, req.nodeid, a.fh, { foffset: a.foffset, len: a.len, flags: a.flags, moffset: a.moffset });
   },
   [Opcode.FUSE_REMOVEMAPPING]: (fs, req) => {
     const { count } = req.args.readStruct(fuse_removemapping_in);
@@ -457,22 +466,21 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     if (count === 0 || count > FUSE_REMOVEMAPPING_MAX_ENTRY || count > Math.floor(req.args.remaining / fuse_removemapping_one.size)) fail(Errno.EINVAL);
     const ranges: WindowRange[] = [];
     for (let i = 0; i < count; i++) ranges.push(req.args.readStruct(fuse_removemapping_one));
-    return fs.removemapping(req.snapshot(), ranges);
+    return fs.removemapping(req, ranges);
   },
 };
 
-/**
- * Runs the handler for `req.opcode` against `fs`: the reply body is left in
- * `req.reply`. Throws an errno-carrying error (ENOSYS for opcodes without a
- * handler), returns NO_REPLY, or a Promise for requests that wait.
- */
-export function dispatch(fs: FileSystem, req: Request): void | typeof NO_REPLY | Promise<void> {
-  const handler = handlers[req.opcode as Opcode];
-  if (!handler) fail(Errno.ENOSYS);
-  return handler(fs, req);
-}
+/** Every opcode we serve: its handler and framing flags. Opcodes not here answer ENOSYS. */
+export const OPCODES: ReadonlyMap<number, OpcodeEntry> = new Map(
+  (Object.entries(handlers) as [string, Handler][]).map(([opcode, handler]) => {
+    const op = Number(opcode);
+    const noReply = op === Opcode.FUSE_FORGET || op === Opcode.FUSE_BATCH_FORGET || op === Opcode.FUSE_INTERRUPT;
+    const beforeInit = op === Opcode.FUSE_INIT || op === Opcode.FUSE_INTERRUPT;
+    return [op, { handler, noReply, beforeInit }];
+  }),
+);
 
-/** Requests the kernel never waits on: no reply, not even an error. */
+/** Requests the kernel never waits on: no reply, not even an error (unknown opcodes get ENOSYS). */
 export function expectsNoReply(opcode: number): boolean {
-  return opcode === Opcode.FUSE_FORGET || opcode === Opcode.FUSE_BATCH_FORGET || opcode === Opcode.FUSE_INTERRUPT;
+  return OPCODES.get(opcode)?.noReply === true;
 }

@@ -180,14 +180,14 @@ export class FileSystem {
     return fail(Errno.ENOSYS);
   }
   /** Reads up to `size` bytes at `offset` straight into the reply; returns the bytes read. */
-  read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
+  read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
     return fail(Errno.ENOSYS);
   }
   /**
    * Writes `size` bytes at `offset` straight from the request; returns the
    * bytes written. `writeFlags` are FUSE_WRITE_*, `fileFlags` the guest file's open flags.
    */
-  write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number {
+  write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number | Promise<number> {
     return fail(Errno.ENOSYS);
   }
   statfs(ctx: Context, nodeid: number): StatVfs {
@@ -200,7 +200,7 @@ export class FileSystem {
   flush(ctx: Context, nodeid: number, fh: number, lockOwner: bigint): void {
     fail(Errno.ENOSYS);
   }
-  fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
+  fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
     fail(Errno.ENOSYS);
   }
   opendir(ctx: Context, nodeid: number, flags: number): Opened {
@@ -212,7 +212,7 @@ export class FileSystem {
   releasedir(ctx: Context, nodeid: number, fh: number): void {
     fail(Errno.ENOSYS);
   }
-  fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
+  fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
     fail(Errno.ENOSYS);
   }
   access(ctx: Context, nodeid: number, mask: number): void {
@@ -255,17 +255,17 @@ export class FileSystem {
     return fail(Errno.ENOSYS);
   }
 
-  fallocate(ctx: Context, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
+  fallocate(ctx: Context, nodeid: number, fh: number, offset: number, length: number, mode: number): void | Promise<void> {
     fail(Errno.ENOSYS);
   }
   lseek(ctx: Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
     return fail(Errno.ENOSYS);
   }
   /** Copies up to `len` bytes between two open files; returns the bytes copied. */
-  copyFileRange(ctx: Context, nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number {
+  copyFileRange(ctx: Context, nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number | Promise<number> {
     return fail(Errno.ENOSYS);
   }
-  syncfs(ctx: Context, nodeid: number): void {
+  syncfs(ctx: Context, nodeid: number): void | Promise<void> {
     fail(Errno.ENOSYS);
   }
 

@@ -54,6 +54,13 @@ const DOT = Buffer.from('.\0');
  * a short copy and continues, as the call allows.
  */
 const MAX_COPY_CHUNK = 64 * 1024 * 1024;
+/**
+ * With --thread-pool-size, READ and WRITE of at least this many bytes run on
+ * libuv's thread pool; smaller ones always on the event loop, where a
+ * page-cache copy of a few KiB costs less than the hop to a pool thread and
+ * back (docs/benchmarks.md measures both).
+ */
+export const ASYNC_MIN_BYTES = 64 * 1024;
 /** CREATE retries when the name it found existing is gone again by the time it is looked up. */
 const MAX_CREATE_ATTEMPTS = 3;
 
@@ -66,10 +73,15 @@ const MAX_CREATE_ATTEMPTS = 3;
 const PASSED_OPEN_FLAGS = O_ACCMODE | O_APPEND | O_TRUNC | O_DSYNC | O_SYNC | O_NOATIME | O_DIRECT | O_LARGEFILE;
 
 export class FileOps {
+  /** READ/WRITE on the thread pool (see PassthroughOptions.threadPoolSize). */
+  private readonly poolIo: boolean;
+
   constructor(
     private readonly core: PassthroughCore,
     private readonly locks: LockTable,
-  ) {}
+  ) {
+    this.poolIo = (core.options.threadPoolSize ?? 0) > 0;
+  }
 
   open(nodeid: number, flags: number, openFlags: number): Opened {
     const { core } = this;
@@ -122,11 +134,13 @@ export class FileOps {
     return this.openedNew(ctx, fd, hostFlags & O_ACCMODE, () => undefined);
   }
 
-  read(nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
-    return into.writeFromFile(this.core.handles.get(fh, nodeid, 'file').fd, size, offset);
+  read(nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
+    const fd = this.core.handles.get(fh, nodeid, 'file').fd;
+    if (!this.poolIo || size < ASYNC_MIN_BYTES) return into.writeFromFile(fd, size, offset);
+    return onPool(fd, (own) => into.writeFromFileAsync(own, size, offset));
   }
 
-  write(nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number {
+  write(nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number | Promise<number> {
     const { core } = this;
     const handle = core.handles.get(fh, nodeid, 'file');
     // The handle's access mode was fixed at open; write_in.flags is the guest's word and never widens it.
@@ -136,8 +150,10 @@ export class FileOps {
     const append = fileFlags & O_APPEND && !(writeFlags & FUSE_WRITE_CACHE) && !core.has(FUSE_WRITEBACK_CACHE);
     const fd = append ? this.appendFd(handle) : handle.fd;
     const write = (): number => from.readToFile(fd, size, offset);
+    // Dropping CAP_FSETID is per thread: such a write stays on this one.
     if (writeFlags & FUSE_WRITE_KILL_SUIDGID && core.has(FUSE_HANDLE_KILLPRIV_V2)) return core.credentials.withoutFsetid(write);
-    return write();
+    if (!this.poolIo || size < ASYNC_MIN_BYTES) return write();
+    return onPool(fd, (own) => from.readToFileAsync(own, size, offset));
   }
 
   flush(nodeid: number, fh: number, lockOwner: bigint): void {
@@ -148,8 +164,9 @@ export class FileOps {
     this.locks.releaseOwner(nodeid, lockOwner);
   }
 
-  fsync(nodeid: number, fh: number, datasync: boolean, kind: 'file' | 'dir'): void {
-    syncFd(this.core.handles.get(fh, nodeid, kind).fd, datasync);
+  /** fsync(2) may wait for the disk: always on the pool. */
+  fsync(nodeid: number, fh: number, datasync: boolean, kind: 'file' | 'dir'): Promise<void> {
+    return onPool(this.core.handles.get(fh, nodeid, kind).fd, (own) => syncFdAsync(own, datasync));
   }
 
   release(nodeid: number, fh: number, releaseFlags: number, lockOwner: bigint): void {
@@ -299,7 +316,29 @@ export class FileOps {
   }
 }
 
-function syncFd(fd: number, datasync: boolean): void {
-  if (datasync) nodefs.fdatasyncSync(fd);
-  else nodefs.fsyncSync(fd);
+function syncFdAsync(fd: number, datasync: boolean): Promise<void> {
+  return new Promise((resolve, reject) => (datasync ? nodefs.fdatasync : nodefs.fsync)(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/**
+ * Runs `io` on libuv's thread pool over a private duplicate of `fd`, closed
+ * once `io` settles. The guest may RELEASE the handle (or the session may be
+ * reset) while the pool still works on it: the handle's own fd is then closed
+ * at once, and its number may be reused by the next open, but the duplicate
+ * keeps this operation on the file it was asked for. A dup shares the open
+ * file description, so OFD and flock locks are untouched by its close.
+ */
+function onPool<T>(fd: number, io: (own: number) => Promise<T>): Promise<T> {
+  const own = dup(fd);
+  let result: Promise<T>;
+  try {
+    result = io(own);
+  } catch (err) {
+    close(own);
+    throw err;
+  }
+  // Closed on the pool as well: the last close of a released file may flush (NFS) and wait.
+  const release = (): void => nodefs.close(own, () => undefined);
+  result.then(release, release);
+  return result;
 }

@@ -126,7 +126,7 @@ export class PassthroughFs extends FileSystem {
     this.locks = new LockTable((nodeid) => this.openForLocks(nodeid));
     this.files = new FileOps(this.core, this.locks);
     this.core.extraFds = () => this.locks.fdCount;
-    this.dax = options.dax ? new DaxSupport(options.dax, (msg) => this.core.log('warn', msg)) : null;
+    this.dax = options.dax ? new DaxSupport({ ...options.dax, readonlyShare: options.readonly === true }, (msg) => this.core.log('warn', msg)) : null;
     if (this.dax) this.core.daxFlags = (st) => this.dax!.attrFlags(st);
   }
 
@@ -324,32 +324,32 @@ export class PassthroughFs extends FileSystem {
   override tmpfile(ctx: Context, parent: number, mode: number, flags: number, umask: number): [Entry, Opened] {
     return this.files.tmpfile(ctx, this.core.inodes.get(parent), mode, flags, umask);
   }
-  override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
+  override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
     return this.files.read(nodeid, fh, into, size, offset);
   }
-  override write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number {
+  override write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number | Promise<number> {
     return this.files.write(nodeid, fh, from, size, offset, writeFlags, fileFlags);
   }
   override flush(ctx: Context, nodeid: number, fh: number, lockOwner: bigint): void {
     this.files.flush(nodeid, fh, lockOwner);
   }
-  override fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
-    this.files.fsync(nodeid, fh, datasync, 'file');
+  override fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
+    return this.files.fsync(nodeid, fh, datasync, 'file');
   }
   override release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number, lockOwner: bigint): void {
     this.files.release(nodeid, fh, releaseFlags, lockOwner);
   }
-  override fallocate(ctx: Context, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
-    this.files.fallocate(nodeid, fh, offset, length, mode);
+  override fallocate(ctx: Context, nodeid: number, fh: number, offset: number, length: number, mode: number): void | Promise<void> {
+    return this.files.fallocate(nodeid, fh, offset, length, mode);
   }
   override lseek(ctx: Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
     return this.files.lseek(nodeid, fh, offset, whence);
   }
-  override copyFileRange(ctx: Context, nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number {
+  override copyFileRange(ctx: Context, nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number | Promise<number> {
     return this.files.copyFileRange(nodeidIn, fhIn, offIn, nodeidOut, fhOut, offOut, len, flags);
   }
-  override syncfs(ctx: Context, nodeid: number): void {
-    this.files.syncfs(this.core.inodes.get(nodeid));
+  override syncfs(ctx: Context, nodeid: number): void | Promise<void> {
+    return this.files.syncfs(this.core.inodes.get(nodeid));
   }
 
   /* ---------------- directories ---------------- */
@@ -412,8 +412,8 @@ export class PassthroughFs extends FileSystem {
     this.core.handles.release(fh, nodeid, 'dir');
   }
 
-  override fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
-    this.files.fsync(nodeid, fh, datasync, 'dir');
+  override fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
+    return this.files.fsync(nodeid, fh, datasync, 'dir');
   }
 
   /* ---------------- extended attributes ---------------- */
@@ -463,7 +463,7 @@ export class PassthroughFs extends FileSystem {
     // The daemon opens as root: a writable mapping is checked against the caller like ACCESS(W_OK).
     if (writable) this.access(ctx, nodeid, W_OK);
     // Linux names the file by nodeid (fh is -1): open it as the mapping needs.
-    const fd = this.core.reopen(inode, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    const fd = this.dax.openForMapping((flags) => this.core.reopen(inode, flags), writable);
     return this.dax.setup(nodeid, fd, mapping);
   }
 

@@ -72,14 +72,14 @@ export class ReadOnlyFs extends FileSystem {
     if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) fail(Errno.EROFS);
     return this.inner.open(ctx, nodeid, flags, openFlags);
   }
-  override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number {
+  override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
     return this.inner.read(ctx, nodeid, fh, into, size, offset);
   }
   override flush(ctx: Context, nodeid: number, fh: number, lockOwner: bigint): void {
     this.inner.flush(ctx, nodeid, fh, lockOwner);
   }
-  override fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
-    this.inner.fsync(ctx, nodeid, fh, datasync);
+  override fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
+    return this.inner.fsync(ctx, nodeid, fh, datasync);
   }
   override release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number, lockOwner: bigint): void {
     this.inner.release(ctx, nodeid, fh, flags, releaseFlags, lockOwner);
@@ -87,8 +87,8 @@ export class ReadOnlyFs extends FileSystem {
   override lseek(ctx: Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
     return this.inner.lseek(ctx, nodeid, fh, offset, whence);
   }
-  override syncfs(ctx: Context, nodeid: number): void {
-    this.inner.syncfs(ctx, nodeid);
+  override syncfs(ctx: Context, nodeid: number): void | Promise<void> {
+    return this.inner.syncfs(ctx, nodeid);
   }
 
   override opendir(ctx: Context, nodeid: number, flags: number): Opened {
@@ -100,8 +100,8 @@ export class ReadOnlyFs extends FileSystem {
   override releasedir(ctx: Context, nodeid: number, fh: number): void {
     this.inner.releasedir(ctx, nodeid, fh);
   }
-  override fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void {
-    this.inner.fsyncdir(ctx, nodeid, fh, datasync);
+  override fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
+    return this.inner.fsyncdir(ctx, nodeid, fh, datasync);
   }
 
   override getxattr(ctx: Context, nodeid: number, name: Buffer, size: number): number | Buffer {

@@ -1,14 +1,17 @@
 /**
  * One FUSE connection as the virtqueue code sees it: a descriptor chain in, a
- * used length out (or a promise of it, for requests that wait). The session
- * frames requests and replies (in/out headers), owns the INIT/DESTROY state,
- * tracks waiting requests so FUSE_INTERRUPT can cancel them, and turns every
- * failure into an errno reply, so nothing a guest sends can throw out of
- * handle().
+ * used length out (or a promise of it, for requests that wait or run on the
+ * thread pool). The session frames requests and replies (in/out headers),
+ * gives every request its own immutable context (Request, Reader, Writer),
+ * owns the INIT/DESTROY state, tracks waiting requests so FUSE_INTERRUPT can
+ * cancel them, and turns every failure into an errno reply, so nothing a
+ * guest sends can throw out of handle(). Replies of requests that finish
+ * later are matched by their own chain, in whatever order they finish.
  */
 import type { DaxMapper } from '../dax-mapper/dax-mapper';
+import { metrics } from '../metrics';
 import { Reader, Writer } from './chain-io';
-import { NO_REPLY, Request, dispatch, expectsNoReply } from './dispatcher';
+import { type Negotiated, OPCODES, Request, type SessionControl } from './dispatcher';
 import { Errno, errnoOf, fail, isExpectedError } from './errors';
 import type { FileSystem } from './filesystem';
 import { IdMap } from './id-map';
@@ -27,7 +30,6 @@ import {
   fuse_in_header,
   fuse_init_in,
   fuse_init_out,
-  fuse_interrupt_in,
   fuse_out_header,
   fuse_write_in,
 } from './protocol';
@@ -68,18 +70,21 @@ function maxRequestLength(opcode: number): number {
   return opcode === Opcode.FUSE_WRITE ? MAX_WRITE_REQUEST_LEN : MAX_REQUEST_LEN;
 }
 
-export class FuseSession {
+const NOT_NEGOTIATED: Negotiated = { secctxFormat: 'none', setxattrExt: false };
+
+export class FuseSession implements SessionControl {
   private readonly passthrough: PassthroughFs;
   private readonly fs: FileSystem;
   private readonly log: (level: LogLevel, msg: string) => void;
-  // Reused for every request: handle() decodes everything it needs before it returns.
-  private readonly reader = new Reader();
-  private readonly writer = new Writer();
-  private readonly request = new Request(this.reader, this.writer);
-  private readonly outHeader = Buffer.alloc(fuse_out_header.size);
   /** Requests that wait (SETLKW ...), by unique, so FUSE_INTERRUPT and DESTROY can cancel them. */
   private readonly waiting = new Map<bigint, AbortController>();
+  /** Every waiting request's controller, also those whose unique a later request reused (DESTROY cancels them all). */
+  private readonly live = new Set<AbortController>();
+  /** The controller the handler now running asked for (interruptSignal), taken by serve() once it returns. */
+  private asked: AbortController | null = null;
   private initialized = false;
+  /** What INIT agreed on; replaced (never changed) by the next INIT, so requests in flight keep theirs. */
+  private negotiated: Negotiated = NOT_NEGOTIATED;
 
   /** Opens the shared directory; throws if it cannot be served (bad xattrmap or id map, mandatory file handles ...). */
   constructor(options: FuseSessionOptions) {
@@ -97,14 +102,14 @@ export class FuseSession {
   /** Inodes the guest holds (the root included), open handles, lock descriptions and waiting requests. */
   get stats(): { inodes: number; handles: number; lockFds: number; waiting: number } {
     const p = this.passthrough;
-    return { inodes: p.inodeCount, handles: p.handleCount, lockFds: p.lockFdCount, waiting: this.waiting.size };
+    return { inodes: p.inodeCount, handles: p.handleCount, lockFds: p.lockFdCount, waiting: this.live.size };
   }
 
   /**
    * Serves one request. `readable`/`writable` are the chain's device-readable and
    * device-writable buffers, in order. Returns the bytes written into `writable`,
    * 0 for requests without a reply or too malformed to answer, or a promise of
-   * that for requests that wait. Never throws; the promise never rejects.
+   * that for requests that finish later. Never throws; the promise never rejects.
    */
   handle(readable: Buffer[], writable: Buffer[]): number | Promise<number> {
     try {
@@ -121,8 +126,7 @@ export class FuseSession {
     this.cancelWaiting();
     this.fs.destroy();
     this.initialized = false;
-    this.request.secctxFormat = 'none';
-    this.request.setxattrExt = false;
+    this.negotiated = NOT_NEGOTIATED;
   }
 
   /** Releases everything, the shared directory's fd included; the session is unusable afterwards. */
@@ -133,22 +137,26 @@ export class FuseSession {
   }
 
   private serve(readable: Buffer[], writable: Buffer[]): number | Promise<number> {
-    const r = this.reader.reset(readable);
+    const t0 = process.hrtime.bigint();
+    const r = new Reader().reset(readable);
     if (r.remaining < fuse_in_header.size) {
       this.log('warn', `FUSE request of ${r.remaining} bytes has no header; dropped`);
       return 0;
     }
     const chainLength = r.remaining;
     const header = r.readStruct(fuse_in_header);
-    const w = this.writer.reset(writable);
+    const entry = OPCODES.get(header.opcode);
+    const noReply = entry?.noReply === true;
+    const w = new Writer().reset(writable);
     // FORGETs arrive on the high-priority queue without any writable buffer: they still count.
-    if (w.remaining < fuse_out_header.size && !expectsNoReply(header.opcode)) {
+    if (w.remaining < fuse_out_header.size && !noReply) {
       this.log('warn', `FUSE ${opName(header.opcode)} request ${header.unique} has no room for a reply; dropped`);
       return 0;
     }
-    if (!expectsNoReply(header.opcode)) w.skip(fuse_out_header.size);
+    if (!noReply) w.skip(fuse_out_header.size);
 
     let errno = 0;
+    let controller: AbortController | null = null;
     try {
       // The header's len, not the chain, delimits the request: a chain whose descriptors all repeat
       // one large block can be gigabytes long, and nothing past a bounded len is ever looked at.
@@ -158,11 +166,27 @@ export class FuseSession {
       if (argsLength < 0) fail(Errno.EINVAL);
       const extensions = extLength > 0 ? r.peekBytes(argsLength, extLength) : null;
       r.limit(argsLength);
-      const result = this.run(header, extensions);
-      if (result === NO_REPLY) return 0;
-      if (result instanceof Promise) return this.answerLater(result, writable, header);
+      if (!this.initialized && !entry?.beforeInit) {
+        if (noReply) return this.noReply(header, t0);
+        fail(Errno.EIO);
+      }
+      if (!entry) fail(Errno.ENOSYS);
+      const req = new Request(header.opcode, header.unique, header.nodeid, header.uid, header.gid, header.pid, extensions, r, w, this.negotiated, this);
+      let result: void | Promise<void>;
+      try {
+        result = entry.handler(this.fs, req);
+      } finally {
+        controller = this.asked;
+        this.asked = null;
+      }
+      if (result instanceof Promise) {
+        // A request that asked for an interrupt signal and waits can be interrupted until it settles.
+        if (controller) this.register(header.unique, controller, result);
+        return this.answerLater(result, w, writable, header, t0);
+      }
+      if (noReply) return this.noReply(header, t0);
     } catch (err) {
-      if (expectsNoReply(header.opcode)) return 0;
+      if (noReply) return this.noReply(header, t0);
       errno = errnoOf(err);
       if (!isExpectedError(err)) this.log('error', `FUSE ${opName(header.opcode)} failed: ${describe(err)}`);
       // Whatever the handler wrote is discarded: an error reply is the header alone.
@@ -171,95 +195,114 @@ export class FuseSession {
     } finally {
       this.fs.endRequest();
     }
-    return this.finish(w, header.unique, errno);
+    return this.finish(w, header, errno, t0);
   }
 
-  private run(header: InHeader, extensions: Buffer | null): void | typeof NO_REPLY | Promise<void> {
-    switch (header.opcode) {
-      case Opcode.FUSE_INIT:
-        return this.init();
-      case Opcode.FUSE_INTERRUPT:
-        // The interrupted request answers EINTR; INTERRUPT itself gets no reply. One that already
-        // finished (or never waited) has nothing left to interrupt.
-        this.waiting.get(this.reader.readStruct(fuse_interrupt_in).unique)?.abort();
-        return NO_REPLY;
-    }
-    if (!this.initialized) {
-      if (expectsNoReply(header.opcode)) return NO_REPLY;
-      fail(Errno.EIO);
-    }
-    if (header.opcode === Opcode.FUSE_DESTROY) {
-      this.reset();
-      return;
-    }
-    const req = this.request;
-    req.reset(header.opcode, header.unique, header.nodeid, header.uid, header.gid, header.pid, extensions);
-    const result = dispatch(this.fs, req);
-    const controller = req.takeController();
-    if (result instanceof Promise && controller) {
-      this.waiting.set(header.unique, controller);
-      const forget = (): void => void this.waiting.delete(header.unique);
-      result.then(forget, forget);
-    }
-    return result;
-  }
-
-  /** Writes the reply header of a waiting request once it settles. The writable buffers stay the chain's until then. */
-  private async answerLater(result: Promise<void>, writable: Buffer[], header: InHeader): Promise<number> {
+  /** Writes the reply header of a request that finished later, into its own chain. */
+  private async answerLater(result: Promise<void>, w: Writer, writable: Buffer[], header: InHeader, t0: bigint): Promise<number> {
     let errno = 0;
     try {
       await result;
     } catch (err) {
       errno = errnoOf(err);
       if (!isExpectedError(err)) this.log('error', `FUSE ${opName(header.opcode)} failed: ${describe(err)}`);
+      w.reset(writable);
+      w.skip(fuse_out_header.size);
     }
     try {
-      // The session's own Writer is free here: serve() is synchronous and never holds it across an
-      // await, and this continuation only runs once the stack has unwound.
-      const w = this.writer.reset(writable);
-      w.skip(fuse_out_header.size);
-      return this.finish(w, header.unique, errno);
+      return this.finish(w, header, errno, t0);
     } catch (err) {
       this.log('error', `FUSE ${opName(header.opcode)} reply lost: ${describe(err)}`);
       return 0;
     }
   }
 
-  private finish(w: Writer, unique: bigint, errno: number): number {
-    fuse_out_header.encode({ len: w.bytesWritten, error: -errno, unique }, this.outHeader, 0);
-    w.patch(0, this.outHeader);
-    return w.bytesWritten;
+  private finish(w: Writer, header: InHeader, errno: number, t0: bigint): number {
+    const len = w.bytesWritten;
+    const out = outHeader;
+    fuse_out_header.encode({ len, error: -errno, unique: header.unique }, out, 0);
+    w.patch(0, out);
+    metrics.request(header.opcode, header.unique, header.nodeid, errno, Number(process.hrtime.bigint() - t0), payloadBytes(header, errno, len));
+    return len;
   }
 
-  private init(): void {
+  private noReply(header: InHeader, t0: bigint): number {
+    metrics.request(header.opcode, header.unique, header.nodeid, 0, Number(process.hrtime.bigint() - t0), 0);
+    return 0;
+  }
+
+  /* ---------------- SessionControl: the session's own opcodes ---------------- */
+
+  init(req: Request): void {
     if (this.initialized) {
       // A guest that re-initialises without a device reset starts over: its old references are void.
       this.log('warn', 'FUSE INIT on an initialised session: dropping its state');
       this.reset();
     }
-    const offer = this.reader.readStructPrefix(fuse_init_in, FUSE_COMPAT_INIT_IN_SIZE);
+    const offer = req.args.readStructPrefix(fuse_init_in, FUSE_COMPAT_INIT_IN_SIZE);
     if (!(offer.flags & FUSE_INIT_EXT)) offer.flags2 = 0;
     const result = negotiateInit(offer, this.fs.capabilities());
     if (result.kind === 'retry') {
-      this.writer.writeStruct(fuse_init_out, result.reply);
+      req.reply.writeStruct(fuse_init_out, result.reply);
       this.log('info', `FUSE INIT offered major ${offer.major}; answered ${result.reply.major}`);
       return;
     }
     // The file system may refuse what was agreed (a required feature missing): then INIT fails.
     this.fs.init({ minor: result.minor, flags: result.flags, flags2: result.flags2 });
-    this.writer.writeStruct(fuse_init_out, result.reply);
-    const req = this.request;
-    req.secctxFormat = result.flags2 & FUSE_SECURITY_CTX_FLAGS2 ? (result.minor >= EXTENSIONS_MINOR ? 'extension' : 'after-args') : 'none';
-    req.setxattrExt = (result.flags & FUSE_SETXATTR_EXT) !== 0;
+    req.reply.writeStruct(fuse_init_out, result.reply);
+    this.negotiated = {
+      secctxFormat: result.flags2 & FUSE_SECURITY_CTX_FLAGS2 ? (result.minor >= EXTENSIONS_MINOR ? 'extension' : 'after-args') : 'none',
+      setxattrExt: (result.flags & FUSE_SETXATTR_EXT) !== 0,
+    };
     this.initialized = true;
     this.log('info', `FUSE ${offer.major}.${result.minor} initialised, flags 0x${result.flags.toString(16)} flags2 0x${result.flags2.toString(16)}`);
   }
 
+  interrupt(unique: bigint): void {
+    this.waiting.get(unique)?.abort();
+  }
+
+  destroy(): void {
+    this.reset();
+  }
+
+  interruptSignal(): AbortSignal {
+    this.asked ??= new AbortController();
+    return this.asked.signal;
+  }
+
+  /**
+   * Makes a waiting request interruptible by its unique until it settles. A
+   * guest may reuse a unique while a request with it still waits: INTERRUPT
+   * then reaches the newest, DESTROY every one, and each removes only itself.
+   */
+  private register(unique: bigint, controller: AbortController, result: Promise<void>): void {
+    this.waiting.set(unique, controller);
+    this.live.add(controller);
+    const forget = (): void => {
+      this.live.delete(controller);
+      if (this.waiting.get(unique) === controller) this.waiting.delete(unique);
+    };
+    result.then(forget, forget);
+  }
+
   /** Every waiting request answers EINTR. */
   private cancelWaiting(): void {
-    for (const controller of this.waiting.values()) controller.abort();
+    for (const controller of this.live) controller.abort();
+    this.live.clear();
     this.waiting.clear();
   }
+}
+
+/** Encoded and patched in one synchronous call: one buffer serves every reply. */
+const outHeader = Buffer.alloc(fuse_out_header.size);
+
+/** Payload bytes a request moved, for the metrics: READ data out, WRITE data in (what the guest sent). */
+function payloadBytes(header: InHeader, errno: number, replyLen: number): number {
+  if (errno !== 0) return 0;
+  if (header.opcode === Opcode.FUSE_READ) return replyLen - fuse_out_header.size;
+  if (header.opcode === Opcode.FUSE_WRITE) return Math.max(0, header.len - fuse_in_header.size - fuse_write_in.size - header.total_extlen * EXTLEN_UNIT);
+  return 0;
 }
 
 function opName(opcode: number): string {

@@ -26,12 +26,22 @@ export interface VirtioFsExtensions {
 /**
  * The virtio-fs device: every queue feeds its chains to the FUSE server and
  * returns them used, with one call signal per batch as EVENT_IDX allows.
+ * Requests that finish later (thread-pool I/O, waits) are returned in the
+ * order they finish (split rings allow any order); their used elements are
+ * published as each completes, and the queue's signal for all that completed
+ * in one turn of the event loop is sent once, after them.
  */
 export class VirtioFsDevice implements VhostUserDevice {
   readonly maxQueues = 1 + MAX_REQUEST_QUEUES;
   readonly deviceFeatures = 0n;
   private pending = 0;
   private idleWaiters: (() => void)[] = [];
+  /** Requests in flight per queue index, and who waits for a queue to drain. */
+  private readonly pendingOn = new Map<number, number>();
+  private readonly queueWaiters = new Map<number, (() => void)[]>();
+  /** Queues with completions published but not yet signalled. */
+  private readonly unsignalled = new Set<Vring>();
+  private flushScheduled = false;
 
   constructor(
     private readonly server: FuseRequestHandler,
@@ -73,14 +83,22 @@ export class VirtioFsDevice implements VhostUserDevice {
 
   private completeLater(vring: Vring, queue: SplitVirtqueue, head: number, result: Promise<number>): void {
     this.pending++;
+    const index = vring.index;
+    this.pendingOn.set(index, (this.pendingOn.get(index) ?? 0) + 1);
     const done = (len: number): void => {
       try {
         // A ring stopped or reset meanwhile no longer belongs to this request.
         if (vring.queue === queue) {
           queue.pushUsed(head, len);
-          this.signal(vring);
+          this.signalSoon(vring);
         }
       } finally {
+        const left = this.pendingOn.get(index)! - 1;
+        if (left === 0) {
+          this.pendingOn.delete(index);
+          for (const waiter of this.queueWaiters.get(index)?.splice(0) ?? []) waiter();
+          this.queueWaiters.delete(index);
+        } else this.pendingOn.set(index, left);
         if (--this.pending === 0) for (const waiter of this.idleWaiters.splice(0)) waiter();
       }
     };
@@ -88,6 +106,35 @@ export class VirtioFsDevice implements VhostUserDevice {
       this.log('error', `queue ${vring.index}: request failed: ${err.message}`);
       done(0);
     });
+  }
+
+  /**
+   * One signal for every completion of this turn of the event loop: pool
+   * completions arrive one callback each, and the driver needs to hear of
+   * them once (EVENT_IDX then decides whether it wants to at all).
+   */
+  private signalSoon(vring: Vring): void {
+    this.unsignalled.add(vring);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      for (const v of this.unsignalled) if (v.queue) this.signal(v);
+      this.unsignalled.clear();
+    });
+  }
+
+  /** Requests of queue `index` still in flight (GET_VRING_BASE must not answer before they are done). */
+  inflightOn(index: number): number {
+    return this.pendingOn.get(index) ?? 0;
+  }
+
+  /** Runs `callback` once queue `index` has no request in flight (at once if it has none). */
+  whenQueueIdle(index: number, callback: () => void): void {
+    if (!this.pendingOn.has(index)) return callback();
+    const list = this.queueWaiters.get(index) ?? [];
+    list.push(callback);
+    this.queueWaiters.set(index, list);
   }
 
   inflight(): number {

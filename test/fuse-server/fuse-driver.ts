@@ -121,6 +121,14 @@ export class FuseDriver {
     return this.sendRaw(this.build(opcode, nodeid, parts, opts), opts.replySize);
   }
 
+  /** Like ok(), for requests that may finish later (thread-pool READ/WRITE, FSYNC). */
+  async okAsync(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Promise<Buffer> {
+    const r = await this.requestAsync(opcode, nodeid, parts, opts);
+    if (r.used === 0) throw new Error(`${Opcode[opcode]}: no reply`);
+    if (r.error !== 0) throw new Error(`${Opcode[opcode]}: error ${r.error}`);
+    return r.body;
+  }
+
   /** Like request() but throws on an error reply. */
   ok(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Buffer {
     const r = this.request(opcode, nodeid, parts, opts);

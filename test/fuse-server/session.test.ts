@@ -152,23 +152,24 @@ describe('passthrough operations', () => {
     expect(fuse.lookup(1, 'a').nodeid).toBe(fuse.lookup(1, 'b').nodeid);
   });
 
-  it('creates, writes and reads back a file, data split across buffers', () => {
+  it('creates, writes and reads back a file, data split across buffers', async () => {
     const { entry, fh, openFlags } = h.create(1, 'new.bin');
     expect(openFlags).toBe(0); // cache=auto: page cache, not kept across opens
     const data = Buffer.alloc(100_000);
     for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 3) & 0xff;
-    const w = P.fuse_write_out.decode(fuse.ok(Opcode.FUSE_WRITE, entry.nodeid, [writeIn(fh, 10, data.length), data]), 0);
+    // 100 000 bytes: on the thread pool (ASYNC_MIN_BYTES), as the FSYNC below.
+    const w = P.fuse_write_out.decode(await fuse.okAsync(Opcode.FUSE_WRITE, entry.nodeid, [writeIn(fh, 10, data.length), data]), 0);
     expect(w.size).toBe(data.length);
     expect(fs.readFileSync(path.join(dir, 'new.bin')).subarray(10).equals(data)).toBe(true);
 
-    const back = fuse.ok(Opcode.FUSE_READ, entry.nodeid, [readIn(fh, 10, 200_000)], { replySize: 16 + 200_000 });
+    const back = await fuse.okAsync(Opcode.FUSE_READ, entry.nodeid, [readIn(fh, 10, 200_000)], { replySize: 16 + 200_000 });
     expect(back.equals(data)).toBe(true);
     const tail = fuse.ok(Opcode.FUSE_READ, entry.nodeid, [readIn(fh, 100_000, 100)]);
     expect(tail.equals(data.subarray(99_990))).toBe(true);
     expect(fuse.ok(Opcode.FUSE_READ, entry.nodeid, [readIn(fh, 1 << 20, 100)]).length).toBe(0);
 
     fuse.ok(Opcode.FUSE_FLUSH, entry.nodeid, [encode(P.fuse_flush_in, { fh, lock_owner: 1n })]);
-    fuse.ok(Opcode.FUSE_FSYNC, entry.nodeid, [encode(P.fuse_fsync_in, { fh, fsync_flags: P.FUSE_FSYNC_FDATASYNC })]);
+    await fuse.okAsync(Opcode.FUSE_FSYNC, entry.nodeid, [encode(P.fuse_fsync_in, { fh, fsync_flags: P.FUSE_FSYNC_FDATASYNC })]);
     fuse.ok(Opcode.FUSE_RELEASE, entry.nodeid, [releaseIn(fh)]);
     expect(fuse.request(Opcode.FUSE_READ, entry.nodeid, [readIn(fh, 0, 1)]).error).toBe(-Errno.EBADF);
     expect(session.stats.handles).toBe(0);

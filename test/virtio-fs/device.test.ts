@@ -1,0 +1,125 @@
+/**
+ * The virtio-fs device with requests that finish later: used elements in the
+ * order requests finish, one call signal per turn of the event loop for all
+ * of them, nothing published into a ring that was stopped meanwhile, and the
+ * per-queue and device-wide idle waits GET_VRING_BASE and memory-table
+ * changes rely on.
+ */
+import * as fs from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SplitRingDriver, splitRingSizes } from '../../src/guest/split-ring-driver';
+import { close, eventfd } from '../../src/sys';
+import { type FuseRequestHandler, VirtioFsDevice } from '../../src/virtio-fs/device';
+import { SplitVirtqueue } from '../../src/vhost-user/virtqueue';
+import { Vring } from '../../src/vhost-user/vring';
+import { makeGuestMemory } from '../vhost-user/guest-ram';
+
+const UVA = 0x7f0000000000;
+const SIZE = 8;
+const DESC = 0x1000;
+const AVAIL = 0x2000;
+const USED = 0x3000;
+const EFD_NONBLOCK = 0o4000;
+
+let cleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const f of cleanup.splice(0)) f();
+});
+
+/** A FUSE server whose every request finishes when the test says so (by index, with a length). */
+class DeferredServer implements FuseRequestHandler {
+  readonly finish: ((len: number) => void)[] = [];
+  handle(): Promise<number> {
+    return new Promise((resolve) => this.finish.push(resolve));
+  }
+  reset(): void {}
+}
+
+function setup() {
+  const { memory, fds } = makeGuestMemory([{ gpa: 0, size: 1 << 20, uva: UVA }]);
+  const callFd = eventfd(0, EFD_NONBLOCK);
+  cleanup.push(() => {
+    memory.clear();
+    fds.forEach((fd) => close(fd));
+  });
+  const sizes = splitRingSizes(SIZE);
+  const view = (gpa: number, len: number) => memory.slice(gpa, len)!;
+  const driver = new SplitRingDriver(SIZE, view(DESC, sizes.desc), view(AVAIL, sizes.avail), view(USED, sizes.used), false);
+  const queue = new SplitVirtqueue(memory, SIZE, false, false);
+  queue.setAddresses(UVA + DESC, UVA + AVAIL, UVA + USED);
+  const vring = new Vring(1);
+  vring.replaceFd('callFd', callFd);
+  vring.queue = queue;
+  cleanup.push(() => vring.reset());
+  const server = new DeferredServer();
+  const logged: string[] = [];
+  const device = new VirtioFsDevice(server, (level, msg) => logged.push(`${level}: ${msg}`));
+  /** Signals the driver got since the last call (the eventfd's counter). */
+  const signals = (): number => {
+    const b = Buffer.alloc(8);
+    try {
+      fs.readSync(callFd, b, 0, 8, null);
+    } catch {
+      return 0;
+    }
+    return Number(b.readBigUInt64LE(0));
+  };
+  const submit = (i: number) => driver.add([{ addr: 0x10000 + i * 0x100, len: 64 }], [{ addr: 0x20000 + i * 0x100, len: 64 }])!;
+  return { driver, queue, vring, server, device, signals, submit };
+}
+
+const turn = () => new Promise((r) => setImmediate(r));
+
+describe('VirtioFsDevice with requests that finish later', () => {
+  it('returns chains in the order they finish, with one signal for all that finished in one turn', async () => {
+    const { driver, vring, server, device, signals, submit } = setup();
+    const heads = [0, 1, 2].map(submit);
+    device.processQueue(vring);
+    expect(server.finish.length).toBe(3);
+    expect(device.inflight()).toBe(3);
+    expect(signals()).toBe(0);
+    // The last first, then the two others in the same turn.
+    server.finish[2](30);
+    await turn();
+    await turn();
+    expect(driver.popUsed()).toEqual({ head: heads[2], len: 30 });
+    expect(signals()).toBe(1);
+    server.finish[0](10);
+    server.finish[1](20);
+    await turn();
+    await turn();
+    expect([driver.popUsed(), driver.popUsed()]).toEqual([
+      { head: heads[0], len: 10 },
+      { head: heads[1], len: 20 },
+    ]);
+    expect(signals()).toBe(1);
+    expect(device.inflight()).toBe(0);
+  });
+
+  it('publishes nothing into a ring stopped meanwhile, and lets queue and device waiters go once the work is done', async () => {
+    const { driver, vring, server, device, signals, submit } = setup();
+    submit(0);
+    device.processQueue(vring);
+    let queueIdle = false;
+    let deviceIdle = false;
+    device.whenQueueIdle(vring.index, () => (queueIdle = true));
+    device.whenIdle(() => (deviceIdle = true));
+    expect(device.inflightOn(vring.index)).toBe(1);
+    // GET_VRING_BASE stops the ring while the request is still in flight.
+    vring.stop();
+    await turn();
+    expect(queueIdle).toBe(false);
+    expect(deviceIdle).toBe(false);
+    server.finish[0](16);
+    await turn();
+    await turn();
+    expect(queueIdle).toBe(true);
+    expect(deviceIdle).toBe(true);
+    expect(driver.popUsed()).toBeNull();
+    expect(signals()).toBe(0);
+    // Waiting on an idle queue runs at once.
+    let again = false;
+    device.whenQueueIdle(vring.index, () => (again = true));
+    expect(again).toBe(true);
+  });
+});
