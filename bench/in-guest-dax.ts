@@ -64,7 +64,18 @@ export interface InGuestResult {
 }
 
 function daemonCommand(d: InGuestDaemon, socketPath: string, share: string): string[] {
-  const ours = [process.execPath, path.join(REPO_ROOT, 'bin', 'virtiofsd-ts.js'), '--socket-path', socketPath, '--shared-dir', share, '--tag', DAX_TAG, '--cache', 'auto'];
+  const ours = [
+    process.execPath,
+    path.join(REPO_ROOT, 'bin', 'virtiofsd-ts.js'),
+    '--socket-path',
+    socketPath,
+    '--shared-dir',
+    share,
+    '--tag',
+    DAX_TAG,
+    '--cache',
+    'auto',
+  ];
   switch (d) {
     case 'ours-dax':
       return [...ours, '--dax-window', '256M', '--dax-policy', 'always'];
@@ -80,7 +91,7 @@ function daemonCommand(d: InGuestDaemon, socketPath: string, share: string): str
 function prepare(share: string): void {
   fs.mkdirSync(share, { recursive: true });
   const chunk = Buffer.alloc(1 << 20);
-  for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE(i * 2654435761 >>> 0, i);
+  for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((i * 2654435761) >>> 0, i);
   const fd = fs.openSync(path.join(share, 'bench'), 'w');
   for (let off = 0; off < FILE_SIZE; off += chunk.length) fs.writeSync(fd, chunk, 0, chunk.length, off);
   fs.closeSync(fd);
@@ -194,7 +205,10 @@ export function writeDocs(res: InGuestResult): void {
   const docs = path.join(REPO_ROOT, 'docs');
   const seq4k = bestQueuePath(res, 'seqread', 4096);
   const dax4k = res.mbps['ours-dax']?.seqread[4096] ?? null;
-  const target = seq4k && dax4k != null ? `${(dax4k / seq4k.mbps).toFixed(1)}x (${fmt(dax4k)} MB/s against ${fmt(seq4k.mbps)} MB/s for ${TITLES[seq4k.daemon]})` : 'not measured';
+  const target =
+    seq4k && dax4k != null
+      ? `${(dax4k / seq4k.mbps).toFixed(1)}x (${fmt(dax4k)} MB/s against ${fmt(seq4k.mbps)} MB/s for ${TITLES[seq4k.daemon]})`
+      : 'not measured';
   const met = seq4k !== null && dax4k !== null && dax4k >= 10 * seq4k.mbps;
   const d4k = bestQueuePath(res, 'directread', 4096);
   const dd4k = res.mbps['ours-dax']?.directread?.[4096] ?? null;
@@ -218,9 +232,9 @@ export function writeDocs(res: InGuestResult): void {
     '',
     '`npx tsx bench/in-guest-dax.ts` (also callable as `runInGuestBench()`) boots a Linux 6.12 guest on',
     'QEMU 11.1 under TCG once per daemon and round, and runs `dd` (sequential) and `daxtool rand`',
-    '(pread/pwrite at random aligned offsets) in it on a 64 MiB file, after dropping the guest\'s caches:',
-    'virtiofsd-ts with DAX (`-o dax=always`, window 256 MiB), virtiofsd-ts without DAX, QEMU\'s C',
-    'virtiofsd 7.2 (on QEMU 11.1\'s `vhost-user-fs-pci`: it serves no device config) and the Rust',
+    "(pread/pwrite at random aligned offsets) in it on a 64 MiB file, after dropping the guest's caches:",
+    "virtiofsd-ts with DAX (`-o dax=always`, window 256 MiB), virtiofsd-ts without DAX, QEMU's C",
+    "virtiofsd 7.2 (on QEMU 11.1's `vhost-user-fs-pci`: it serves no device config) and the Rust",
     'virtiofsd 1.13 (both on `vhost-user-test-device-pci` otherwise), interleaved. Guest time is',
     'TCG time: every guest instruction is emulated, so absolute figures are low and the ratios are',
     'what to read. Writes stay in place (`conv=notrunc`): extending writes are FUSE_WRITEs even with DAX.',
@@ -229,7 +243,7 @@ export function writeDocs(res: InGuestResult): void {
     `([full table](benchmarks/in-guest-dax.md)). **DAX 4 KiB sequential read: ${target}**;`,
     `the target was 10x${met ? ' (met)' : ' (not met)'}. With O_DIRECT (directread, 4 KiB): ${direct}.`,
     '',
-    'Why the page-cached sequential read gains little here: under TCG the guest\'s own instructions',
+    "Why the page-cached sequential read gains little here: under TCG the guest's own instructions",
     '(the copy to user space, the syscall path) are emulated and dominate, while the daemons run',
     'natively; with the guest page cache and readahead the queue path sends one FUSE_READ per',
     '128 KiB or more, so its round trips are amortized. Where each 4 KiB costs a request (O_DIRECT,',

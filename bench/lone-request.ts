@@ -52,10 +52,30 @@ function cpu(pid: number): number {
 async function start(share: string, sock: string, out: string): Promise<RunningBackend> {
   const wrapper = process.env.WRAP?.split(' ').filter(Boolean) ?? [];
   const wrap = (cmd: string, args: string[]): [string, string[]] =>
-    strace ? ['strace', ['-c', '-f', '-o', out, cmd, ...args]] : wrapper.length ? [wrapper[0], [...wrapper.slice(1), cmd, ...args]] : [cmd, args];
+    strace
+      ? ['strace', ['-c', '-f', '-o', out, cmd, ...args]]
+      : wrapper.length
+        ? [wrapper[0], [...wrapper.slice(1), cmd, ...args]]
+        : [cmd, args];
   switch (which) {
     case 'ts':
-      return startProcess(...wrap(process.execPath, [...(process.env.BENCH_TS_NODE_ARGS?.split(' ').filter(Boolean) ?? []), tsCli, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--log-level', 'warn', ...tsArgs]), sock, socketFileExists);
+      return startProcess(
+        ...wrap(process.execPath, [
+          ...(process.env.BENCH_TS_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
+          tsCli,
+          '--socket-path',
+          sock,
+          '--shared-dir',
+          share,
+          '--cache',
+          'auto',
+          '--log-level',
+          'warn',
+          ...tsArgs,
+        ]),
+        sock,
+        socketFileExists,
+      );
     case 'c':
       return startProcess(...wrap(REFERENCE_DAEMON, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'cache=auto']), sock);
     default:
@@ -71,7 +91,12 @@ async function main(): Promise<void> {
   const sock = path.join(dir, 'sock');
   const out = path.join(dir, 'strace.txt');
   const backend = await start(share, sock, out);
-  const driver = await FuseDriver.connect(sock, { ramRegions: [64 << 20, 64 << 20], addMemRegions: true, queueSize: 128, requestQueues: 1 });
+  const driver = await FuseDriver.connect(sock, {
+    ramRegions: [64 << 20, 64 << 20],
+    addMemRegions: true,
+    queueSize: 128,
+    requestQueues: 1,
+  });
   await driver.init();
   const e = await driver.lookup(FUSE_ROOT_ID, 'f');
   const { fh } = await driver.open(e.nodeid, fs.constants.O_RDONLY);
@@ -89,7 +114,8 @@ async function main(): Promise<void> {
     // Counts include start-up; with N large they are per-request figures.
     for (const line of fs.readFileSync(out, 'utf8').split('\n').slice(2)) {
       const f = line.trim().split(/\s+/);
-      if (f.length >= 5 && /^\d/.test(f[3])) process.stdout.write(`  ${f[f.length - 1].padEnd(18)} ${(Number(f[3]) / N).toFixed(2)} per request\n`);
+      if (f.length >= 5 && /^\d/.test(f[3]))
+        process.stdout.write(`  ${f[f.length - 1].padEnd(18)} ${(Number(f[3]) / N).toFixed(2)} per request\n`);
     }
   }
   fs.rmSync(dir, { recursive: true, force: true });

@@ -94,13 +94,19 @@ const daemons: Daemon[] = [
     available: () => (fs.existsSync(tsCli) ? null : `${tsCli} is missing (npm run build)`),
     // As users run it: the default sandbox, cache=auto.
     start: (share, sock) =>
-      startProcess(process.execPath, [...tsNodeArgs, tsCli, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--log-level', 'warn', ...tsArgs], sock, socketFileExists),
+      startProcess(
+        process.execPath,
+        [...tsNodeArgs, tsCli, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--log-level', 'warn', ...tsArgs],
+        sock,
+        socketFileExists,
+      ),
   },
   {
     key: 'c',
     name: 'C virtiofsd',
     maxQueues: 1,
-    available: () => (fs.existsSync(REFERENCE_DAEMON) ? null : `${REFERENCE_DAEMON} is missing (apt-get install qemu-system-x86 on Debian 12)`),
+    available: () =>
+      fs.existsSync(REFERENCE_DAEMON) ? null : `${REFERENCE_DAEMON} is missing (apt-get install qemu-system-x86 on Debian 12)`,
     start: (share, sock) => startProcess(REFERENCE_DAEMON, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'cache=auto'], sock),
   },
   {
@@ -119,7 +125,12 @@ if (baseCli) {
     maxQueues: 2,
     available: () => (fs.existsSync(baseCli) ? null : `${baseCli} is missing`),
     start: (share, sock) =>
-      startProcess(process.execPath, [...tsNodeArgs, baseCli, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--log-level', 'warn', ...tsArgs], sock, socketFileExists),
+      startProcess(
+        process.execPath,
+        [...tsNodeArgs, baseCli, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--log-level', 'warn', ...tsArgs],
+        sock,
+        socketFileExists,
+      ),
   });
 }
 
@@ -127,12 +138,7 @@ if (baseCli) {
 
 function children(pid: number): number[] {
   try {
-    return fs
-      .readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number);
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
   } catch {
     return [];
   }
@@ -220,7 +226,13 @@ async function connect(sock: string, queues: number): Promise<FuseDriver> {
   // ADD_MEM_REG where offered: the TypeScript front-end's SET_MEM_TABLE carries all 8 region slots,
   // which the Rust daemon's vhost crate refuses (QEMU sends exactly nregions). A request unanswered
   // for 15 s fails its cell instead of hanging the run.
-  const driver = await FuseDriver.connect(sock, { ramRegions: [128 * MiB, 128 * MiB], addMemRegions: true, queueSize: 128, requestQueues: queues, timeoutMs: 15_000 });
+  const driver = await FuseDriver.connect(sock, {
+    ramRegions: [128 * MiB, 128 * MiB],
+    addMemRegions: true,
+    queueSize: 128,
+    requestQueues: queues,
+    timeoutMs: 15_000,
+  });
   await driver.init();
   return driver;
 }
@@ -316,7 +328,10 @@ async function runRound(order: Daemon[], share: string, progress: (msg: string) 
               const off = gen.next().value as number;
               for (let done = 0; done < c.size; done += maxIo) {
                 const n = Math.min(maxIo, c.size - done);
-                const moved = c.op === 'read' ? (await driver.read(nodeid, fh, off + done, n)).length : await driver.write(nodeid, fh, off + done, payload.subarray(0, n));
+                const moved =
+                  c.op === 'read'
+                    ? (await driver.read(nodeid, fh, off + done, n)).length
+                    : await driver.write(nodeid, fh, off + done, payload.subarray(0, n));
                 if (moved !== n) throw new Error(`${c.op} of ${n} bytes moved ${moved}`);
               }
             };
@@ -377,7 +392,6 @@ async function metaRow(driver: FuseDriver, row: MetaRow): Promise<{ perSec: numb
     case 'readdirplus 10k': {
       const dir = await driver.lookup(FUSE_ROOT_ID, 'dir10k');
       let entries = 0;
-      let requests = 0;
       const start = process.hrtime.bigint();
       const deadline = start + BigInt(MEASURE_MS * 1e6);
       do {
@@ -386,7 +400,6 @@ async function metaRow(driver: FuseDriver, row: MetaRow): Promise<{ perSec: numb
         const forgets: { nodeid: number; nlookup: number }[] = [];
         for (;;) {
           const batch = await driver.readdirplus(dir.nodeid, fh, cookie, 64 * KiB);
-          requests++;
           if (batch.length === 0) break;
           entries += batch.length;
           for (const e of batch) if (e.entry.nodeid !== 0) forgets.push({ nodeid: e.entry.nodeid, nlookup: 1 });
@@ -414,7 +427,8 @@ function median(xs: number[]): number | null {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-const fmt = (v: number | null | undefined, digits = 1) => (v === null || v === undefined ? '-' : v >= 100 ? v.toFixed(0) : v.toFixed(digits));
+const fmt = (v: number | null | undefined, digits = 1) =>
+  v === null || v === undefined ? '-' : v >= 100 ? v.toFixed(0) : v.toFixed(digits);
 const ratio = (a: number | null, b: number | null) => (a !== null && b !== null && b > 0 ? (a / b).toFixed(2) : '-');
 
 function ensureRustDaemon(): void {
@@ -484,7 +498,23 @@ async function main(): Promise<void> {
   );
   for (const row of META_ROWS) {
     const ts = med('ts', (r) => r.meta.get(row));
-    lines.push(`| ${row} | ${chosen.map((d) => fmt(med(d.key, (r) => r.meta.get(row)), 0)).join(' | ')} | ${refs.map((r) => ratio(ts, med(r.key, (x) => x.meta.get(row)))).join(' | ')} |`);
+    lines.push(
+      `| ${row} | ${chosen
+        .map((d) =>
+          fmt(
+            med(d.key, (r) => r.meta.get(row)),
+            0,
+          ),
+        )
+        .join(' | ')} | ${refs
+        .map((r) =>
+          ratio(
+            ts,
+            med(r.key, (x) => x.meta.get(row)),
+          ),
+        )
+        .join(' | ')} |`,
+    );
   }
   lines.push(
     '',
@@ -511,8 +541,22 @@ async function main(): Promise<void> {
     '',
     `| | ${names.join(' | ')} |`,
     `|---|${names.map(() => '---').join('|')}|`,
-    `| CPU s per GiB (I/O rows, 1 queue) | ${chosen.map((d) => fmt(med(d.key, (r) => r.cpuPerGiB), 2)).join(' | ')} |`,
-    `| CPU s per million metadata ops | ${chosen.map((d) => fmt(med(d.key, (r) => r.cpuPerMillionMeta), 1)).join(' | ')} |`,
+    `| CPU s per GiB (I/O rows, 1 queue) | ${chosen
+      .map((d) =>
+        fmt(
+          med(d.key, (r) => r.cpuPerGiB),
+          2,
+        ),
+      )
+      .join(' | ')} |`,
+    `| CPU s per million metadata ops | ${chosen
+      .map((d) =>
+        fmt(
+          med(d.key, (r) => r.cpuPerMillionMeta),
+          1,
+        ),
+      )
+      .join(' | ')} |`,
     `| peak RSS idle (MiB) | ${chosen.map((d) => fmt((med(d.key, (r) => r.rssIdleKiB) ?? 0) / 1024)).join(' | ')} |`,
     `| peak RSS after the load (MiB) | ${chosen.map((d) => fmt((med(d.key, (r) => r.rssPeakKiB) ?? 0) / 1024)).join(' | ')} |`,
   );
@@ -539,11 +583,23 @@ async function main(): Promise<void> {
   const json = Object.fromEntries(
     [...runs].map(([k, rs]) => [k, rs.map((r) => ({ ...r, io: Object.fromEntries(r.io), meta: Object.fromEntries(r.meta) }))]),
   );
-  fs.writeFileSync(path.join(out, 'latest.json'), JSON.stringify({ date: new Date().toISOString(), measureMs: MEASURE_MS, rounds: ROUNDS, runs: json }, null, 1) + '\n');
+  fs.writeFileSync(
+    path.join(out, 'latest.json'),
+    JSON.stringify({ date: new Date().toISOString(), measureMs: MEASURE_MS, rounds: ROUNDS, runs: json }, null, 1) + '\n',
+  );
   const plotted = ioCells.filter((c) => c.queues === 1 && (c.depth === 1 || c.depth === 16));
   const series: Series[] = chosen.map((d) => ({ name: d.name, values: plotted.map((c) => refIo(d, c)) }));
-  if (chosen.some((d) => d.key === 'ts')) series.push({ name: 'virtiofsd-ts, 2 queues', values: plotted.map((c) => med('ts', (r) => r.io.get(cellKey({ ...c, queues: 2 })))) });
-  fs.writeFileSync(path.join(out, 'io.svg'), groupedBarChart('READ/WRITE throughput, 1 and 16 requests in flight (log scale)', plotted.map((c) => `${c.op} ${c.pattern} ${human(c.size)} qd${c.depth}`), series, 'MiB/s'));
+  if (chosen.some((d) => d.key === 'ts'))
+    series.push({ name: 'virtiofsd-ts, 2 queues', values: plotted.map((c) => med('ts', (r) => r.io.get(cellKey({ ...c, queues: 2 })))) });
+  fs.writeFileSync(
+    path.join(out, 'io.svg'),
+    groupedBarChart(
+      'READ/WRITE throughput, 1 and 16 requests in flight (log scale)',
+      plotted.map((c) => `${c.op} ${c.pattern} ${human(c.size)} qd${c.depth}`),
+      series,
+      'MiB/s',
+    ),
+  );
   process.stderr.write(`wrote ${path.join(out, 'latest.md')}, latest.json and io.svg\n`);
 }
 

@@ -37,11 +37,11 @@ export function groupedBarChart(title: string, categories: string[], series: Ser
       const v = s.values[i];
       if (v === null || v <= 0) return;
       const top = y(Math.max(v, lo));
-      out.push(`<rect x="${gx + j * barW}" y="${top}" width="${barW - 1}" height="${m.top + plotH - top}" fill="${COLORS[j % COLORS.length]}"/>`);
+      out.push(
+        `<rect x="${gx + j * barW}" y="${top}" width="${barW - 1}" height="${m.top + plotH - top}" fill="${COLORS[j % COLORS.length]}"/>`,
+      );
     });
-    out.push(
-      `<text transform="translate(${gx + groupW * 0.4} ${m.top + plotH + 12}) rotate(35)" text-anchor="start">${escape(c)}</text>`,
-    );
+    out.push(`<text transform="translate(${gx + groupW * 0.4} ${m.top + plotH + 12}) rotate(35)" text-anchor="start">${escape(c)}</text>`);
   });
   series.forEach((s, j) => {
     const lx = m.left + j * 190;

@@ -15,7 +15,8 @@ const glibc = process.report && process.report.getReport().header.glibcVersionRu
 
 function prebuiltFits() {
   if (!glibc) return 'not a glibc system';
-  for (const f of ['sys_addon.node', 'virtiofsd-ts-sandbox']) if (!fs.existsSync(path.join(dir, f))) return `no prebuilt ${f} for ${path.basename(dir)}`;
+  for (const f of ['sys_addon.node', 'virtiofsd-ts-sandbox'])
+    if (!fs.existsSync(path.join(dir, f))) return `no prebuilt ${f} for ${path.basename(dir)}`;
   // Loaded in a child, so that a bad binary cannot take this process down.
   const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(path.join(dir, 'sys_addon.node'))})`], { encoding: 'utf8' });
   if (r.status !== 0) return `the prebuilt addon does not load: ${r.stderr.trim().split('\n')[0]}`;

@@ -28,7 +28,8 @@ export function renderReference(): string {
     const extra: string[] = [];
     if (def.default !== undefined) extra.push(`default: \`${String(def.default)}\``);
     if (def.array) extra.push('repeatable');
-    if (def.type === 'boolean' && name.length > 1 && !['help', 'version', 'print-capabilities'].includes(name)) extra.push(`\`--no-${name}\` turns it off`);
+    if (def.type === 'boolean' && name.length > 1 && !['help', 'version', 'print-capabilities'].includes(name))
+      extra.push(`\`--no-${name}\` turns it off`);
     const describe = String(def.describe ?? '').replace(/\|/g, '\\|');
     rows.push(`| ${flag(name, def)} | ${describe}${extra.length ? ` (${extra.join('; ')})` : ''} | ${def.rust ?? ''} |`);
     groups.set(def.group, rows);

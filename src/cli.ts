@@ -93,18 +93,35 @@ export interface OptionDef extends Options {
  * and a test fails when they differ.
  */
 export const OPTIONS: Record<string, OptionDef> = {
-  'socket-path': { group: 'Socket', type: 'string', describe: 'vhost-user socket to listen on (a pid file SOCKET.pid is locked beside it)' },
+  'socket-path': {
+    group: 'Socket',
+    type: 'string',
+    describe: 'vhost-user socket to listen on (a pid file SOCKET.pid is locked beside it)',
+  },
   socket: { group: 'Socket', type: 'string', describe: 'deprecated alias of --socket-path' },
-  fd: { group: 'Socket', type: 'number', describe: 'an already-listening socket fd (as libvirt passes it); systemd socket activation (LISTEN_FDS) is the same' },
+  fd: {
+    group: 'Socket',
+    type: 'number',
+    describe: 'an already-listening socket fd (as libvirt passes it); systemd socket activation (LISTEN_FDS) is the same',
+  },
   'socket-group': { group: 'Socket', type: 'string', describe: 'group that may connect to the socket (mode 0660)' },
   'shared-dir': { group: 'Share', type: 'string', describe: 'host directory to share' },
-  tag: { group: 'Share', type: 'string', describe: 'virtio-fs tag served in the device config (for a generic vhost-user device); 1 to 36 bytes' },
+  tag: {
+    group: 'Share',
+    type: 'string',
+    describe: 'virtio-fs tag served in the device config (for a generic vhost-user device); 1 to 36 bytes',
+  },
   readonly: { group: 'Share', type: 'boolean', default: false, describe: 'share read-only (EROFS on every write)' },
   xattr: { group: 'Share', type: 'boolean', describe: 'extended attributes (off by default, as in virtiofsd)' },
   xattrmap: { group: 'Share', type: 'string', describe: 'xattr name mapping rules, virtiofsd(1) syntax (implies --xattr)' },
   'posix-acl': { group: 'Share', type: 'boolean', describe: 'POSIX ACLs (implies --xattr)' },
   'security-label': { group: 'Share', type: 'boolean', describe: "store the guest LSM's label of new files (implies --xattr)" },
-  'posix-lock': { group: 'Share', type: 'boolean', describe: 'POSIX locks taken on the host (OFD locks)', rust: 'not in the Rust virtiofsd (its locks stay in the guest)' },
+  'posix-lock': {
+    group: 'Share',
+    type: 'boolean',
+    describe: 'POSIX locks taken on the host (OFD locks)',
+    rust: 'not in the Rust virtiofsd (its locks stay in the guest)',
+  },
   flock: { group: 'Share', type: 'boolean', describe: 'flock(2) locks taken on the host', rust: 'not in the Rust virtiofsd' },
   'killpriv-v2': { group: 'Share', type: 'boolean', describe: 'FUSE_HANDLE_KILLPRIV_V2: the daemon drops set-id bits on write' },
   'announce-submounts': { group: 'Share', type: 'boolean', describe: 'tell the guest which directories are mount points' },
@@ -125,7 +142,12 @@ export const OPTIONS: Record<string, OptionDef> = {
     type: 'boolean',
     describe: 'let the guest mmap files opened with direct I/O (accepted; not offered yet, see the start-up line)',
   },
-  'dax-window': { group: 'Caching and DAX', type: 'string', describe: 'DAX window size (bytes, or with a K/M/G suffix); off by default', rust: 'no DAX in the Rust virtiofsd' },
+  'dax-window': {
+    group: 'Caching and DAX',
+    type: 'string',
+    describe: 'DAX window size (bytes, or with a K/M/G suffix); off by default',
+    rust: 'no DAX in the Rust virtiofsd',
+  },
   'dax-policy': {
     group: 'Caching and DAX',
     choices: DAX_POLICIES,
@@ -133,21 +155,55 @@ export const OPTIONS: Record<string, OptionDef> = {
   },
   'translate-uid': { group: 'Identity', type: 'string', array: true, describe: 'uid translation, e.g. map:GUEST:HOST:COUNT (repeatable)' },
   'translate-gid': { group: 'Identity', type: 'string', array: true, describe: 'gid translation, e.g. map:GUEST:HOST:COUNT (repeatable)' },
-  'uid-map': { group: 'Identity', type: 'string', array: true, describe: 'unprivileged namespace mode: uid map :INSIDE:OUTSIDE:COUNT: (repeatable)' },
-  'gid-map': { group: 'Identity', type: 'string', array: true, describe: 'unprivileged namespace mode: gid map :INSIDE:OUTSIDE:COUNT: (repeatable)' },
+  'uid-map': {
+    group: 'Identity',
+    type: 'string',
+    array: true,
+    describe: 'unprivileged namespace mode: uid map :INSIDE:OUTSIDE:COUNT: (repeatable)',
+  },
+  'gid-map': {
+    group: 'Identity',
+    type: 'string',
+    array: true,
+    describe: 'unprivileged namespace mode: gid map :INSIDE:OUTSIDE:COUNT: (repeatable)',
+  },
   sandbox: {
     group: 'Sandbox',
     choices: SANDBOX_MODES,
     describe: 'confinement: namespace (default where possible), chroot, none',
     rust: 'Rust: namespace, and an unprivileged start fails without --sandbox none',
   },
-  seccomp: { group: 'Sandbox', choices: SECCOMP_MODES, default: 'kill' as SeccompMode, describe: 'syscall filter action: kill (default), log, trap, none' },
+  seccomp: {
+    group: 'Sandbox',
+    choices: SECCOMP_MODES,
+    default: 'kill' as SeccompMode,
+    describe: 'syscall filter action: kill (default), log, trap, none',
+  },
   modcaps: { group: 'Sandbox', type: 'string', describe: 'capabilities to add/remove, e.g. +sys_admin:-mknod' },
-  'log-level': { group: 'Logging and metrics', choices: LOG_THRESHOLDS, default: 'info' as LogThreshold, describe: 'least severe messages shown; debug adds one line per FUSE request' },
+  'log-level': {
+    group: 'Logging and metrics',
+    choices: LOG_THRESHOLDS,
+    default: 'info' as LogThreshold,
+    describe: 'least severe messages shown; debug adds one line per FUSE request',
+  },
   syslog: { group: 'Logging and metrics', type: 'boolean', describe: 'log to syslog (/dev/log, facility daemon) instead of stderr' },
-  'metrics-socket': { group: 'Logging and metrics', type: 'string', describe: 'socket that answers each connection with the metrics JSON (also dumped on SIGUSR1)' },
-  'print-capabilities': { group: 'Compatibility', type: 'boolean', default: false, describe: 'print the back-end capabilities JSON and exit' },
-  o: { group: 'Compatibility', type: 'string', array: true, describe: 'legacy virtiofsd options, e.g. source=DIR,cache=none,xattr,sandbox=chroot,log_level=debug' },
+  'metrics-socket': {
+    group: 'Logging and metrics',
+    type: 'string',
+    describe: 'socket that answers each connection with the metrics JSON (also dumped on SIGUSR1)',
+  },
+  'print-capabilities': {
+    group: 'Compatibility',
+    type: 'boolean',
+    default: false,
+    describe: 'print the back-end capabilities JSON and exit',
+  },
+  o: {
+    group: 'Compatibility',
+    type: 'string',
+    array: true,
+    describe: 'legacy virtiofsd options, e.g. source=DIR,cache=none,xattr,sandbox=chroot,log_level=debug',
+  },
   f: { group: 'Compatibility', type: 'boolean', describe: 'foreground (always; accepted for compatibility)' },
   d: { group: 'Compatibility', type: 'boolean', describe: 'debug logging (same as --log-level debug)' },
   help: { group: 'Compatibility', alias: 'h', type: 'boolean', describe: 'show this help and exit' },
@@ -258,7 +314,8 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env, 
     const activated = listenFd(env, pid);
     if (activated) {
       fd = activated.fd;
-      if (activated.extra > 0) notices.push(`socket activation passed ${activated.extra + 1} fds: serving fd ${fd}, the others are left alone`);
+      if (activated.extra > 0)
+        notices.push(`socket activation passed ${activated.extra + 1} fds: serving fd ${fd}, the others are left alone`);
     }
   }
   if (socketPath === undefined && fd === undefined) {
@@ -278,7 +335,8 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env, 
   if (socketPath !== undefined) {
     checkSocketPath(socketPath);
     // Both reference daemons lock SOCKET.pid: its name must fit where the socket's does.
-    if (Buffer.byteLength(path.resolve(socketPath) + '.pid') > 4095) throw new UsageError(`socket path ${socketPath} is too long for its pid file`);
+    if (Buffer.byteLength(path.resolve(socketPath) + '.pid') > 4095)
+      throw new UsageError(`socket path ${socketPath} is too long for its pid file`);
   }
   if (fd !== undefined) checkListeningFd(fd);
   const metricsSocket = str('metrics-socket');
@@ -308,10 +366,13 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env, 
     throw new UsageError(`--inode-file-handles ${inodeFileHandles}: expected never, prefer or mandatory`);
   }
   if (threadPoolSize !== undefined) {
-    if (!Number.isSafeInteger(threadPoolSize) || threadPoolSize < 0) throw new UsageError(`--thread-pool-size ${threadPoolSize}: expected a whole number`);
+    if (!Number.isSafeInteger(threadPoolSize) || threadPoolSize < 0)
+      throw new UsageError(`--thread-pool-size ${threadPoolSize}: expected a whole number`);
   }
   if (switches.allowMmap) {
-    notices.push('--allow-mmap: not offered yet: with --cache never or metadata files open with FOPEN_DIRECT_IO and the guest cannot mmap them');
+    notices.push(
+      '--allow-mmap: not offered yet: with --cache never or metadata files open with FOPEN_DIRECT_IO and the guest cannot mmap them',
+    );
   }
 
   return {
@@ -352,7 +413,8 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env, 
 /** The virtio-fs config holds the tag in 36 bytes (NUL-padded, no NUL needed when full). */
 function checkTag(tag: string): string {
   const n = Buffer.byteLength(tag);
-  if (n === 0 || n > VIRTIO_FS_TAG_SIZE || tag.includes('\0')) throw new UsageError(`--tag must be 1 to ${VIRTIO_FS_TAG_SIZE} bytes without NUL`);
+  if (n === 0 || n > VIRTIO_FS_TAG_SIZE || tag.includes('\0'))
+    throw new UsageError(`--tag must be 1 to ${VIRTIO_FS_TAG_SIZE} bytes without NUL`);
   return tag;
 }
 
@@ -475,7 +537,8 @@ export async function main(argv: string[]): Promise<number> {
   // libuv sizes its thread pool (large READ/WRITE, FSYNC) from this when the pool first starts, which
   // is after this line; the sandbox's relaunch inherits it. libuv takes 1..1024; 0 (no pool, for the
   // Rust virtiofsd) becomes 1.
-  if (parsed.config.threadPoolSize !== undefined) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, Math.max(1, parsed.config.threadPoolSize)));
+  if (parsed.config.threadPoolSize !== undefined)
+    process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, Math.max(1, parsed.config.threadPoolSize)));
   // Lines before the daemon's logger exists: with journal priorities when stderr is the journal.
   const journal = stderrIsJournal();
   const say = (severity: number, msg: string): void => void process.stderr.write(`${journal ? `<${severity}>` : ''}virtiofsd-ts: ${msg}\n`);

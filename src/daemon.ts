@@ -6,7 +6,15 @@ import { DaxMapper } from './dax-mapper/dax-mapper';
 import { FuseSession } from './fuse-server/session';
 import { enabled, Logger, makeLogger, stderrIsJournal } from './log';
 import { metrics } from './metrics';
-import { connectDatagram, consumeListenEnv, HANDOFF_LISTEN_FD, HANDOFF_NOTIFY_FD, HANDOFF_PIDFILE_FD, HANDOFF_SYSLOG_FD, Notifier } from './systemd';
+import {
+  connectDatagram,
+  consumeListenEnv,
+  HANDOFF_LISTEN_FD,
+  HANDOFF_NOTIFY_FD,
+  HANDOFF_PIDFILE_FD,
+  HANDOFF_SYSLOG_FD,
+  Notifier,
+} from './systemd';
 import { applyNofileLimit } from './limits';
 import { UnixListener, UnixStreamSocket } from './sys';
 import { VhostUserBackend } from './vhost-user/backend';
@@ -71,8 +79,29 @@ export class Daemon {
       // One session for the one connection, opened now so that a bad share fails at start-up,
       // and opened inside the sandbox so that nothing it holds leads out of it.
       const {
-        socketPath, fd, socketGroup, logLevel, rlimitNofile, daxWindow, daxPolicy, tag, sandbox, sandboxExplicit, seccomp, modcaps, uidMapNs, gidMapNs,
-        syslog, allowMmap, metricsSocket, pidFile, inheritFds, notifyFd, syslogFd, notices, pidFileFd,
+        socketPath,
+        fd,
+        socketGroup,
+        logLevel,
+        rlimitNofile,
+        daxWindow,
+        daxPolicy,
+        tag,
+        sandbox,
+        sandboxExplicit,
+        seccomp,
+        modcaps,
+        uidMapNs,
+        gidMapNs,
+        syslog,
+        allowMmap,
+        metricsSocket,
+        pidFile,
+        inheritFds,
+        notifyFd,
+        syslogFd,
+        notices,
+        pidFileFd,
         ...share
       } = config;
       this.session = new FuseSession({
@@ -108,7 +137,10 @@ export class Daemon {
     // bin/virtiofsd-ts.js installed a listener first thing (so SIGUSR1 never opens the inspector); this one dumps.
     process.on('SIGUSR1', this.dumpMetrics);
     const where = config.socketPath ?? `fd ${config.fd}`;
-    this.log('info', `listening on ${where}, sharing ${config.sharedDir} (sandbox ${config.sandbox ?? 'none'}, seccomp ${config.seccomp ?? 'none'})`);
+    this.log(
+      'info',
+      `listening on ${where}, sharing ${config.sharedDir} (sandbox ${config.sandbox ?? 'none'}, seccomp ${config.seccomp ?? 'none'})`,
+    );
     this.listener.watch(() => this.accept());
     this.metricsListener?.watch(() => this.answerMetrics());
     // Ready once the sandbox is in place and the socket accepts: systemd's Type=notify.
@@ -261,7 +293,9 @@ export function lockPidFile(pidFile: string): number {
       // Unreadable: the message just names no pid.
     }
     fs.closeSync(fd);
-    throw new Error(`another daemon${/^\d+$/.test(holder) ? ` (pid ${holder})` : ''} holds ${pidFile}: two daemons cannot share one socket path`);
+    throw new Error(
+      `another daemon${/^\d+$/.test(holder) ? ` (pid ${holder})` : ''} holds ${pidFile}: two daemons cannot share one socket path`,
+    );
   }
   fs.ftruncateSync(fd, 0);
   fs.writeSync(fd, `${process.pid}\n`, 0);

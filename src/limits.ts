@@ -39,4 +39,3 @@ function readNrOpen(): number {
     return DEFAULT_NOFILE;
   }
 }
-

@@ -94,7 +94,9 @@ export class Metrics {
     }
     if (this.requestLog !== null) {
       const result = errno === 0 ? 'OK' : errnoCode(errno);
-      this.requestLog(`FUSE ${opcodeName(opcode)} unique=${unique} nodeid=${nodeid} -> ${result} ${(lat / 1000).toFixed(1)}us${bytes > 0 ? ` ${bytes}B` : ''}`);
+      this.requestLog(
+        `FUSE ${opcodeName(opcode)} unique=${unique} nodeid=${nodeid} -> ${result} ${(lat / 1000).toFixed(1)}us${bytes > 0 ? ` ${bytes}B` : ''}`,
+      );
     }
   }
 

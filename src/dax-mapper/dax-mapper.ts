@@ -75,7 +75,9 @@ export class DaxMapper {
   ) {}
 
   get protocolFeatures(): bigint {
-    return bit(ProtocolFeature.SHMEM) | bit(ProtocolFeature.BACKEND_REQ) | bit(ProtocolFeature.BACKEND_SEND_FD) | bit(ProtocolFeature.REPLY_ACK);
+    return (
+      bit(ProtocolFeature.SHMEM) | bit(ProtocolFeature.BACKEND_REQ) | bit(ProtocolFeature.BACKEND_SEND_FD) | bit(ProtocolFeature.REPLY_ACK)
+    );
   }
 
   shmemRegions(): bigint[] {
@@ -96,7 +98,14 @@ export class DaxMapper {
     const err = validateRange(this.windowSize, req.foffset, req.len, req.moffset);
     if (err) return Promise.resolve(err);
     if (!this.channel) return Promise.resolve(Errno.ENOTSUP);
-    const m: Mapping = { moffset: req.moffset, len: req.len, foffset: req.foffset, nodeid: req.nodeid, writable: req.writable, fd: dup(req.fd) };
+    const m: Mapping = {
+      moffset: req.moffset,
+      len: req.len,
+      foffset: req.foffset,
+      nodeid: req.nodeid,
+      writable: req.writable,
+      fd: dup(req.fd),
+    };
     return this.serialize(async () => {
       const removed = await this.unmapRange(req.moffset, req.len);
       if (removed < 0) {

@@ -313,7 +313,7 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     const a = req.args.readStruct(fuse_mknod_in);
     const name = readName(req, DOTS.create);
     endOfCreate(req);
-replyEntry(req.reply, fs.mknod(labelled(req, securityContext(req)), req.nodeid, name, a.mode, a.rdev, a.umask));
+    replyEntry(req.reply, fs.mknod(labelled(req, securityContext(req)), req.nodeid, name, a.mode, a.rdev, a.umask));
   },
   [Opcode.FUSE_MKDIR]: (fs, req) => {
     const a = req.args.readStruct(fuse_mkdir_in);
@@ -404,7 +404,9 @@ replyEntry(req.reply, fs.mknod(labelled(req, securityContext(req)), req.nodeid, 
   },
 
   [Opcode.FUSE_SETXATTR]: (fs, req) => {
-    const a = req.negotiated.setxattrExt ? req.args.readStruct(fuse_setxattr_in) : { ...req.args.readStruct(fuse_setxattr_in_compat), setxattr_flags: 0 };
+    const a = req.negotiated.setxattrExt
+      ? req.args.readStruct(fuse_setxattr_in)
+      : { ...req.args.readStruct(fuse_setxattr_in_compat), setxattr_flags: 0 };
     const name = readXattrName(req);
     // As setxattr(2): a value past XATTR_SIZE_MAX is E2BIG, refused before anything is copied.
     if (a.size > XATTR_SIZE_MAX) fail(Errno.E2BIG);
@@ -448,7 +450,17 @@ replyEntry(req.reply, fs.mknod(labelled(req, securityContext(req)), req.nodeid, 
   [Opcode.FUSE_COPY_FILE_RANGE]: (fs, req) => {
     const a = req.args.readStruct(fuse_copy_file_range_in);
     const len = Math.min(a.len, Number.MAX_SAFE_INTEGER);
-    const copied = fs.copyFileRange(req, req.nodeid, a.fh_in, fileRange(a.off_in, 0), a.nodeid_out, a.fh_out, fileRange(a.off_out, 0), len, a.flags);
+    const copied = fs.copyFileRange(
+      req,
+      req.nodeid,
+      a.fh_in,
+      fileRange(a.off_in, 0),
+      a.nodeid_out,
+      a.fh_out,
+      fileRange(a.off_out, 0),
+      len,
+      a.flags,
+    );
     return settled(copied, (size) => req.reply.writeStruct(fuse_write_out, { size }));
   },
   [Opcode.FUSE_SYNCFS]: (fs, req) => {
@@ -463,7 +475,8 @@ replyEntry(req.reply, fs.mknod(labelled(req, securityContext(req)), req.nodeid, 
   [Opcode.FUSE_REMOVEMAPPING]: (fs, req) => {
     const { count } = req.args.readStruct(fuse_removemapping_in);
     // Every range the count announces must be in the request, and no more than Linux ever sends.
-    if (count === 0 || count > FUSE_REMOVEMAPPING_MAX_ENTRY || count > Math.floor(req.args.remaining / fuse_removemapping_one.size)) fail(Errno.EINVAL);
+    if (count === 0 || count > FUSE_REMOVEMAPPING_MAX_ENTRY || count > Math.floor(req.args.remaining / fuse_removemapping_one.size))
+      fail(Errno.EINVAL);
     const ranges: WindowRange[] = [];
     for (let i = 0; i < count; i++) ranges.push(req.args.readStruct(fuse_removemapping_one));
     return fs.removemapping(req, ranges);

@@ -18,7 +18,7 @@ const MAX_NAME = 256;
 
 /** The security-context block among the request's extensions, or null. */
 export function findSecctxExtension(ext: Buffer): Buffer | null {
-  for (let pos = 0; pos < ext.length; ) {
+  for (let pos = 0; pos < ext.length;) {
     if (ext.length - pos < fuse_ext_header.size) fail(Errno.EINVAL);
     const h = fuse_ext_header.decode(ext, pos);
     if (h.size < fuse_ext_header.size || h.size % 8 !== 0 || h.size > ext.length - pos) fail(Errno.EINVAL);

@@ -10,7 +10,18 @@
  * - mandatory: handles everywhere; a share where that is impossible fails at
  *   start-up, a later inode that cannot be encoded fails its lookup.
  */
-import { AT_EMPTY_PATH, O_CLOEXEC, O_DIRECTORY, O_PATH, O_RDONLY, closeQuietly, nameToHandleAt, openat, openByHandleAt, type FileHandle } from '../sys/fs';
+import {
+  AT_EMPTY_PATH,
+  O_CLOEXEC,
+  O_DIRECTORY,
+  O_PATH,
+  O_RDONLY,
+  closeQuietly,
+  nameToHandleAt,
+  openat,
+  openByHandleAt,
+  type FileHandle,
+} from '../sys/fs';
 import { errnoCode, errnoOf } from '../sys/errno';
 
 export type FileHandleMode = 'never' | 'prefer' | 'mandatory';

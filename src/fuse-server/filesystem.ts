@@ -187,7 +187,16 @@ export class FileSystem {
    * Writes `size` bytes at `offset` straight from the request; returns the
    * bytes written. `writeFlags` are FUSE_WRITE_*, `fileFlags` the guest file's open flags.
    */
-  write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number | Promise<number> {
+  write(
+    ctx: Context,
+    nodeid: number,
+    fh: number,
+    from: Reader,
+    size: number,
+    offset: number,
+    writeFlags: number,
+    fileFlags: number,
+  ): number | Promise<number> {
     return fail(Errno.ENOSYS);
   }
   statfs(ctx: Context, nodeid: number): StatVfs {
@@ -251,7 +260,15 @@ export class FileSystem {
    * handle). With a `wait` signal it waits for a conflicting lock to go, and
    * answers EINTR if the signal fires first; without, it fails with EAGAIN.
    */
-  setlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange, flock: boolean, wait: AbortSignal | null): void | Promise<void> {
+  setlk(
+    ctx: Context,
+    nodeid: number,
+    fh: number,
+    owner: bigint,
+    lock: LockRange,
+    flock: boolean,
+    wait: AbortSignal | null,
+  ): void | Promise<void> {
     return fail(Errno.ENOSYS);
   }
 
@@ -262,7 +279,17 @@ export class FileSystem {
     return fail(Errno.ENOSYS);
   }
   /** Copies up to `len` bytes between two open files; returns the bytes copied. */
-  copyFileRange(ctx: Context, nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number | Promise<number> {
+  copyFileRange(
+    ctx: Context,
+    nodeidIn: number,
+    fhIn: number,
+    offIn: number,
+    nodeidOut: number,
+    fhOut: number,
+    offOut: number,
+    len: number,
+    flags: number,
+  ): number | Promise<number> {
     return fail(Errno.ENOSYS);
   }
   syncfs(ctx: Context, nodeid: number): void | Promise<void> {

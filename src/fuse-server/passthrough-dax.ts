@@ -137,7 +137,14 @@ export class DaxSupport {
   async setup(nodeid: number, fd: number, m: SetupMapping): Promise<void> {
     let result: Promise<number>;
     try {
-      result = this.options.mapper.setup({ nodeid: BigInt(nodeid), fd, foffset: m.foffset, len: m.len, moffset: m.moffset, writable: DaxSupport.writable(m) });
+      result = this.options.mapper.setup({
+        nodeid: BigInt(nodeid),
+        fd,
+        foffset: m.foffset,
+        len: m.len,
+        moffset: m.moffset,
+        writable: DaxSupport.writable(m),
+      });
     } finally {
       closeQuietly(fd);
     }

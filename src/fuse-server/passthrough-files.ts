@@ -45,7 +45,14 @@ import { type Handle, HandleTable } from './handle-table';
 import type { Inode } from './inode-table';
 import { type PassthroughCore, requireRegularType } from './passthrough-core';
 import type { LockTable } from './passthrough-locks';
-import { FUSE_HANDLE_KILLPRIV_V2, FUSE_OPEN_KILL_SUIDGID, FUSE_RELEASE_FLUSH, FUSE_WRITE_CACHE, FUSE_WRITE_KILL_SUIDGID, FUSE_WRITEBACK_CACHE } from './protocol';
+import {
+  FUSE_HANDLE_KILLPRIV_V2,
+  FUSE_OPEN_KILL_SUIDGID,
+  FUSE_RELEASE_FLUSH,
+  FUSE_WRITE_CACHE,
+  FUSE_WRITE_KILL_SUIDGID,
+  FUSE_WRITEBACK_CACHE,
+} from './protocol';
 
 const DOT = Buffer.from('.\0');
 /**
@@ -110,7 +117,9 @@ export class FileOps {
     for (let attempt = 1; ; attempt++) {
       let fd = -1;
       try {
-        fd = this.killingPrivs(openFlags, hostFlags, () => core.asCaller(ctx, umask, () => openat(core.fdOf(dir), name, exclusive, mode & 0o7777)));
+        fd = this.killingPrivs(openFlags, hostFlags, () =>
+          core.asCaller(ctx, umask, () => openat(core.fdOf(dir), name, exclusive, mode & 0o7777)),
+        );
       } catch (err) {
         if (flags & O_EXCL || errnoOf(err) !== Errno.EEXIST) throw err;
       }
@@ -140,7 +149,15 @@ export class FileOps {
     return onPool(fd, (own) => into.writeFromFileAsync(own, size, offset));
   }
 
-  write(nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number | Promise<number> {
+  write(
+    nodeid: number,
+    fh: number,
+    from: Reader,
+    size: number,
+    offset: number,
+    writeFlags: number,
+    fileFlags: number,
+  ): number | Promise<number> {
     const { core } = this;
     const handle = core.handles.get(fh, nodeid, 'file');
     // The handle's access mode was fixed at open; write_in.flags is the guest's word and never widens it.
@@ -201,7 +218,16 @@ export class FileOps {
     return lseek(this.core.handles.get(fh, nodeid, 'file').fd, offset, whence);
   }
 
-  copyFileRange(nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number {
+  copyFileRange(
+    nodeidIn: number,
+    fhIn: number,
+    offIn: number,
+    nodeidOut: number,
+    fhOut: number,
+    offOut: number,
+    len: number,
+    flags: number,
+  ): number {
     const from = this.core.handles.get(fhIn, nodeidIn, 'file');
     const to = this.core.handles.get(fhOut, nodeidOut, 'file');
     return copyFileRange(from.fd, offIn, to.fd, offOut, Math.min(len, MAX_COPY_CHUNK), flags);
@@ -286,7 +312,9 @@ export class FileOps {
     try {
       stat = this.regularStat(pathFd);
       // The same inode, reached through its O_PATH fd: a rename racing us cannot swap it.
-      fd = this.killingPrivs(openFlags, hostFlags, () => core.asCaller(ctx, 0, () => openat(core.procSelfFd, String(pathFd), hostFlags, 0)));
+      fd = this.killingPrivs(openFlags, hostFlags, () =>
+        core.asCaller(ctx, 0, () => openat(core.procSelfFd, String(pathFd), hostFlags, 0)),
+      );
     } catch (err) {
       closeQuietly(pathFd);
       throw err;

@@ -77,7 +77,10 @@ export class Xattrs {
     if (!this.map) {
       if (size === 0) return this.at(fd, (path) => listxattr(path, null, 0));
       const list = Buffer.alloc(Math.min(size, XATTR_LIST_MAX));
-      return list.subarray(0, this.at(fd, (path) => listxattr(path, list, list.length)));
+      return list.subarray(
+        0,
+        this.at(fd, (path) => listxattr(path, list, list.length)),
+      );
     }
     // Mapped names have other lengths: read the host's whole list, then map it.
     const mapped: Buffer[] = [];
@@ -153,7 +156,7 @@ export class Xattrs {
 
 function splitNames(list: Buffer): Buffer[] {
   const names: Buffer[] = [];
-  for (let start = 0; start < list.length; ) {
+  for (let start = 0; start < list.length;) {
     let end = list.indexOf(0, start);
     if (end < 0) end = list.length;
     if (end > start) names.push(list.subarray(start, end));

@@ -126,7 +126,9 @@ export class PassthroughFs extends FileSystem {
     this.locks = new LockTable((nodeid) => this.openForLocks(nodeid));
     this.files = new FileOps(this.core, this.locks);
     this.core.extraFds = () => this.locks.fdCount;
-    this.dax = options.dax ? new DaxSupport({ ...options.dax, readonlyShare: options.readonly === true }, (msg) => this.core.log('warn', msg)) : null;
+    this.dax = options.dax
+      ? new DaxSupport({ ...options.dax, readonlyShare: options.readonly === true }, (msg) => this.core.log('warn', msg))
+      : null;
     if (this.dax) this.core.daxFlags = (st) => this.dax!.attrFlags(st);
   }
 
@@ -148,7 +150,13 @@ export class PassthroughFs extends FileSystem {
   override capabilities(): Capabilities {
     const o = this.options;
     let flags =
-      FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_BIG_WRITES | FUSE_AUTO_INVAL_DATA | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS;
+      FUSE_ASYNC_READ |
+      FUSE_ATOMIC_O_TRUNC |
+      FUSE_EXPORT_SUPPORT |
+      FUSE_BIG_WRITES |
+      FUSE_AUTO_INVAL_DATA |
+      FUSE_ASYNC_DIO |
+      FUSE_PARALLEL_DIROPS;
     let flags2 = 0;
     if (o.readdirplus ?? o.cache !== 'never') flags |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
     if (o.posixLock) flags |= FUSE_POSIX_LOCKS;
@@ -318,7 +326,15 @@ export class PassthroughFs extends FileSystem {
   override open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened {
     return this.files.open(nodeid, flags, openFlags);
   }
-  override create(ctx: Context, parent: number, name: Buffer, mode: number, flags: number, umask: number, openFlags: number): [Entry, Opened] {
+  override create(
+    ctx: Context,
+    parent: number,
+    name: Buffer,
+    mode: number,
+    flags: number,
+    umask: number,
+    openFlags: number,
+  ): [Entry, Opened] {
     return this.files.create(ctx, this.core.inodes.get(parent), name, mode, flags, umask, openFlags);
   }
   override tmpfile(ctx: Context, parent: number, mode: number, flags: number, umask: number): [Entry, Opened] {
@@ -327,7 +343,16 @@ export class PassthroughFs extends FileSystem {
   override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
     return this.files.read(nodeid, fh, into, size, offset);
   }
-  override write(ctx: Context, nodeid: number, fh: number, from: Reader, size: number, offset: number, writeFlags: number, fileFlags: number): number | Promise<number> {
+  override write(
+    ctx: Context,
+    nodeid: number,
+    fh: number,
+    from: Reader,
+    size: number,
+    offset: number,
+    writeFlags: number,
+    fileFlags: number,
+  ): number | Promise<number> {
     return this.files.write(nodeid, fh, from, size, offset, writeFlags, fileFlags);
   }
   override flush(ctx: Context, nodeid: number, fh: number, lockOwner: bigint): void {
@@ -345,7 +370,17 @@ export class PassthroughFs extends FileSystem {
   override lseek(ctx: Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
     return this.files.lseek(nodeid, fh, offset, whence);
   }
-  override copyFileRange(ctx: Context, nodeidIn: number, fhIn: number, offIn: number, nodeidOut: number, fhOut: number, offOut: number, len: number, flags: number): number | Promise<number> {
+  override copyFileRange(
+    ctx: Context,
+    nodeidIn: number,
+    fhIn: number,
+    offIn: number,
+    nodeidOut: number,
+    fhOut: number,
+    offOut: number,
+    len: number,
+    flags: number,
+  ): number | Promise<number> {
     return this.files.copyFileRange(nodeidIn, fhIn, offIn, nodeidOut, fhOut, offOut, len, flags);
   }
   override syncfs(ctx: Context, nodeid: number): void | Promise<void> {
@@ -373,7 +408,7 @@ export class PassthroughFs extends FileSystem {
     for (;;) {
       const n = getdents64(fd, buf, buf.length);
       if (n === 0) return;
-      for (let pos = 0; pos < n; ) {
+      for (let pos = 0; pos < n;) {
         const reclen = buf.readUInt16LE(pos + 16);
         const nameStart = pos + DIRENT64_NAME_OFFSET;
         const nameEnd = buf.indexOf(0, nameStart);
@@ -439,7 +474,15 @@ export class PassthroughFs extends FileSystem {
     return this.locks.getlk(nodeid, owner, lock);
   }
 
-  override setlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange, flock: boolean, wait: AbortSignal | null): void | Promise<void> {
+  override setlk(
+    ctx: Context,
+    nodeid: number,
+    fh: number,
+    owner: bigint,
+    lock: LockRange,
+    flock: boolean,
+    wait: AbortSignal | null,
+  ): void | Promise<void> {
     const { handles } = this.core;
     if (!this.core.has(flock ? FUSE_FLOCK_LOCKS : FUSE_POSIX_LOCKS)) fail(Errno.ENOSYS);
     const handle = handles.get(fh, nodeid, 'file');

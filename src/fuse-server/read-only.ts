@@ -113,7 +113,15 @@ export class ReadOnlyFs extends FileSystem {
   override getlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange): LockRange {
     return this.inner.getlk(ctx, nodeid, fh, owner, lock);
   }
-  override setlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange, flock: boolean, wait: AbortSignal | null): void | Promise<void> {
+  override setlk(
+    ctx: Context,
+    nodeid: number,
+    fh: number,
+    owner: bigint,
+    lock: LockRange,
+    flock: boolean,
+    wait: AbortSignal | null,
+  ): void | Promise<void> {
     return this.inner.setlk(ctx, nodeid, fh, owner, lock, flock, wait);
   }
 

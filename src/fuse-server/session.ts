@@ -171,7 +171,19 @@ export class FuseSession implements SessionControl {
         fail(Errno.EIO);
       }
       if (!entry) fail(Errno.ENOSYS);
-      const req = new Request(header.opcode, header.unique, header.nodeid, header.uid, header.gid, header.pid, extensions, r, w, this.negotiated, this);
+      const req = new Request(
+        header.opcode,
+        header.unique,
+        header.nodeid,
+        header.uid,
+        header.gid,
+        header.pid,
+        extensions,
+        r,
+        w,
+        this.negotiated,
+        this,
+      );
       let result: void | Promise<void>;
       try {
         result = entry.handler(this.fs, req);
@@ -222,7 +234,14 @@ export class FuseSession implements SessionControl {
     const out = outHeader;
     fuse_out_header.encode({ len, error: -errno, unique: header.unique }, out, 0);
     w.patch(0, out);
-    metrics.request(header.opcode, header.unique, header.nodeid, errno, Number(process.hrtime.bigint() - t0), payloadBytes(header, errno, len));
+    metrics.request(
+      header.opcode,
+      header.unique,
+      header.nodeid,
+      errno,
+      Number(process.hrtime.bigint() - t0),
+      payloadBytes(header, errno, len),
+    );
     return len;
   }
 
@@ -255,7 +274,10 @@ export class FuseSession implements SessionControl {
       setxattrExt: (result.flags & FUSE_SETXATTR_EXT) !== 0,
     };
     this.initialized = true;
-    this.log('info', `FUSE ${offer.major}.${result.minor} initialised, flags 0x${result.flags.toString(16)} flags2 0x${result.flags2.toString(16)}`);
+    this.log(
+      'info',
+      `FUSE ${offer.major}.${result.minor} initialised, flags 0x${result.flags.toString(16)} flags2 0x${result.flags2.toString(16)}`,
+    );
   }
 
   interrupt(unique: bigint): void {
@@ -301,7 +323,8 @@ const outHeader = Buffer.alloc(fuse_out_header.size);
 function payloadBytes(header: InHeader, errno: number, replyLen: number): number {
   if (errno !== 0) return 0;
   if (header.opcode === Opcode.FUSE_READ) return replyLen - fuse_out_header.size;
-  if (header.opcode === Opcode.FUSE_WRITE) return Math.max(0, header.len - fuse_in_header.size - fuse_write_in.size - header.total_extlen * EXTLEN_UNIT);
+  if (header.opcode === Opcode.FUSE_WRITE)
+    return Math.max(0, header.len - fuse_in_header.size - fuse_write_in.size - header.total_extlen * EXTLEN_UNIT);
   return 0;
 }
 

@@ -76,7 +76,14 @@ export class DaxWindow {
       for (const m of this.mappings.values()) {
         if (offset < m.offset + m.len && m.offset < offset + len) return 1n; // the back-end must unmap first
       }
-      addon.mmap(this.base + BigInt(offset), len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_FIXED, msg.fds[0], body.fdOffset);
+      addon.mmap(
+        this.base + BigInt(offset),
+        len,
+        PROT_READ | (writable ? PROT_WRITE : 0),
+        MAP_SHARED | MAP_FIXED,
+        msg.fds[0],
+        body.fdOffset,
+      );
       this.mappings.set(offset, { offset, len, writable });
       return 0n;
     }

@@ -130,9 +130,7 @@ export class VhostUserFrontend {
       this.protocolFeatures = this.backendProtocolFeatures & FRONTEND_PROTOCOL_FEATURES;
       await this.send(FrontendRequest.SET_PROTOCOL_FEATURES, U64.encode({ value: this.protocolFeatures }));
     }
-    this.maxQueues = this.has(ProtocolFeature.MQ)
-      ? Number(U64.decode((await this.call(FrontendRequest.GET_QUEUE_NUM)).payload).value)
-      : 2;
+    this.maxQueues = this.has(ProtocolFeature.MQ) ? Number(U64.decode((await this.call(FrontendRequest.GET_QUEUE_NUM)).payload).value) : 2;
     const total = 1 + options.requestQueues;
     if (total > this.maxQueues) throw new FrontendError(`back-end serves ${this.maxQueues} queues, ${total} wanted`);
 
@@ -181,7 +179,11 @@ export class VhostUserFrontend {
     const table = Buffer.alloc(MemoryTableHeader.size + regions.length * MemoryRegionDesc.size);
     MemoryTableHeader.encode({ nregions: regions.length, padding: 0 }, table);
     regions.forEach((r, i) => MemoryRegionDesc.encode(r, table, MemoryTableHeader.size + i * MemoryRegionDesc.size));
-    await this.send(FrontendRequest.SET_MEM_TABLE, table, this.ram.regions.map((r) => r.fd));
+    await this.send(
+      FrontendRequest.SET_MEM_TABLE,
+      table,
+      this.ram.regions.map((r) => r.fd),
+    );
   }
 
   private async setupRing(q: GuestQueue): Promise<void> {

@@ -313,7 +313,14 @@ export class FuseDriver {
   }
 
   /** Sends a request and returns its reply body; an error reply rejects. */
-  private async call(opcode: number, nodeid: number, args: Buffer[], replySize: number, data?: Buffer, opts?: CallOptions): Promise<Buffer> {
+  private async call(
+    opcode: number,
+    nodeid: number,
+    args: Buffer[],
+    replySize: number,
+    data?: Buffer,
+    opts?: CallOptions,
+  ): Promise<Buffer> {
     const reply = await this.transport.call({ opcode, nodeid, args, data, replySize }, opts);
     if (reply.error !== 0) throw new FuseError(opcode, -reply.error);
     return reply.payload;
@@ -378,7 +385,9 @@ export class FuseDriver {
   }
 
   getattr(nodeid: number, fh?: number): Promise<AttrOut> {
-    return this.attr(Opcode.FUSE_GETATTR, nodeid, [encode(fuse_getattr_in, { getattr_flags: fh === undefined ? 0 : FUSE_GETATTR_FH, fh: fh ?? 0 })]);
+    return this.attr(Opcode.FUSE_GETATTR, nodeid, [
+      encode(fuse_getattr_in, { getattr_flags: fh === undefined ? 0 : FUSE_GETATTR_FH, fh: fh ?? 0 }),
+    ]);
   }
 
   setattr(nodeid: number, c: SetattrChanges): Promise<AttrOut> {
@@ -468,7 +477,11 @@ export class FuseDriver {
   /* ---------------- files ---------------- */
 
   async open(nodeid: number, flags: number): Promise<OpenOut> {
-    return decode(Opcode.FUSE_OPEN, fuse_open_out, await this.call(Opcode.FUSE_OPEN, nodeid, [encode(fuse_open_in, { flags, open_flags: 0 })], fuse_open_out.size));
+    return decode(
+      Opcode.FUSE_OPEN,
+      fuse_open_out,
+      await this.call(Opcode.FUSE_OPEN, nodeid, [encode(fuse_open_in, { flags, open_flags: 0 })], fuse_open_out.size),
+    );
   }
 
   /** Creates and opens `name`; `mode` is the permission bits (S_IFREG is added). */
@@ -520,7 +533,12 @@ export class FuseDriver {
   }
 
   async release(nodeid: number, fh: number, flags = 0, releaseFlags = 0, lockOwner = 0n): Promise<void> {
-    await this.call(Opcode.FUSE_RELEASE, nodeid, [encode(fuse_release_in, { fh, flags, release_flags: releaseFlags, lock_owner: lockOwner })], 0);
+    await this.call(
+      Opcode.FUSE_RELEASE,
+      nodeid,
+      [encode(fuse_release_in, { fh, flags, release_flags: releaseFlags, lock_owner: lockOwner })],
+      0,
+    );
   }
 
   async fallocate(nodeid: number, fh: number, offset: number, length: number, mode = 0): Promise<void> {
@@ -544,13 +562,21 @@ export class FuseDriver {
       len,
       flags,
     });
-    return decode(Opcode.FUSE_COPY_FILE_RANGE, fuse_write_out, await this.call(Opcode.FUSE_COPY_FILE_RANGE, from.nodeid, [args], fuse_write_out.size)).size;
+    return decode(
+      Opcode.FUSE_COPY_FILE_RANGE,
+      fuse_write_out,
+      await this.call(Opcode.FUSE_COPY_FILE_RANGE, from.nodeid, [args], fuse_write_out.size),
+    ).size;
   }
 
   /* ---------------- directories ---------------- */
 
   async opendir(nodeid: number, flags = 0): Promise<OpenOut> {
-    return decode(Opcode.FUSE_OPENDIR, fuse_open_out, await this.call(Opcode.FUSE_OPENDIR, nodeid, [encode(fuse_open_in, { flags, open_flags: 0 })], fuse_open_out.size));
+    return decode(
+      Opcode.FUSE_OPENDIR,
+      fuse_open_out,
+      await this.call(Opcode.FUSE_OPENDIR, nodeid, [encode(fuse_open_in, { flags, open_flags: 0 })], fuse_open_out.size),
+    );
   }
 
   async releasedir(nodeid: number, fh: number): Promise<void> {
@@ -563,13 +589,23 @@ export class FuseDriver {
 
   /** One READDIR reply of at most `size` bytes from cookie `offset` (0n: the start). Empty at the end. */
   async readdir(nodeid: number, fh: number, offset = 0n, size = 4096): Promise<Dirent[]> {
-    const body = await this.call(Opcode.FUSE_READDIR, nodeid, [encode(fuse_readdir_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })], size);
+    const body = await this.call(
+      Opcode.FUSE_READDIR,
+      nodeid,
+      [encode(fuse_readdir_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })],
+      size,
+    );
     return parseDirents(body, false);
   }
 
   /** One READDIRPLUS reply; every entry with a nodeid holds a lookup reference the caller must forget. */
   async readdirplus(nodeid: number, fh: number, offset = 0n, size = 4096): Promise<DirentPlus[]> {
-    const body = await this.call(Opcode.FUSE_READDIRPLUS, nodeid, [encode(fuse_readdir_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })], size);
+    const body = await this.call(
+      Opcode.FUSE_READDIRPLUS,
+      nodeid,
+      [encode(fuse_readdir_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })],
+      size,
+    );
     return parseDirents(body, true);
   }
 
@@ -615,7 +651,7 @@ export class FuseDriver {
   async listxattr(nodeid: number, size = DEFAULT_LIST_SIZE): Promise<string[]> {
     const body = await this.call(Opcode.FUSE_LISTXATTR, nodeid, [encode(fuse_getxattr_in, { size })], size);
     const names: string[] = [];
-    for (let start = 0; start < body.length; ) {
+    for (let start = 0; start < body.length;) {
       const nul = body.indexOf(0, start);
       const end = nul < 0 ? body.length : nul;
       if (end > start) names.push(body.toString('utf8', start, end));
@@ -660,7 +696,13 @@ export class FuseDriver {
 
   /** Maps [foffset, foffset+len) of an open file at `moffset` of the DAX window (FUSE_SETUPMAPPING_FLAG_*); fh -1 is "no handle". */
   async setupMapping(nodeid: number, fh: number, m: { foffset: number; len: number; moffset: number; flags: number }): Promise<void> {
-    const args = encode(fuse_setupmapping_in, { fh: BigInt(fh), foffset: BigInt(m.foffset), len: BigInt(m.len), moffset: BigInt(m.moffset), flags: BigInt(m.flags) });
+    const args = encode(fuse_setupmapping_in, {
+      fh: BigInt(fh),
+      foffset: BigInt(m.foffset),
+      len: BigInt(m.len),
+      moffset: BigInt(m.moffset),
+      flags: BigInt(m.flags),
+    });
     await this.call(Opcode.FUSE_SETUPMAPPING, nodeid, [args], 0);
   }
 
@@ -668,7 +710,11 @@ export class FuseDriver {
     const body = Buffer.alloc(fuse_removemapping_in.size + ranges.length * fuse_removemapping_one.size);
     fuse_removemapping_in.encode({ count: ranges.length }, body, 0);
     ranges.forEach((r, i) =>
-      fuse_removemapping_one.encode({ moffset: BigInt(r.moffset), len: BigInt(r.len) }, body, fuse_removemapping_in.size + i * fuse_removemapping_one.size),
+      fuse_removemapping_one.encode(
+        { moffset: BigInt(r.moffset), len: BigInt(r.len) },
+        body,
+        fuse_removemapping_in.size + i * fuse_removemapping_one.size,
+      ),
     );
     await this.call(Opcode.FUSE_REMOVEMAPPING, nodeid, [body], 0);
   }
@@ -685,7 +731,7 @@ export function parseDirents(body: Buffer, plus: boolean): (Dirent & { entry?: E
   const opcode = plus ? Opcode.FUSE_READDIRPLUS : Opcode.FUSE_READDIR;
   const out: (Dirent & { entry?: EntryOut })[] = [];
   const header = plus ? fuse_direntplus.size : fuse_dirent.size;
-  for (let pos = 0; pos < body.length; ) {
+  for (let pos = 0; pos < body.length;) {
     if (pos + header > body.length) throw new FuseError(opcode, Errno.EPROTO, 'protocol', `truncated dirent at ${pos}`);
     let entry: EntryOut | undefined;
     let d: ValueOfLayout<typeof fuse_dirent>;
@@ -696,7 +742,8 @@ export function parseDirents(body: Buffer, plus: boolean): (Dirent & { entry?: E
     } else {
       d = fuse_dirent.decode(body, pos);
     }
-    if (pos + header + d.namelen > body.length) throw new FuseError(opcode, Errno.EPROTO, 'protocol', `dirent name overruns the reply at ${pos}`);
+    if (pos + header + d.namelen > body.length)
+      throw new FuseError(opcode, Errno.EPROTO, 'protocol', `dirent name overruns the reply at ${pos}`);
     const name = body.subarray(pos + header, pos + header + d.namelen).toString();
     out.push(entry ? { ino: d.ino, off: d.off, type: d.type, name, entry } : { ino: d.ino, off: d.off, type: d.type, name });
     pos += fuseRecAlign(header + d.namelen);

@@ -120,13 +120,20 @@ export class FuseTransport {
       writable.push({ addr: body.addr, len: req.replySize });
     }
 
-    const used = await this.complete<Collected>(req.opcode, unique, queue.submit(readable, writable, this.indirect(opts)), blocks, opts, (len) => {
-      // Copy out before the blocks go back to the allocator: the one copy of READ data.
-      if (len < OUT_HEADER) return { len };
-      const out = fuse_out_header.decode(header.view, 0);
-      const bodyLen = Math.max(0, Math.min(out.len, OUT_HEADER + req.replySize) - OUT_HEADER);
-      return { len, out, payload: body ? Buffer.from(body.view.subarray(0, bodyLen)) : Buffer.alloc(0) };
-    });
+    const used = await this.complete<Collected>(
+      req.opcode,
+      unique,
+      queue.submit(readable, writable, this.indirect(opts)),
+      blocks,
+      opts,
+      (len) => {
+        // Copy out before the blocks go back to the allocator: the one copy of READ data.
+        if (len < OUT_HEADER) return { len };
+        const out = fuse_out_header.decode(header.view, 0);
+        const bodyLen = Math.max(0, Math.min(out.len, OUT_HEADER + req.replySize) - OUT_HEADER);
+        return { len, out, payload: body ? Buffer.from(body.view.subarray(0, bodyLen)) : Buffer.alloc(0) };
+      },
+    );
     const fail = (detail: string): never => {
       throw new FuseError(req.opcode, Errno.EPROTO, 'protocol', detail);
     };
@@ -144,10 +151,20 @@ export class FuseTransport {
    */
   async post(req: Omit<FuseCall, 'replySize'>, opts: CallOptions = {}): Promise<void> {
     const { unique, readable, blocks } = this.buildRequest(req, opts);
-    await this.complete(req.opcode, unique, this.frontend.hiprioQueue.submit(readable, [], this.indirect(opts)), blocks, opts, () => undefined);
+    await this.complete(
+      req.opcode,
+      unique,
+      this.frontend.hiprioQueue.submit(readable, [], this.indirect(opts)),
+      blocks,
+      opts,
+      () => undefined,
+    );
   }
 
-  private buildRequest(req: Omit<FuseCall, 'replySize'>, opts: CallOptions): { unique: bigint; readable: GuestBuffer[]; blocks: RamBlock[] } {
+  private buildRequest(
+    req: Omit<FuseCall, 'replySize'>,
+    opts: CallOptions,
+  ): { unique: bigint; readable: GuestBuffer[]; blocks: RamBlock[] } {
     const { ram } = this.frontend;
     const args = (req.args ?? []).filter((a) => a.length > 0);
     const argsLen = args.reduce((n, a) => n + a.length, 0);
@@ -209,7 +226,10 @@ export class FuseTransport {
     const timeoutMs = opts.timeoutMs ?? this.defaults.timeoutMs;
     if (timeoutMs <= 0) return done;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new FuseError(opcode, Errno.ETIMEDOUT, 'timeout', `no reply within ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new FuseError(opcode, Errno.ETIMEDOUT, 'timeout', `no reply within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
       done.then(
         (v) => {
           clearTimeout(timer);
@@ -227,7 +247,8 @@ export class FuseTransport {
     const queues = this.frontend.requestQueues;
     if (queues.length === 0) throw new Error('the front-end has no request queue');
     if (index !== undefined) {
-      if (!Number.isInteger(index) || index < 0 || index >= queues.length) throw new RangeError(`request queue ${index} of ${queues.length}`);
+      if (!Number.isInteger(index) || index < 0 || index >= queues.length)
+        throw new RangeError(`request queue ${index} of ${queues.length}`);
       return queues[index];
     }
     this.nextQueue = (this.nextQueue + 1) % queues.length;

@@ -255,16 +255,21 @@ export async function probeMain(argv: string[]): Promise<number> {
     out.line(`protocol features: ${describeProtocolFeatures(frontend.protocolFeatures)}`);
     out.line(`  offered:         ${describeProtocolFeatures(frontend.backendProtocolFeatures)}`);
     out.line(`queues: ${frontend.maxQueues} (1 hiprio + ${frontend.maxQueues - 1} request)`);
-    if (frontend.shmemSizes.length > 0) out.line(`shared memory regions: ${frontend.shmemSizes.map((s) => `0x${s.toString(16)}`).join(', ')}`);
+    if (frontend.shmemSizes.length > 0)
+      out.line(`shared memory regions: ${frontend.shmemSizes.map((s) => `0x${s.toString(16)}`).join(', ')}`);
 
     const init = await fuse.init().catch((err: Error & { kind?: string }) => {
       // A back-end that answers the handshake but not a FUSE INIT is no virtio-fs device.
       if (err.kind === 'timeout' || err.kind === 'protocol') throw new ProbeUnreachable(`FUSE INIT: ${err.message}`);
       throw err;
     });
-    out.line(`FUSE INIT: protocol ${init.major}.${init.minor}, max_write ${init.max_write}, max_readahead ${init.max_readahead}, max_pages ${init.max_pages}, time_gran ${init.time_gran}`);
+    out.line(
+      `FUSE INIT: protocol ${init.major}.${init.minor}, max_write ${init.max_write}, max_readahead ${init.max_readahead}, max_pages ${init.max_pages}, time_gran ${init.time_gran}`,
+    );
     out.line(`  flags: ${describeInitFlags(init.flags, init.flags & P.FUSE_INIT_EXT ? init.flags2 : 0)}`);
-    out.line(`  map_alignment: ${init.flags & P.FUSE_MAP_ALIGNMENT ? `${init.map_alignment} (DAX mappings aligned to ${2 ** init.map_alignment} bytes)` : 'not announced (no DAX)'}`);
+    out.line(
+      `  map_alignment: ${init.flags & P.FUSE_MAP_ALIGNMENT ? `${init.map_alignment} (DAX mappings aligned to ${2 ** init.map_alignment} bytes)` : 'not announced (no DAX)'}`,
+    );
     if (init.major !== P.FUSE_KERNEL_VERSION) {
       out.line(`summary: FAILED, the back-end speaks FUSE major ${init.major}`);
       return 1;

@@ -7,13 +7,7 @@
  * (Node's main thread, V8's platform workers, libuv's pool) is under the same
  * filter at once, and every thread created later inherits it.
  */
-import {
-  PR_SET_NO_NEW_PRIVS,
-  SECCOMP_FILTER_FLAG_LOG,
-  SECCOMP_FILTER_FLAG_TSYNC,
-  prctl,
-  seccompSetModeFilter,
-} from '../sys/process';
+import { PR_SET_NO_NEW_PRIVS, SECCOMP_FILTER_FLAG_LOG, SECCOMP_FILTER_FLAG_TSYNC, prctl, seccompSetModeFilter } from '../sys/process';
 import { ALLOW_LIST, SYSCALLS_X86_64, type SyscallName, type SyscallRule } from './seccomp-syscalls';
 
 /** `--seccomp`: none installs nothing; the others name the action for a syscall not on the list. */
@@ -36,7 +30,6 @@ const X32_SYSCALL_BIT = 0x40000000;
 const BPF_LD_W_ABS = 0x00 | 0x00 | 0x20;
 const BPF_JMP_JEQ_K = 0x05 | 0x10 | 0x00;
 const BPF_JMP_JGE_K = 0x05 | 0x30 | 0x00;
-const BPF_JMP_JA = 0x05 | 0x00;
 const BPF_RET_K = 0x06 | 0x00;
 const BPF_MAXINSNS = 4096;
 

@@ -132,9 +132,10 @@ export const fallocate = syscall<(fd: number, mode: number, offset: number, len:
   'fallocate',
   'int fallocate(int, int, int64_t, int64_t)',
 );
-const rawCopyFileRange = syscall<
-  (fdIn: number, offIn: Buffer, fdOut: number, offOut: Buffer, len: number, flags: number) => number
->('copy_file_range', 'intptr_t copy_file_range(int, _Inout_ int64_t *, int, _Inout_ int64_t *, size_t, unsigned int)');
+const rawCopyFileRange = syscall<(fdIn: number, offIn: Buffer, fdOut: number, offOut: Buffer, len: number, flags: number) => number>(
+  'copy_file_range',
+  'intptr_t copy_file_range(int, _Inout_ int64_t *, int, _Inout_ int64_t *, size_t, unsigned int)',
+);
 const rawFcntlLock = syscall<(fd: number, cmd: number, lock: Buffer) => number>('fcntl', 'int fcntl(int, int, _Inout_ uint8_t *)');
 
 // setfsuid/setfsgid cannot fail in the -1/errno way: they return the previous id.

@@ -54,10 +54,7 @@ export const MAP_NORESERVE = 0x4000;
 
 export const close = syscall<(fd: number) => number>('close', 'int close(int)');
 export const eventfd = syscall<(initval: number, flags: number) => number>('eventfd', 'int eventfd(unsigned int, int)');
-export const memfdCreate = syscall<(name: string, flags: number) => number>(
-  'memfd_create',
-  'int memfd_create(const char*, unsigned int)',
-);
+export const memfdCreate = syscall<(name: string, flags: number) => number>('memfd_create', 'int memfd_create(const char*, unsigned int)');
 export const ftruncate = syscall<(fd: number, length: number | bigint) => number>('ftruncate', 'int ftruncate(int, int64_t)');
 export const dup = syscall<(fd: number) => number>('dup', 'int dup(int)');
 export const fcntl = syscall<(fd: number, cmd: number, arg: number) => number>('fcntl', 'int fcntl(int, int, int)');
@@ -67,10 +64,7 @@ export const socketpair = syscall<(domain: number, type: number, protocol: numbe
   'int socketpair(int, int, int, _Out_ int32_t *sv)',
 );
 export const bind = syscall<(fd: number, addr: Buffer, len: number) => number>('bind', 'int bind(int, const uint8_t*, uint32_t)');
-export const connect = syscall<(fd: number, addr: Buffer, len: number) => number>(
-  'connect',
-  'int connect(int, const uint8_t*, uint32_t)',
-);
+export const connect = syscall<(fd: number, addr: Buffer, len: number) => number>('connect', 'int connect(int, const uint8_t*, uint32_t)');
 export const listen = syscall<(fd: number, backlog: number) => number>('listen', 'int listen(int, int)');
 export const accept4 = syscall<(fd: number, addr: null, len: null, flags: number) => number>(
   'accept4',

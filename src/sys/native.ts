@@ -41,7 +41,8 @@ function load(): SysAddon {
   let lastError: unknown;
   for (const file of candidates) {
     try {
-      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      // A .node file can only be loaded with require().
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
       return require(file) as SysAddon;
     } catch (err) {
       lastError = err;

@@ -39,12 +39,10 @@ const SockFprog = koffi.struct({ len: 'uint16_t', filter: 'const uint8_t *' });
  * with TSYNC the id of a thread that could not be synchronised.
  */
 export function seccompSetModeFilter(flags: number, filter: Buffer): number {
-  const ret = rawSyscall(
-    SYS_seccomp_x86_64,
-    'unsigned int', SECCOMP_SET_MODE_FILTER,
-    'unsigned int', flags,
-    koffi.pointer(SockFprog), { len: filter.length / 8, filter },
-  );
+  const ret = rawSyscall(SYS_seccomp_x86_64, 'unsigned int', SECCOMP_SET_MODE_FILTER, 'unsigned int', flags, koffi.pointer(SockFprog), {
+    len: filter.length / 8,
+    filter,
+  });
   if (ret < 0) throw new SysError('seccomp', koffi.errno());
   return ret;
 }

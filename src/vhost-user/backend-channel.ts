@@ -49,7 +49,9 @@ export class BackendChannel {
     } catch (err) {
       // A front-end that does not read its end (EAGAIN), or a send cut short, leaves the stream
       // mid-message: nothing more can be framed on it, so the channel is done for.
-      const why = new BackendChannelError(`back-end channel unusable: ${BackendRequest[request]} could not be sent (${(err as Error).message})`);
+      const why = new BackendChannelError(
+        `back-end channel unusable: ${BackendRequest[request]} could not be sent (${(err as Error).message})`,
+      );
       this.log(why.message);
       this.fail(why);
       this.connection.close();

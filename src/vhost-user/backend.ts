@@ -131,7 +131,10 @@ export class VhostUserBackend {
     if (fdsLost && !HAS_OWN_REPLY.has(msg.request)) {
       // The kernel dropped fds of this message (MSG_CTRUNC, e.g. our fd table is full): the
       // request cannot be carried out, but the stream is intact, so only this message fails.
-      this.log('error', `vhost-user: ${name} refused: file descriptors sent with it were lost (control message truncated; is the daemon at its fd limit?)`);
+      this.log(
+        'error',
+        `vhost-user: ${name} refused: file descriptors sent with it were lost (control message truncated; is the daemon at its fd limit?)`,
+      );
       for (const fd of msg.fds.splice(0)) close(fd);
       if (needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) this.reply(msg.request, U64.encode({ value: 1n }));
       return;
@@ -302,7 +305,13 @@ export class VhostUserBackend {
         // slice, or size 0 (the protocol's failure) when there is no config or it lies outside.
         const h = ConfigHeader.decode(p);
         const config = this.options.deviceConfig;
-        if (!config || h.size === 0 || h.size > VHOST_USER_MAX_CONFIG_SIZE || h.offset > config.length || h.size > config.length - h.offset) {
+        if (
+          !config ||
+          h.size === 0 ||
+          h.size > VHOST_USER_MAX_CONFIG_SIZE ||
+          h.offset > config.length ||
+          h.size > config.length - h.offset
+        ) {
           return ConfigHeader.encode({ offset: h.offset, size: 0, flags: h.flags });
         }
         return Buffer.concat([ConfigHeader.encode(h), config.subarray(h.offset, h.offset + h.size)]);
@@ -437,7 +446,7 @@ export class VhostUserBackend {
     const faults = guardedFaultTotal();
     if (faults !== this.faultsSeen) {
       this.faultsSeen = faults;
-      if (this.memory.faulted()) this.teardown(new Error('guest memory faulted: a region\'s file was shrunk under the daemon'));
+      if (this.memory.faulted()) this.teardown(new Error("guest memory faulted: a region's file was shrunk under the daemon"));
     }
   }
 

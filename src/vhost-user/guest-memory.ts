@@ -50,7 +50,8 @@ export class GuestMemory {
       const what = `region gpa 0x${desc.guestPhysAddr.toString(16)} size 0x${desc.memorySize.toString(16)}`;
       // In u64 first: each end must not wrap past 2^64.
       const ends = [desc.guestPhysAddr, desc.userspaceAddr, desc.mmapOffset].map((start) => start + desc.memorySize);
-      if (desc.memorySize === 0n || ends.some((end) => end > U64_MAX + 1n)) throw new GuestMemoryError(`unusable ${what}: empty or wraps past 2^64`);
+      if (desc.memorySize === 0n || ends.some((end) => end > U64_MAX + 1n))
+        throw new GuestMemoryError(`unusable ${what}: empty or wraps past 2^64`);
       const size = Number(desc.memorySize);
       const gpa = Number(desc.guestPhysAddr);
       const uva = Number(desc.userspaceAddr);

@@ -140,7 +140,8 @@ export const ConfigHeader = new Struct('device config', [
  */
 export function encodeVirtioFsConfig(tag: string, numRequestQueues: number): Buffer {
   const bytes = Buffer.from(tag, 'utf8');
-  if (bytes.length === 0 || bytes.length > VIRTIO_FS_TAG_SIZE) throw new RangeError(`virtio-fs tag must be 1 to ${VIRTIO_FS_TAG_SIZE} bytes, not ${bytes.length}`);
+  if (bytes.length === 0 || bytes.length > VIRTIO_FS_TAG_SIZE)
+    throw new RangeError(`virtio-fs tag must be 1 to ${VIRTIO_FS_TAG_SIZE} bytes, not ${bytes.length}`);
   if (bytes.includes(0)) throw new RangeError('virtio-fs tag must not contain NUL');
   const out = Buffer.alloc(VIRTIO_FS_CONFIG_SIZE);
   bytes.copy(out, 0);

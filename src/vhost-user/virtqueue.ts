@@ -59,7 +59,13 @@ export function checkRingAlignment(descUserAddr: number, availUserAddr: number, 
  * mapping (a region's mmap_offset can shift one against the other; our
  * 16- and 32-bit atomic views need the latter). Throws VirtqueueError.
  */
-export function locateRings(memory: GuestMemory, size: number, descUserAddr: number, availUserAddr: number, usedUserAddr: number): RingViews {
+export function locateRings(
+  memory: GuestMemory,
+  size: number,
+  descUserAddr: number,
+  availUserAddr: number,
+  usedUserAddr: number,
+): RingViews {
   if (size === 0 || size > MAX_QUEUE_SIZE || (size & (size - 1)) !== 0) {
     throw new VirtqueueError(`queue size ${size} is not a power of two up to ${MAX_QUEUE_SIZE}`);
   }
@@ -69,7 +75,7 @@ export function locateRings(memory: GuestMemory, size: number, descUserAddr: num
   const used = memory.sliceUserAddr(usedUserAddr, 4 + 8 * size + 2);
   if (!desc || !avail || !used) throw new VirtqueueError('vring address outside guest memory');
   if (avail.byteOffset % AVAIL_ALIGN !== 0 || used.byteOffset % USED_ALIGN !== 0) {
-    throw new VirtqueueError('vring misaligned in our mapping (the region\'s mmap_offset shifts it)');
+    throw new VirtqueueError("vring misaligned in our mapping (the region's mmap_offset shifts it)");
   }
   return { size, desc, avail, used };
 }
@@ -182,7 +188,8 @@ export class SplitVirtqueue {
         if (flags & VIRTQ_DESC_F_NEXT) return { head, error: 'indirect descriptor with NEXT' };
         if (len === 0 || len % DESC_SIZE !== 0) return { head, error: `indirect table of ${len} bytes` };
         // A chain may not be longer than the queue (virtio 1.x, 2.7.5.3.1), indirect or not.
-        if (len / DESC_SIZE > this.size) return { head, error: `indirect table of ${len / DESC_SIZE} descriptors for a queue of ${this.size}` };
+        if (len / DESC_SIZE > this.size)
+          return { head, error: `indirect table of ${len / DESC_SIZE} descriptors for a queue of ${this.size}` };
         const t = this.memory.slice(addr, len);
         if (!t) return { head, error: 'indirect table outside guest memory' };
         table = t;

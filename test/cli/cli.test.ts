@@ -41,7 +41,18 @@ describe('share options', () => {
   it('are off by default, as in the reference daemon', () => {
     const c = config();
     expect(c).toMatchObject({ cache: 'auto', readonly: false, inodeFileHandles: 'never', translateUid: [], translateGid: [] });
-    for (const key of ['xattr', 'posixAcl', 'securityLabel', 'posixLock', 'flock', 'writeback', 'allowDirectIo', 'killprivV2', 'announceSubmounts', 'preserveNoatime'] as const) {
+    for (const key of [
+      'xattr',
+      'posixAcl',
+      'securityLabel',
+      'posixLock',
+      'flock',
+      'writeback',
+      'allowDirectIo',
+      'killprivV2',
+      'announceSubmounts',
+      'preserveNoatime',
+    ] as const) {
       expect(c[key], key).toBeFalsy();
     }
     expect(c.readdirplus).toBeUndefined();
@@ -90,7 +101,16 @@ describe('share options', () => {
   });
 
   it('--xattrmap, --translate-uid and --translate-gid are validated and kept', () => {
-    const c = config('--xattrmap', ':map::user.virtiofs.:', '--translate-uid', 'map:0:100000:65536', '--translate-uid', 'forbid-guest:70000:1', '--translate-gid', 'squash-guest:0:100:65536');
+    const c = config(
+      '--xattrmap',
+      ':map::user.virtiofs.:',
+      '--translate-uid',
+      'map:0:100000:65536',
+      '--translate-uid',
+      'forbid-guest:70000:1',
+      '--translate-gid',
+      'squash-guest:0:100:65536',
+    );
     expect(c.xattrmap).toBe(':map::user.virtiofs.:');
     expect(c.translateUid).toEqual(['map:0:100000:65536', 'forbid-guest:70000:1']);
     expect(c.translateGid).toEqual(['squash-guest:0:100:65536']);
@@ -107,7 +127,11 @@ describe('sandbox options', () => {
   it('default to namespace and seccomp kill, and take the forms virtiofsd and libvirt use', () => {
     expect(config()).toMatchObject({ sandbox: 'namespace', sandboxExplicit: false, seccomp: 'kill', uidMapNs: [], gidMapNs: [] });
     expect(config('--sandbox', 'chroot', '--seccomp', 'log')).toMatchObject({ sandbox: 'chroot', sandboxExplicit: true, seccomp: 'log' });
-    expect(config('-o', 'sandbox=none,modcaps=+sys_admin:-mknod')).toMatchObject({ sandbox: 'none', sandboxExplicit: true, modcaps: '+sys_admin:-mknod' });
+    expect(config('-o', 'sandbox=none,modcaps=+sys_admin:-mknod')).toMatchObject({
+      sandbox: 'none',
+      sandboxExplicit: true,
+      modcaps: '+sys_admin:-mknod',
+    });
     expect(config('--modcaps=-fsetid')).toMatchObject({ modcaps: '-fsetid' });
     expect(config('--uid-map=:0:1000:1:', '--gid-map', '0:1000:1')).toMatchObject({ uidMapNs: ['0:1000:1'], gidMapNs: ['0:1000:1'] });
   });
@@ -198,12 +222,18 @@ describe('the built command', () => {
   it('fails start-up clearly when mandatory file handles cannot work', () => {
     const r = run('--socket-path', sock, '--shared-dir', '/proc/sys', '--inode-file-handles=mandatory', '--rlimit-nofile', '0');
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/^virtiofsd-ts: --inode-file-handles=mandatory: the shared directory's file system cannot use file handles \(\w+\)\n$/);
+    expect(r.stderr).toMatch(
+      /^virtiofsd-ts: --inode-file-handles=mandatory: the shared directory's file system cannot use file handles \(\w+\)\n$/,
+    );
     expect(fs.existsSync(sock)).toBe(false);
   });
 
   it('sets RLIMIT_NOFILE as --rlimit-nofile asks, then serves until SIGTERM', async () => {
-    const child = spawn(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', dir, '--rlimit-nofile', '4096', '--log-level', 'error'], { stdio: 'ignore' });
+    const child = spawn(
+      process.execPath,
+      [CLI, '--socket-path', sock, '--shared-dir', dir, '--rlimit-nofile', '4096', '--log-level', 'error'],
+      { stdio: 'ignore' },
+    );
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     try {
       for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
@@ -238,7 +268,11 @@ describe('the built command', () => {
   }, 30_000);
 
   it('gives the socket to --socket-group with mode 0660', async () => {
-    const child = spawn(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', dir, '--socket-group', 'root', '--log-level', 'error'], { stdio: 'ignore' });
+    const child = spawn(
+      process.execPath,
+      [CLI, '--socket-path', sock, '--shared-dir', dir, '--socket-group', 'root', '--log-level', 'error'],
+      { stdio: 'ignore' },
+    );
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     try {
       // The file appears at bind() owner-only; the group and mode follow right after.

@@ -97,8 +97,23 @@ describe("libvirt's command lines (src/qemu/qemu_virtiofs.c)", () => {
   it('legacy -o mode: source, cache, sandbox, xattr/no_xattr, flock/no_flock, posix_lock/no_posix_lock, -d', () => {
     const listener = UnixListener.listen(sock);
     try {
-      const on = config([`--fd=${listener.fd}`, '-o', `source=${dir},cache=none,sandbox=namespace,xattr,flock,posix_lock`, '--thread-pool-size=0', '-d']);
-      expect(on).toMatchObject({ sharedDir: dir, cache: 'never', sandbox: 'namespace', xattr: true, flock: true, posixLock: true, threadPoolSize: 0, logLevel: 'debug' });
+      const on = config([
+        `--fd=${listener.fd}`,
+        '-o',
+        `source=${dir},cache=none,sandbox=namespace,xattr,flock,posix_lock`,
+        '--thread-pool-size=0',
+        '-d',
+      ]);
+      expect(on).toMatchObject({
+        sharedDir: dir,
+        cache: 'never',
+        sandbox: 'namespace',
+        xattr: true,
+        flock: true,
+        posixLock: true,
+        threadPoolSize: 0,
+        logLevel: 'debug',
+      });
       const off = config([`--fd=${listener.fd}`, '-o', `source=${dir},cache=always,sandbox=chroot,no_xattr,no_flock,no_posix_lock`]);
       expect(off).toMatchObject({ cache: 'always', sandbox: 'chroot', xattr: false, flock: false, posixLock: false });
     } finally {
@@ -111,7 +126,21 @@ describe("libvirt's command lines (src/qemu/qemu_virtiofs.c)", () => {
     // As libvirt runs it: the chardev's listening socket passed as --fd, every separate option.
     const child = spawn(
       process.execPath,
-      [CLI, '--fd=3', '--shared-dir', dir, '--cache', 'always', '--sandbox', 'chroot', '--xattr', '--thread-pool-size=4', '--rlimit-nofile=4096', '--log-level', 'debug'],
+      [
+        CLI,
+        '--fd=3',
+        '--shared-dir',
+        dir,
+        '--cache',
+        'always',
+        '--sandbox',
+        'chroot',
+        '--xattr',
+        '--thread-pool-size=4',
+        '--rlimit-nofile=4096',
+        '--log-level',
+        'debug',
+      ],
       { stdio: ['ignore', 'ignore', 'pipe', listener.fd] },
     );
     listener.close();

@@ -31,12 +31,21 @@ describe('--tag', () => {
   it('makes the daemon offer VHOST_USER_PROTOCOL_F_CONFIG and serve the virtio-fs config; without it neither', async () => {
     for (const tag of ['myfs', undefined]) {
       const socketPath = path.join(dir, `sock-${tag ?? 'none'}`);
-      const daemon = new Daemon({ ...parse(...(tag ? ['--tag', tag] : [])), socketPath, sandbox: undefined, seccomp: undefined, logLevel: 'error' });
+      const daemon = new Daemon({
+        ...parse(...(tag ? ['--tag', tag] : [])),
+        socketPath,
+        sandbox: undefined,
+        seccomp: undefined,
+        logLevel: 'error',
+      });
       daemon.start();
       const frontend = await VhostUserFrontend.connect(socketPath, { requestQueues: 1, ramRegions: [1 << 20, 1 << 20] });
       try {
         expect((frontend.backendProtocolFeatures & (1n << BigInt(ProtocolFeature.CONFIG))) !== 0n).toBe(tag !== undefined);
-        const reply = await frontend.call(FrontendRequest.GET_CONFIG, Buffer.concat([ConfigHeader.encode({ offset: 0, size: 40, flags: 0 }), Buffer.alloc(40)]));
+        const reply = await frontend.call(
+          FrontendRequest.GET_CONFIG,
+          Buffer.concat([ConfigHeader.encode({ offset: 0, size: 40, flags: 0 }), Buffer.alloc(40)]),
+        );
         if (tag) {
           const config = reply.payload.subarray(ConfigHeader.size);
           expect(config.subarray(0, 36).toString().replace(/\0+$/, '')).toBe(tag);

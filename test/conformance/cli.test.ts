@@ -96,7 +96,13 @@ describe('virtiofsd-ts probe', () => {
   it('exits 1 and names the failing step when the share refuses writes (--readonly)', async () => {
     const readonlyCli: Backend = {
       ...oursCli,
-      start: (sharedDir, socketPath) => startProcess(process.execPath, [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--readonly'], socketPath, socketFileExists),
+      start: (sharedDir, socketPath) =>
+        startProcess(
+          process.execPath,
+          [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--readonly'],
+          socketPath,
+          socketFileExists,
+        ),
     };
     const { share, socketPath } = await serve(readonlyCli);
     const r = await runCli(['probe', '--socket-path', socketPath]);

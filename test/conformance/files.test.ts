@@ -258,7 +258,11 @@ describe.each(BACKENDS)('files on $name', (backend) => {
     const src = await fuse.lookup(ROOT, 'src');
     const hs = await fuse.open(src.nodeid, O_RDONLY);
     const dst = await fuse.create(ROOT, 'dst', O_RDWR, 0o644);
-    const n = await fuse.copyFileRange({ nodeid: src.nodeid, fh: hs.fh, offset: 10 }, { nodeid: dst.entry.nodeid, fh: dst.open.fh, offset: 2 }, 5);
+    const n = await fuse.copyFileRange(
+      { nodeid: src.nodeid, fh: hs.fh, offset: 10 },
+      { nodeid: dst.entry.nodeid, fh: dst.open.fh, offset: 2 },
+      5,
+    );
     expect(n).toBe(5);
     expect(fs.readFileSync(path.join(dir, 'dst'))).toEqual(Buffer.from('\0\0klmno'));
   });

@@ -203,7 +203,11 @@ describe.each(BACKENDS)('namespace on $name', (backend) => {
     // 512-byte replies force many round trips, each resumed from the last cookie.
     let batches = 0;
     const seen: string[] = [];
-    for (let batch = await fuse.readdir(big.nodeid, h.fh, 0n, 512); batch.length > 0; batch = await fuse.readdir(big.nodeid, h.fh, batch[batch.length - 1].off, 512)) {
+    for (
+      let batch = await fuse.readdir(big.nodeid, h.fh, 0n, 512);
+      batch.length > 0;
+      batch = await fuse.readdir(big.nodeid, h.fh, batch[batch.length - 1].off, 512)
+    ) {
       batches++;
       seen.push(...batch.map((d) => d.name));
     }
@@ -237,7 +241,11 @@ describe.each(BACKENDS)('namespace on $name', (backend) => {
     const { fuse, dir } = await open({ populate: (d) => names.forEach((n, i) => fs.writeFileSync(path.join(d, n), 'x'.repeat(i))) });
     const h = await fuse.opendir(ROOT);
     const entries = [];
-    for (let batch = await fuse.readdirplus(ROOT, h.fh, 0n, 4096); batch.length > 0; batch = await fuse.readdirplus(ROOT, h.fh, batch[batch.length - 1].off, 4096)) {
+    for (
+      let batch = await fuse.readdirplus(ROOT, h.fh, 0n, 4096);
+      batch.length > 0;
+      batch = await fuse.readdirplus(ROOT, h.fh, batch[batch.length - 1].off, 4096)
+    ) {
       entries.push(...batch);
     }
     const files = entries.filter((e) => e.name !== '.' && e.name !== '..');

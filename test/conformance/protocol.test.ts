@@ -111,7 +111,11 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
     // 8 readable bytes: not even a fuse_in_header.
     expect(await q.submit([{ addr: scrap.addr, len: 8 }], [{ addr: scrap.addr + 2048, len: 256 }])).toBe(0);
     // A whole GETATTR but nowhere to write the reply.
-    P.fuse_in_header.encode({ len: 56, opcode: Opcode.FUSE_GETATTR, unique: 999n, nodeid: ROOT, uid: 0, gid: 0, pid: 0, total_extlen: 0 }, scrap.view, 0);
+    P.fuse_in_header.encode(
+      { len: 56, opcode: Opcode.FUSE_GETATTR, unique: 999n, nodeid: ROOT, uid: 0, gid: 0, pid: 0, total_extlen: 0 },
+      scrap.view,
+      0,
+    );
     expect(await q.submit([{ addr: scrap.addr, len: 56 }], [])).toBe(0);
     // A descriptor outside guest RAM.
     expect(await q.submit([{ addr: 0x7000_0000_0000, len: 64 }], [{ addr: scrap.addr, len: 64 }])).toBe(0);
@@ -165,7 +169,17 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
     expect(fuse.frontend.requestQueues.length).toBe(2);
     const onFirst = await fuse.lookup(ROOT, 'f');
     const both = await Promise.all(
-      Array.from({ length: 200 }, (_, i) => fuse.transport.call({ opcode: Opcode.FUSE_GETATTR, nodeid: onFirst.nodeid, args: [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })], replySize: P.fuse_attr_out.size }, { queue: i % 2 })),
+      Array.from({ length: 200 }, (_, i) =>
+        fuse.transport.call(
+          {
+            opcode: Opcode.FUSE_GETATTR,
+            nodeid: onFirst.nodeid,
+            args: [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })],
+            replySize: P.fuse_attr_out.size,
+          },
+          { queue: i % 2 },
+        ),
+      ),
     );
     expect(both.every((r) => r.error === 0 && P.fuse_attr_out.decode(r.payload, 0).attr.size === 1)).toBe(true);
   });
@@ -210,7 +224,10 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
     expect(fuse.frontend.shmemSizes).toEqual([]);
     const f = await fuse.lookup(ROOT, 'f');
     const h = await fuse.open(f.nodeid, O_RDWR);
-    await expectErrno(fuse.setupMapping(f.nodeid, h.fh, { foffset: 0, len: 1 << 21, moffset: 0, flags: P.FUSE_SETUPMAPPING_FLAG_READ }), 'ENOSYS');
+    await expectErrno(
+      fuse.setupMapping(f.nodeid, h.fh, { foffset: 0, len: 1 << 21, moffset: 0, flags: P.FUSE_SETUPMAPPING_FLAG_READ }),
+      'ENOSYS',
+    );
     await expectErrno(fuse.removeMapping(f.nodeid, [{ moffset: 0, len: 1 << 21 }]), 'ENOSYS');
   });
 
@@ -228,7 +245,12 @@ describe.each(BACKENDS)('protocol on $name', (backend) => {
       const f = await fuse.lookup(ROOT, 'f');
       const h = await fuse.open(f.nodeid, O_RDWR);
       const len = 1 << 21;
-      await fuse.setupMapping(f.nodeid, h.fh, { foffset: 0, len, moffset: 0, flags: P.FUSE_SETUPMAPPING_FLAG_READ | P.FUSE_SETUPMAPPING_FLAG_WRITE });
+      await fuse.setupMapping(f.nodeid, h.fh, {
+        foffset: 0,
+        len,
+        moffset: 0,
+        flags: P.FUSE_SETUPMAPPING_FLAG_READ | P.FUSE_SETUPMAPPING_FLAG_WRITE,
+      });
       expect(window.mappingCount).toBe(1);
       const view = window.view(0, 4096);
       expect(view[0]).toBe(0x5a);

@@ -9,7 +9,12 @@ import { daxPair } from '../helpers/dax-pair';
 
 const MiB = 1n << 20n;
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
+afterEach(() =>
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f()),
+);
 
 function setup(windowSize = 8 * 1024 * 1024, refuse = false) {
   const { window, mapper, close: closePair } = daxPair(windowSize, { refuse });
@@ -47,7 +52,12 @@ describe('DaxMapper with the guest DaxWindow', () => {
     const view = window.view(4 * 1024 * 1024, 2 * 1024 * 1024);
     expect(view.subarray(0, 64)).toEqual(content.subarray(2 * 1024 * 1024, 2 * 1024 * 1024 + 64));
     view.write('from the guest', 16);
-    expect(fs.readFileSync(file).subarray(2 * 1024 * 1024 + 16, 2 * 1024 * 1024 + 30).toString()).toBe('from the guest');
+    expect(
+      fs
+        .readFileSync(file)
+        .subarray(2 * 1024 * 1024 + 16, 2 * 1024 * 1024 + 30)
+        .toString(),
+    ).toBe('from the guest');
     fs.writeSync(fd, Buffer.from('from the host'), 0, 13, 2 * 1024 * 1024 + 100);
     expect(view.subarray(100, 113).toString()).toBe('from the host');
     expect(await mapper.remove(4n * MiB, 2n * MiB)).toBe(0);

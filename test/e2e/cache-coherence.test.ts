@@ -44,16 +44,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, test } from 'vitest';
-import {
-  CacheMode,
-  DAEMON_TITLE,
-  GuestRun,
-  TEST_TIMEOUT,
-  expectCleanRun,
-  hasCacheMode,
-  runGuest,
-  useE2EEnvironment,
-} from './harness';
+import { CacheMode, DAEMON_TITLE, GuestRun, TEST_TIMEOUT, expectCleanRun, hasCacheMode, runGuest, useE2EEnvironment } from './harness';
 import { describeRun } from './qemu-guest';
 
 type Item = 'same.txt' | 'grow.txt' | 'gone.txt' | 'new.txt';
@@ -159,8 +150,10 @@ async function coherenceRun(mode: CacheMode): Promise<void> {
     `[e2e] cache ${mode}: ` +
       ITEMS.map((item) => {
         const o = seen.get(item)!;
-        return `${item} ${o.immediate ? 'fresh at once' : o.freshAfterMs !== null ? `fresh after ${o.freshAfterMs} ms` : 'stale'}` +
-          `${o.afterDrop ? '' : ' (STALE after drop_caches)'}`;
+        return (
+          `${item} ${o.immediate ? 'fresh at once' : o.freshAfterMs !== null ? `fresh after ${o.freshAfterMs} ms` : 'stale'}` +
+          `${o.afterDrop ? '' : ' (STALE after drop_caches)'}`
+        );
       }).join(', '),
   );
   for (const line of result.report.info.filter((l) => l.startsWith('coh held-fd'))) console.log(`[e2e] cache ${mode}: ${line}`);

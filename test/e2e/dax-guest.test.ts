@@ -21,11 +21,21 @@ const shaFile = (f: string) => sha(fs.readFileSync(f));
 
 function ourDaemon(socketPath: string, share: string, policy: string): string[] {
   return [
-    process.execPath, path.join(REPO_ROOT, 'bin', 'virtiofsd-ts.js'),
-    '--socket-path', socketPath, '--shared-dir', share,
-    '--tag', DAX_TAG, '--dax-window', WINDOW, '--dax-policy', policy,
+    process.execPath,
+    path.join(REPO_ROOT, 'bin', 'virtiofsd-ts.js'),
+    '--socket-path',
+    socketPath,
+    '--shared-dir',
+    share,
+    '--tag',
+    DAX_TAG,
+    '--dax-window',
+    WINDOW,
+    '--dax-policy',
+    policy,
     // vhost-user messages at debug: the test counts the window's ADD/REM_MEM_REG.
-    '--log-level', 'debug',
+    '--log-level',
+    'debug',
   ];
 }
 
@@ -80,11 +90,29 @@ describe('DAX in a Linux 6.12 guest on QEMU 11.1 (vhost-user-test-device-pci)', 
         fs.writeFileSync(path.join(share, '.host-changed'), 'done\n');
       }
     };
-    const r = await bootDaxGuest({ daemonCommand: ourDaemon(socketPath, share, 'always'), socketPath, mode: 'always', dax: 'always', allowReboot: true, poll });
+    const r = await bootDaxGuest({
+      daemonCommand: ourDaemon(socketPath, share, 'always'),
+      socketPath,
+      mode: 'always',
+      dax: 'always',
+      allowReboot: true,
+      poll,
+    });
     console.log(`[e2e] DAX guest (dax=always, reboot): QEMU ran ${r.qemuMs} ms`);
     const report = expectCleanGuest(r, 2);
     const details = describeDaxRun(r);
-    for (const name of ['mount-options', 'isdax', 'write-window', 'mmap-store-1', 'mmap-store-2', 'umount', 'remount', 'umount-before-reboot', 'reboot', 'isdax-after-reboot']) {
+    for (const name of [
+      'mount-options',
+      'isdax',
+      'write-window',
+      'mmap-store-1',
+      'mmap-store-2',
+      'umount',
+      'remount',
+      'umount-before-reboot',
+      'reboot',
+      'isdax-after-reboot',
+    ]) {
       expect(report.ok, `${name}\n${details}`).toContain(name);
     }
     // Reads through the window, before and after unmount and reboot.
@@ -186,7 +214,12 @@ describe('DAX in a Linux 6.12 guest on QEMU 11.1 (vhost-user-test-device-pci)', 
     fs.writeFileSync(path.join(share, 'delete-me.txt'), 'deleted by the guest\n');
     fs.mkdirSync(path.join(share, 'empty-host-dir'));
     const socketPath = path.join(workDir(), 'fs.sock');
-    const run = await bootGuest({ daemonCommand: ourDaemon(socketPath, share, 'inode'), socketPath, kernel: guestKernel('backports'), mode: 'basic' });
+    const run = await bootGuest({
+      daemonCommand: ourDaemon(socketPath, share, 'inode'),
+      socketPath,
+      kernel: guestKernel('backports'),
+      mode: 'basic',
+    });
     const report = parseConsole(run.consoleText);
     const details = describeRun(run);
     expect(report.failed, details).toEqual([]);

@@ -64,20 +64,32 @@ export function daxQemuArgs(opts: Pick<DaxBootOptions, 'socketPath' | 'mode' | '
       : // virtio-id 26 is virtio-fs; the window size is the back-end's GET_SHMEM_CONFIG answer.
         'vhost-user-test-device-pci,chardev=char0,virtio-id=26,num_vqs=2,config_size=40';
   return [
-    '-accel', 'tcg',
-    '-cpu', 'max',
-    '-smp', '2',
-    '-m', '512M',
-    '-object', 'memory-backend-memfd,id=mem,size=512M,share=on',
-    '-numa', 'node,memdev=mem',
-    '-chardev', `socket,id=char0,path=${opts.socketPath}`,
-    '-device', device,
-    '-kernel', DAX_KERNEL,
-    '-initrd', DAX_INITRD,
-    '-append', `console=ttyS0 panic=-1 e2e.mode=${opts.mode} e2e.dax=${opts.dax}${opts.append ? ` ${opts.append}` : ''}`,
+    '-accel',
+    'tcg',
+    '-cpu',
+    'max',
+    '-smp',
+    '2',
+    '-m',
+    '512M',
+    '-object',
+    'memory-backend-memfd,id=mem,size=512M,share=on',
+    '-numa',
+    'node,memdev=mem',
+    '-chardev',
+    `socket,id=char0,path=${opts.socketPath}`,
+    '-device',
+    device,
+    '-kernel',
+    DAX_KERNEL,
+    '-initrd',
+    DAX_INITRD,
+    '-append',
+    `console=ttyS0 panic=-1 e2e.mode=${opts.mode} e2e.dax=${opts.dax}${opts.append ? ` ${opts.append}` : ''}`,
     '-nographic',
     ...(opts.allowReboot ? [] : ['-no-reboot']),
-    '-nic', 'none',
+    '-nic',
+    'none',
   ];
 }
 
@@ -201,7 +213,13 @@ export function describeDaxRun(r: DaxBootResult): string {
     `qemu exit ${r.qemuExitCode}${r.qemuSignal ? ` signal ${r.qemuSignal}` : ''}${r.timedOut ? ' (timeout)' : ''} after ${r.qemuMs} ms, daemon exit ${r.daemonExitCode ?? 'none (killed)'}`,
     `--- console tail ---\n${tail(r.consoleText, 40)}`,
     `--- QEMU stderr tail ---\n${tail(r.qemuStderr, 10)}`,
-    `--- daemon stderr tail (debug lines left out) ---\n${tail(r.daemonStderr.split('\n').filter((l) => !/ debug: /.test(l)).join('\n'), 20)}`,
+    `--- daemon stderr tail (debug lines left out) ---\n${tail(
+      r.daemonStderr
+        .split('\n')
+        .filter((l) => !/ debug: /.test(l))
+        .join('\n'),
+      20,
+    )}`,
   ].join('\n');
 }
 

@@ -29,8 +29,15 @@ let workDir: () => string;
 
 /** Files the host puts into the share before boot; workload.sh expects them. */
 const HOST_FILES = [
-  'delete-me.txt', 'empty-host-dir', 'hello.txt', 'host-data.bin', 'host-data.sha256', 'host-data.size',
-  'hostdir', 'link-to-hello', 'rename-me.txt',
+  'delete-me.txt',
+  'empty-host-dir',
+  'hello.txt',
+  'host-data.bin',
+  'host-data.sha256',
+  'host-data.size',
+  'hostdir',
+  'link-to-hello',
+  'rename-me.txt',
 ];
 function prepareShare(share: string): { hostData: Buffer } {
   const hostData = crypto.randomBytes(HOST_DATA_BYTES);
@@ -68,10 +75,28 @@ const exists = (share: string, rel: string) => fs.existsSync(path.join(share, re
 async function basicWorkload(kernel: KernelName, extra: Pick<GuestRunOptions, 'requestQueues'> = {}): Promise<void> {
   const result = await runGuest(kernel, 'basic', extra);
   expectCleanRun(result, [
-    'mount', 'list-share', 'read-small-file', 'read-host-file', 'read-nested-file', 'read-symlink',
-    'stat-size', 'mkdir-nested', 'write-small', 'write-many', 'append', 'truncate', 'chmod', 'symlink',
-    'rename-file', 'rename-dir', 'rename-host-file', 'remove-file', 'remove-tree', 'remove-host-file',
-    'remove-host-dir', 'big-file',
+    'mount',
+    'list-share',
+    'read-small-file',
+    'read-host-file',
+    'read-nested-file',
+    'read-symlink',
+    'stat-size',
+    'mkdir-nested',
+    'write-small',
+    'write-many',
+    'append',
+    'truncate',
+    'chmod',
+    'symlink',
+    'rename-file',
+    'rename-dir',
+    'rename-host-file',
+    'remove-file',
+    'remove-tree',
+    'remove-host-file',
+    'remove-host-dir',
+    'big-file',
   ]);
   const { share, hostData, report } = result;
 
@@ -92,8 +117,15 @@ async function basicWorkload(kernel: KernelName, extra: Pick<GuestRunOptions, 'r
   expect(read(share, 'guest/new-name.txt')).toBe('moving\n');
   expect(read(share, 'guest/dir-new/inner/f.txt')).toBe('inside\n');
   expect(read(share, 'renamed-by-guest.txt')).toBe('renamed by the guest\n');
-  for (const gone of ['guest/old-name.txt', 'guest/dir-old', 'guest/gone.txt', 'guest/tree',
-    'rename-me.txt', 'delete-me.txt', 'empty-host-dir']) {
+  for (const gone of [
+    'guest/old-name.txt',
+    'guest/dir-old',
+    'guest/gone.txt',
+    'guest/tree',
+    'rename-me.txt',
+    'delete-me.txt',
+    'empty-host-dir',
+  ]) {
     expect(exists(share, gone), `${gone} should be gone`).toBe(false);
   }
   const many = Array.from({ length: 50 }, (_, i) => `many-${i}.txt`);
@@ -112,32 +144,44 @@ async function basicWorkload(kernel: KernelName, extra: Pick<GuestRunOptions, 'r
 describe(`Linux guest against ${DAEMON_TITLE}`, () => {
   workDir = useE2EEnvironment();
 
-  test('6.1 guest (modules): list, read, write, rename, remove, 64 MiB round trip', async () => {
-    await basicWorkload('bookworm');
-  }, TEST_TIMEOUT);
+  test(
+    '6.1 guest (modules): list, read, write, rename, remove, 64 MiB round trip',
+    async () => {
+      await basicWorkload('bookworm');
+    },
+    TEST_TIMEOUT,
+  );
 
-  test('6.12 guest (built in), one request queue: same workload', async () => {
-    await basicWorkload('backports', { requestQueues: 1 });
-  }, TEST_TIMEOUT);
+  test(
+    '6.12 guest (built in), one request queue: same workload',
+    async () => {
+      await basicWorkload('backports', { requestQueues: 1 });
+    },
+    TEST_TIMEOUT,
+  );
 
-  test('umount + mount, then a guest reboot, against one daemon process', async () => {
-    const result = await runGuest('bookworm', 'reboot', { allowReboot: true });
-    expectCleanRun(result, ['persist-write', 'umount', 'remount', 'after-remount', 'after-reboot']);
-    const { share, report } = result;
-    // Two boots, each mounted the share, and the second saw the first's data.
-    expect(report.ok.filter((c) => c === 'mount')).toHaveLength(2);
-    expect(report.info).toEqual(expect.arrayContaining(['boot 1', 'rebooting', 'boot 2']));
-    expect(read(share, 'boot-marker')).toBe('2\n');
-    expect(read(share, 'persist.txt')).toBe('survives remounts\n');
-    const persisted = fs.readFileSync(path.join(share, 'persist.bin'));
-    expect(persisted.length).toBe(4 << 20);
-    expect(read(share, 'persist.sha256').split(' ')[0]).toBe(sha256(persisted));
-  }, TEST_TIMEOUT);
+  test(
+    'umount + mount, then a guest reboot, against one daemon process',
+    async () => {
+      const result = await runGuest('bookworm', 'reboot', { allowReboot: true });
+      expectCleanRun(result, ['persist-write', 'umount', 'remount', 'after-remount', 'after-reboot']);
+      const { share, report } = result;
+      // Two boots, each mounted the share, and the second saw the first's data.
+      expect(report.ok.filter((c) => c === 'mount')).toHaveLength(2);
+      expect(report.info).toEqual(expect.arrayContaining(['boot 1', 'rebooting', 'boot 2']));
+      expect(read(share, 'boot-marker')).toBe('2\n');
+      expect(read(share, 'persist.txt')).toBe('survives remounts\n');
+      const persisted = fs.readFileSync(path.join(share, 'persist.bin'));
+      expect(persisted.length).toBe(4 << 20);
+      expect(read(share, 'persist.sha256').split(' ')[0]).toBe(sha256(persisted));
+    },
+    TEST_TIMEOUT,
+  );
 
   test.skipIf(REFERENCE)(
-    `6.12 guest, 2 request queues, 2 vCPUs: parallel I/O${REFERENCE
-      ? ' (skipped for the reference daemon: it serves one request queue and aborts with "Invalid queue index: 2")'
-      : ''}`,
+    `6.12 guest, 2 request queues, 2 vCPUs: parallel I/O${
+      REFERENCE ? ' (skipped for the reference daemon: it serves one request queue and aborts with "Invalid queue index: 2")' : ''
+    }`,
     async () => {
       const result = await runGuest('backports', 'parallel', { requestQueues: 2 });
       expectCleanRun(result, ['mount', 'parallel-io']);

@@ -14,25 +14,39 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, test } from 'vitest';
-import {
-  DAEMON_TITLE,
-  GuestRun,
-  REFERENCE,
-  TEST_TIMEOUT,
-  expectCleanExit,
-  hostBattery,
-  runGuest,
-  useE2EEnvironment,
-} from './harness';
+import { DAEMON_TITLE, GuestRun, REFERENCE, TEST_TIMEOUT, expectCleanExit, hostBattery, runGuest, useE2EEnvironment } from './harness';
 import { describeRun } from './qemu-guest';
 
 /** The checks of battery.c, in order (`battery list-checks`). */
 const CHECKS = [
-  '01-create-rw', '02-pread-pwrite', '03-mkdir-rmdir', '04-readdir-1000', '05-rename', '06-renameat2',
-  '07-hardlink', '08-symlink', '09-chmod-chown', '10-utimes', '11-statfs', '12-unlink-open', '13-o-excl',
-  '14-sparse-seek', '15-fallocate', '16-xattr', '17-flock', '18-flock-blocking', '19-fcntl-locks', '20-ofd-close',
-  '21-fcntl-setlkw', '22-mkfifo', '23-big-file', '24-many-files', '25-unicode-names', '26-fsync',
-  '27-copy-file-range', '28-mmap-shared',
+  '01-create-rw',
+  '02-pread-pwrite',
+  '03-mkdir-rmdir',
+  '04-readdir-1000',
+  '05-rename',
+  '06-renameat2',
+  '07-hardlink',
+  '08-symlink',
+  '09-chmod-chown',
+  '10-utimes',
+  '11-statfs',
+  '12-unlink-open',
+  '13-o-excl',
+  '14-sparse-seek',
+  '15-fallocate',
+  '16-xattr',
+  '17-flock',
+  '18-flock-blocking',
+  '19-fcntl-locks',
+  '20-ofd-close',
+  '21-fcntl-setlkw',
+  '22-mkfifo',
+  '23-big-file',
+  '24-many-files',
+  '25-unicode-names',
+  '26-fsync',
+  '27-copy-file-range',
+  '28-mmap-shared',
 ];
 
 /** Checks QEMU 7.2's C virtiofsd cannot pass, and why. */
@@ -42,8 +56,8 @@ const REFERENCE_EXPECTED_FAILURES: Record<string, string> = {
     'change (one thread serves the queue, so a blocked flock could deadlock it); the kernel sends even a ' +
     'plain flock(LOCK_UN) that way (as FUSE_SETLKW), so it fails too',
   '20-ofd-close':
-    'the C virtiofsd drops a lock owner\'s host locks only on FUSE_FLUSH of that owner; the kernel flushes ' +
-    'with the POSIX owner (the process\'s files), never the OFD owner (the file), and FUSE_RELEASE carries ' +
+    "the C virtiofsd drops a lock owner's host locks only on FUSE_FLUSH of that owner; the kernel flushes " +
+    "with the POSIX owner (the process's files), never the OFD owner (the file), and FUSE_RELEASE carries " +
     'no owner unless flock was used, so OFD locks outlive close() on the host and block the next locker',
   '21-fcntl-setlkw':
     'the C virtiofsd answers FUSE_SETLKW (blocking POSIX locks) with EOPNOTSUPP, even uncontended ' +
@@ -152,9 +166,12 @@ function hostChecks(dir: string, result: GuestRun, passed: (check: string) => bo
   run('02-pread-pwrite', () => {
     const data = fs.readFileSync(at('02-pread-pwrite', 'pp.bin'));
     want('02-pread-pwrite', 'pp.bin size', data.length, MiB + 3);
-    want('02-pread-pwrite', 'pp.bin pieces',
+    want(
+      '02-pread-pwrite',
+      'pp.bin pieces',
       [data.subarray(0, 1), data.subarray(4092, 4100), data.subarray(65534, 65538), data.subarray(MiB)].map(String),
-      ['S', 'ABCDEFGH', 'tail', 'far']);
+      ['S', 'ABCDEFGH', 'tail', 'far'],
+    );
     want('02-pread-pwrite', 'pp.bin hole at 500000', data.subarray(500000, 500016).equals(Buffer.alloc(16)), true);
   });
   run('03-mkdir-rmdir', () => {
@@ -170,8 +187,12 @@ function hostChecks(dir: string, result: GuestRun, passed: (check: string) => bo
     want('05-rename', 'd2/ contents', [content('05-rename', 'd2/moved'), content('05-rename', 'd2/inner')], ['source', 'inner']);
   });
   run('06-renameat2', () => {
-    want('06-renameat2', 'y, dir, z/in', [content('06-renameat2', 'y'), content('06-renameat2', 'dir'), content('06-renameat2', 'z/in')],
-      ['x-data', 'y-data', 'in']);
+    want(
+      '06-renameat2',
+      'y, dir, z/in',
+      [content('06-renameat2', 'y'), content('06-renameat2', 'dir'), content('06-renameat2', 'z/in')],
+      ['x-data', 'y-data', 'in'],
+    );
   });
   run('07-hardlink', () => {
     const f = lstat('07-hardlink', 'f');
@@ -191,14 +212,23 @@ function hostChecks(dir: string, result: GuestRun, passed: (check: string) => bo
       const st = lstat('09-chmod-chown', rel);
       return `${st.uid}:${st.gid}`;
     };
-    want('09-chmod-chown', 'owners of f, d, g, sl, d/made-by-1000',
-      ['f', 'd', 'g', 'sl', 'd/made-by-1000'].map(owner), ['1000:1000', '1000:1000', '0:1234', '1001:1002', '1000:1000']);
+    want('09-chmod-chown', 'owners of f, d, g, sl, d/made-by-1000', ['f', 'd', 'g', 'sl', 'd/made-by-1000'].map(owner), [
+      '1000:1000',
+      '1000:1000',
+      '0:1234',
+      '1001:1002',
+      '1000:1000',
+    ]);
     want('09-chmod-chown', 'mode of f', (Number(lstat('09-chmod-chown', 'f').mode) & 0o7777).toString(8), '640');
   });
   run('10-utimes', () => {
     const fixed = lstat('10-utimes', 'fixed');
-    want('10-utimes', 'fixed atime/mtime (ns)', [fixed.atimeNs.toString(), fixed.mtimeNs.toString()],
-      ['1000000000123456789', '1234567890987654321']);
+    want(
+      '10-utimes',
+      'fixed atime/mtime (ns)',
+      [fixed.atimeNs.toString(), fixed.mtimeNs.toString()],
+      ['1000000000123456789', '1234567890987654321'],
+    );
     want('10-utimes', 'sl (the link itself) mtime (ns)', lstat('10-utimes', 'sl').mtimeNs.toString(), '1222222222000000002');
     want('10-utimes', 'd mtime (ns)', lstat('10-utimes', 'd').mtimeNs.toString(), '1222222222000000002');
   });
@@ -226,13 +256,14 @@ function hostChecks(dir: string, result: GuestRun, passed: (check: string) => bo
   });
   run('16-xattr', () => {
     const f = at('16-xattr', 'f');
-    want('16-xattr', 'user.* names of f', hostBattery('xattr-list', f).split('\n'),
-      ['user.bin', 'user.empty', 'user.large', 'user.test']);
-    want('16-xattr', 'user.test, user.bin, user.empty of f',
+    want('16-xattr', 'user.* names of f', hostBattery('xattr-list', f).split('\n'), ['user.bin', 'user.empty', 'user.large', 'user.test']);
+    want(
+      '16-xattr',
+      'user.test, user.bin, user.empty of f',
       ['user.test', 'user.bin', 'user.empty'].map((n) => hostBattery('xattr-get', f, n)),
-      [Buffer.from('value1').toString('hex'), '610062ff', '']);
-    want('16-xattr', 'user.dir of d', hostBattery('xattr-get', at('16-xattr', 'd'), 'user.dir'),
-      Buffer.from('on a dir').toString('hex'));
+      [Buffer.from('value1').toString('hex'), '610062ff', ''],
+    );
+    want('16-xattr', 'user.dir of d', hostBattery('xattr-get', at('16-xattr', 'd'), 'user.dir'), Buffer.from('on a dir').toString('hex'));
   });
   for (const [check, probes] of [
     ['17-flock', ['flock-held busy', 'flock-released free']],
@@ -257,7 +288,7 @@ function hostChecks(dir: string, result: GuestRun, passed: (check: string) => bo
     want('23-big-file', 'big.bin size', fs.statSync(file).size, BIG_BYTES);
     const { hash, firstBadChunk } = checkBigFile(file);
     want('23-big-file', 'first MiB differing from the pattern', firstBadChunk, -1);
-    want('23-big-file', 'hash (host vs the guest\'s E2E-SUM)', hash, result.report.sums.get('battery/23-big-file/big.bin'));
+    want('23-big-file', "hash (host vs the guest's E2E-SUM)", hash, result.report.sums.get('battery/23-big-file/big.bin'));
   });
   run('24-many-files', () => {
     const small = at('24-many-files', 'small');
@@ -272,10 +303,22 @@ function hostChecks(dir: string, result: GuestRun, passed: (check: string) => bo
     want('24-many-files', 'files with wrong content', bad.slice(0, 5), []);
   });
   run('25-unicode-names', () => {
-    const names = fs.readdirSync(at('25-unicode-names'), { encoding: 'buffer' }).map((b) => b.toString('utf8')).sort();
+    const names = fs
+      .readdirSync(at('25-unicode-names'), { encoding: 'buffer' })
+      .map((b) => b.toString('utf8'))
+      .sort();
     const expected = [
-      'héllo wörld.txt', '日本語のファイル名.txt', 'emoji 🎉🚀 name', ' leading space', 'trailing space ',
-      'multiple   spaces  inside', 'tab\there', 'quote\'s "double"', 'Ωμέγα renamed ✓', 'n'.repeat(255), 'dïr with spaces',
+      'héllo wörld.txt',
+      '日本語のファイル名.txt',
+      'emoji 🎉🚀 name',
+      ' leading space',
+      'trailing space ',
+      'multiple   spaces  inside',
+      'tab\there',
+      'quote\'s "double"',
+      'Ωμέγα renamed ✓',
+      'n'.repeat(255),
+      'dïr with spaces',
     ].sort();
     want('25-unicode-names', 'names', names, expected);
     want('25-unicode-names', 'héllo wörld.txt', content('25-unicode-names', 'héllo wörld.txt'), 'héllo wörld.txt');
@@ -304,52 +347,59 @@ function hostChecks(dir: string, result: GuestRun, passed: (check: string) => bo
 describe(`POSIX battery in a Linux guest against ${DAEMON_TITLE}`, () => {
   workDir = useE2EEnvironment();
 
-  test(`6.1 guest, cache auto, xattr + posix_lock + flock: ${CHECKS.length} checks, then the host inspects the share`, async () => {
-    expect(hostBattery('list-checks').split('\n'), 'CHECKS must list the checks of battery.c').toEqual(CHECKS);
-    const share = path.join(workDir(), 'share');
-    fs.mkdirSync(share);
-    const result = await runGuest({
-      workDir: workDir(),
-      share,
-      kernel: 'bookworm',
-      mode: 'battery',
-      daemon: { cache: 'auto', xattr: true, posixLock: true, flock: true },
-      timeoutMs: 150_000, // under TEST_TIMEOUT, so a hung guest still shows its console
-      hostHandlers: {
-        // `battery probe-* SHARE/REL ARGS`: the host's view of a guest lock.
-        'probe-flock': ([rel]) => hostBattery('probe-flock', path.join(share, rel)),
-        'probe-posix': ([rel, start, len]) => hostBattery('probe-posix', path.join(share, rel), start, len),
-      },
-    });
-    const details = describeRun(result.run);
-    const times = result.report.info.filter((l) => l.startsWith('time ')).map((l) => l.split(' ').slice(1, 3).join(' '));
-    console.log(`[e2e] battery check times (ms): ${times.join(', ')}`);
-    for (const line of result.report.info.filter((l) => /^(big-file|many-files|battery done|fcntl-locks|mkfifo|statfs)/.test(l))) {
-      console.log(`[e2e] battery: ${line}`);
-    }
-
-    const results = checkResults(result);
-    const missing = CHECKS.filter((c) => !results.has(c));
-    const unexpected: string[] = [];
-    for (const check of CHECKS) {
-      const outcome = results.get(check);
-      if (outcome === undefined) continue;
-      const expectedFailure = REFERENCE ? REFERENCE_EXPECTED_FAILURES[check] : undefined;
-      if (expectedFailure !== undefined) {
-        if (outcome === 'ok') {
-          unexpected.push(`${check}: passed, but is listed as an expected failure on the reference daemon (${expectedFailure})`);
-        } else {
-          console.log(`[e2e] EXPECTED FAILURE on the reference daemon: ${check}: ${outcome}\n      why: ${expectedFailure}`);
-        }
-      } else if (outcome !== 'ok') {
-        unexpected.push(`${check}: ${outcome}`);
+  test(
+    `6.1 guest, cache auto, xattr + posix_lock + flock: ${CHECKS.length} checks, then the host inspects the share`,
+    async () => {
+      expect(hostBattery('list-checks').split('\n'), 'CHECKS must list the checks of battery.c').toEqual(CHECKS);
+      const share = path.join(workDir(), 'share');
+      fs.mkdirSync(share);
+      const result = await runGuest({
+        workDir: workDir(),
+        share,
+        kernel: 'bookworm',
+        mode: 'battery',
+        daemon: { cache: 'auto', xattr: true, posixLock: true, flock: true },
+        timeoutMs: 150_000, // under TEST_TIMEOUT, so a hung guest still shows its console
+        hostHandlers: {
+          // `battery probe-* SHARE/REL ARGS`: the host's view of a guest lock.
+          'probe-flock': ([rel]) => hostBattery('probe-flock', path.join(share, rel)),
+          'probe-posix': ([rel, start, len]) => hostBattery('probe-posix', path.join(share, rel), start, len),
+        },
+      });
+      const details = describeRun(result.run);
+      const times = result.report.info.filter((l) => l.startsWith('time ')).map((l) => l.split(' ').slice(1, 3).join(' '));
+      console.log(`[e2e] battery check times (ms): ${times.join(', ')}`);
+      for (const line of result.report.info.filter((l) => /^(big-file|many-files|battery done|fcntl-locks|mkfifo|statfs)/.test(l))) {
+        console.log(`[e2e] battery: ${line}`);
       }
-    }
-    const problems = hostChecks(path.join(share, 'battery'), result, (c) => results.get(c) === 'ok');
-    expect(missing, `checks that reported nothing (hung or crashed?)\n${details}`).toEqual([]);
-    expect(unexpected, `failed battery checks\n${details}`).toEqual([]);
-    expect(problems, 'what the host found in the share').toEqual([]);
-    expect(result.report.failed.filter((l) => !CHECKS.includes(l.split(' ')[0])), details).toEqual([]);
-    expectCleanExit(result);
-  }, TEST_TIMEOUT);
+
+      const results = checkResults(result);
+      const missing = CHECKS.filter((c) => !results.has(c));
+      const unexpected: string[] = [];
+      for (const check of CHECKS) {
+        const outcome = results.get(check);
+        if (outcome === undefined) continue;
+        const expectedFailure = REFERENCE ? REFERENCE_EXPECTED_FAILURES[check] : undefined;
+        if (expectedFailure !== undefined) {
+          if (outcome === 'ok') {
+            unexpected.push(`${check}: passed, but is listed as an expected failure on the reference daemon (${expectedFailure})`);
+          } else {
+            console.log(`[e2e] EXPECTED FAILURE on the reference daemon: ${check}: ${outcome}\n      why: ${expectedFailure}`);
+          }
+        } else if (outcome !== 'ok') {
+          unexpected.push(`${check}: ${outcome}`);
+        }
+      }
+      const problems = hostChecks(path.join(share, 'battery'), result, (c) => results.get(c) === 'ok');
+      expect(missing, `checks that reported nothing (hung or crashed?)\n${details}`).toEqual([]);
+      expect(unexpected, `failed battery checks\n${details}`).toEqual([]);
+      expect(problems, 'what the host found in the share').toEqual([]);
+      expect(
+        result.report.failed.filter((l) => !CHECKS.includes(l.split(' ')[0])),
+        details,
+      ).toEqual([]);
+      expectCleanExit(result);
+    },
+    TEST_TIMEOUT,
+  );
 });

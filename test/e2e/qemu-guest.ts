@@ -144,20 +144,29 @@ export function qemuArgs(opts: BootOptions): string[] {
     // Linux 6.12's run-time code patching (int3-based static keys) and the
     // guest oopses in early boot now and then. The guest still has 2 vCPUs
     // (and uses 2 request queues); they just share one host thread.
-    '-accel', 'tcg,thread=single',
+    '-accel',
+    'tcg,thread=single',
     // QEMU 7.2's TCG mis-emulates CMPXCHG16B, which Linux 6.12's slab
     // allocator uses on every allocation: the guest dies at boot with double
     // faults most of the time. Without the cx16 CPUID bit the kernel falls
     // back to code that works (6.1 boots either way).
-    '-cpu', 'qemu64,-cx16',
-    '-smp', '2',
-    '-m', '512M',
+    '-cpu',
+    'qemu64,-cx16',
+    '-smp',
+    '2',
+    '-m',
+    '512M',
     // Guest RAM must be shared memory, or the back-end cannot map it.
-    '-object', 'memory-backend-memfd,id=mem,size=512M,share=on',
-    '-numa', 'node,memdev=mem',
-    '-chardev', `socket,id=char0,path=${opts.socketPath}`,
-    '-device', `vhost-user-fs-pci,chardev=char0,tag=myfs${queues}`,
-    '-kernel', opts.kernel.kernel,
+    '-object',
+    'memory-backend-memfd,id=mem,size=512M,share=on',
+    '-numa',
+    'node,memdev=mem',
+    '-chardev',
+    `socket,id=char0,path=${opts.socketPath}`,
+    '-device',
+    `vhost-user-fs-pci,chardev=char0,tag=myfs${queues}`,
+    '-kernel',
+    opts.kernel.kernel,
     ...(opts.rootFromShare ? [] : ['-initrd', opts.kernel.initrd]),
     // panic=-1: a guest kernel panic reboots at once, which ends QEMU
     // (-no-reboot) instead of waiting for the timeout.
@@ -166,7 +175,8 @@ export function qemuArgs(opts: BootOptions): string[] {
     `console=ttyS0 panic=-1 e2e.mode=${opts.mode}` + (opts.rootFromShare ? ' root=myfs rootfstype=virtiofs rw init=/init' : ''),
     '-nographic',
     ...(opts.allowReboot ? [] : ['-no-reboot']),
-    '-nic', 'none',
+    '-nic',
+    'none',
   ];
 }
 

@@ -31,7 +31,10 @@ const XATTR_SIZE_MAX = 65536;
 let h: Harness | null = null;
 const cleanups: (() => void)[] = [];
 afterEach(() => {
-  cleanups.splice(0).reverse().forEach((f) => f());
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f());
   h?.close();
   h = null;
 });
@@ -90,7 +93,10 @@ function header(opcode: number, nodeid: number, len: number): Buffer {
 }
 
 /** Serves the chain; the reply's errno, the time it took and how much memory grew meanwhile. */
-function serve(session: Harness['session'], chain: DescriptorChain): { error: number; ms: number; rss: number; arrayBuffers: number; maxRss: number } {
+function serve(
+  session: Harness['session'],
+  chain: DescriptorChain,
+): { error: number; ms: number; rss: number; arrayBuffers: number; maxRss: number } {
   const before = process.memoryUsage();
   const maxRssBefore = process.resourceUsage().maxRSS * 1024;
   const start = performance.now();
@@ -145,7 +151,10 @@ describe('one request over a chain that repeats one 64 MiB block (1 GiB readable
     const f = h.lookup(1, 'f').nodeid;
     const size = REPEAT * BLOCK;
     const args = Buffer.concat([encode(P.fuse_setxattr_in, { size, flags: 0, setxattr_flags: 0 }), cstr('user.big')]);
-    const chain = repeatingChain(Buffer.concat([header(Opcode.FUSE_SETXATTR, f, P.fuse_in_header.size + args.length + size), args]), Buffer.alloc(0));
+    const chain = repeatingChain(
+      Buffer.concat([header(Opcode.FUSE_SETXATTR, f, P.fuse_in_header.size + args.length + size), args]),
+      Buffer.alloc(0),
+    );
     const r = serve(h.session, chain);
     expectSmall(r);
     expect(r.error).toBe(-Errno.EINVAL);
@@ -155,7 +164,10 @@ describe('one request over a chain that repeats one 64 MiB block (1 GiB readable
     h = Harness.create({}, (d) => fs.writeFileSync(`${d}/f`, 'x'));
     h.init();
     const name = cstr('f');
-    const chain = repeatingChain(Buffer.concat([header(Opcode.FUSE_LOOKUP, 1, P.fuse_in_header.size + name.length), name]), Buffer.from([0]));
+    const chain = repeatingChain(
+      Buffer.concat([header(Opcode.FUSE_LOOKUP, 1, P.fuse_in_header.size + name.length), name]),
+      Buffer.from([0]),
+    );
     const r = serve(h.session, chain);
     expect(r.error).toBe(0);
     expectSmall(r);
@@ -201,7 +213,9 @@ describe('fuse_in_header.len', () => {
   it('is EINVAL past the readable bytes, and past the bound of its opcode', () => {
     h = Harness.create();
     h.init();
-    expect(h.fuse.request(Opcode.FUSE_GETATTR, 1, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })], { len: 40 + 16 + 1 }).error).toBe(-Errno.EINVAL);
+    expect(
+      h.fuse.request(Opcode.FUSE_GETATTR, 1, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })], { len: 40 + 16 + 1 }).error,
+    ).toBe(-Errno.EINVAL);
     // A LOOKUP of 100 KiB, every byte present: longer than any request but WRITE.
     const big = Buffer.alloc(100 * 1024, 0x61);
     big[big.length - 1] = 0;
@@ -218,8 +232,12 @@ describe('fuse_in_header.len', () => {
     expect(h.write(entry.nodeid, fh, 0, Buffer.alloc(MAX_WRITE + 1, 2)).error).toBe(-Errno.EINVAL);
     expect(fs.readFileSync(h.p('f')).equals(Buffer.alloc(MAX_WRITE, 1))).toBe(true);
     const readIn = (size: number) => encode(P.fuse_read_in, { fh, offset: 0, size, read_flags: 0, lock_owner: 0n, flags: 0 });
-    expect((await h.fuse.requestAsync(Opcode.FUSE_READ, entry.nodeid, [readIn(MAX_WRITE)], { replySize: 16 + MAX_WRITE + 1 })).body.length).toBe(MAX_WRITE);
-    expect(h.fuse.request(Opcode.FUSE_READ, entry.nodeid, [readIn(MAX_WRITE + 1)], { replySize: 16 + MAX_WRITE + 1 }).error).toBe(-Errno.EINVAL);
+    expect(
+      (await h.fuse.requestAsync(Opcode.FUSE_READ, entry.nodeid, [readIn(MAX_WRITE)], { replySize: 16 + MAX_WRITE + 1 })).body.length,
+    ).toBe(MAX_WRITE);
+    expect(h.fuse.request(Opcode.FUSE_READ, entry.nodeid, [readIn(MAX_WRITE + 1)], { replySize: 16 + MAX_WRITE + 1 }).error).toBe(
+      -Errno.EINVAL,
+    );
   });
 });
 
@@ -227,14 +245,22 @@ describe('fuse_in_header.len', () => {
 
 describe('guest strings are bounded as Linux bounds them', () => {
   it("the server's limits are Linux's", () => {
-    expect([P.NAME_MAX, P.PATH_MAX, P.XATTR_NAME_MAX, P.XATTR_SIZE_MAX, P.XATTR_LIST_MAX]).toEqual([NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX, 65536]);
+    expect([P.NAME_MAX, P.PATH_MAX, P.XATTR_NAME_MAX, P.XATTR_SIZE_MAX, P.XATTR_LIST_MAX]).toEqual([
+      NAME_MAX,
+      PATH_MAX,
+      XATTR_NAME_MAX,
+      XATTR_SIZE_MAX,
+      65536,
+    ]);
   });
 
   it('names past NAME_MAX are ENAMETOOLONG; NAME_MAX itself is served', () => {
     h = Harness.create();
     h.init();
     const long = 'n'.repeat(NAME_MAX + 1);
-    expect(h.fuse.request(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr(long)]).error).toBe(-Errno.ENAMETOOLONG);
+    expect(h.fuse.request(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr(long)]).error).toBe(
+      -Errno.ENAMETOOLONG,
+    );
     expect(h.fuse.request(Opcode.FUSE_LOOKUP, 1, [cstr(long)]).error).toBe(-Errno.ENAMETOOLONG);
     // A "name" of 60 KiB without any NUL within NAME_MAX is refused at NAME_MAX, whatever follows.
     expect(h.fuse.request(Opcode.FUSE_LOOKUP, 1, [cstr('n'.repeat(60_000))]).error).toBe(-Errno.ENAMETOOLONG);
@@ -307,36 +333,104 @@ describe('every name-taking opcode checks its names before any syscall', () => {
   }
 
   const cases: { op: string; dot: number; dotDot: number; send: (s: ReturnType<typeof share>) => Send }[] = [
-    { op: 'MKNOD', dot: Errno.EEXIST, dotDot: Errno.EEXIST, send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_MKNOD, 1, [mknodIn(), n]) },
-    { op: 'MKDIR', dot: Errno.EEXIST, dotDot: Errno.EEXIST, send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_MKDIR, 1, [mkdirIn(), n]) },
-    { op: 'SYMLINK', dot: Errno.EEXIST, dotDot: Errno.EEXIST, send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_SYMLINK, 1, [n, raw('target')]) },
-    { op: 'LINK', dot: Errno.EEXIST, dotDot: Errno.EEXIST, send: ({ h, file }) => (n) => h.fuse.request(Opcode.FUSE_LINK, 1, [encode(P.fuse_link_in, { oldnodeid: file }), n]) },
-    { op: 'CREATE', dot: Errno.EISDIR, dotDot: Errno.EISDIR, send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_CREATE, 1, [createIn(), n]) },
-    { op: 'UNLINK', dot: Errno.EISDIR, dotDot: Errno.EISDIR, send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_UNLINK, 1, [n]) },
-    { op: 'RMDIR', dot: Errno.EINVAL, dotDot: Errno.ENOTEMPTY, send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_RMDIR, 1, [n]) },
+    {
+      op: 'MKNOD',
+      dot: Errno.EEXIST,
+      dotDot: Errno.EEXIST,
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_MKNOD, 1, [mknodIn(), n]),
+    },
+    {
+      op: 'MKDIR',
+      dot: Errno.EEXIST,
+      dotDot: Errno.EEXIST,
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_MKDIR, 1, [mkdirIn(), n]),
+    },
+    {
+      op: 'SYMLINK',
+      dot: Errno.EEXIST,
+      dotDot: Errno.EEXIST,
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_SYMLINK, 1, [n, raw('target')]),
+    },
+    {
+      op: 'LINK',
+      dot: Errno.EEXIST,
+      dotDot: Errno.EEXIST,
+      send:
+        ({ h, file }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_LINK, 1, [encode(P.fuse_link_in, { oldnodeid: file }), n]),
+    },
+    {
+      op: 'CREATE',
+      dot: Errno.EISDIR,
+      dotDot: Errno.EISDIR,
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_CREATE, 1, [createIn(), n]),
+    },
+    {
+      op: 'UNLINK',
+      dot: Errno.EISDIR,
+      dotDot: Errno.EISDIR,
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_UNLINK, 1, [n]),
+    },
+    {
+      op: 'RMDIR',
+      dot: Errno.EINVAL,
+      dotDot: Errno.ENOTEMPTY,
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_RMDIR, 1, [n]),
+    },
     {
       op: 'RENAME (old name)',
       dot: Errno.EBUSY,
       dotDot: Errno.EBUSY,
-      send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_RENAME, 1, [encode(P.fuse_rename_in, { newdir: 1 }), n, raw('moved')]),
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_RENAME, 1, [encode(P.fuse_rename_in, { newdir: 1 }), n, raw('moved')]),
     },
     {
       op: 'RENAME (new name)',
       dot: Errno.EBUSY,
       dotDot: Errno.EBUSY,
-      send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_RENAME, 1, [encode(P.fuse_rename_in, { newdir: 1 }), raw('file'), n]),
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_RENAME, 1, [encode(P.fuse_rename_in, { newdir: 1 }), raw('file'), n]),
     },
     {
       op: 'RENAME2 (old name)',
       dot: Errno.EBUSY,
       dotDot: Errno.EBUSY,
-      send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_RENAME2, 1, [encode(P.fuse_rename2_in, { newdir: 1, flags: 0 }), n, raw('moved')]),
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_RENAME2, 1, [encode(P.fuse_rename2_in, { newdir: 1, flags: 0 }), n, raw('moved')]),
     },
     {
       op: 'RENAME2 NOREPLACE (new name)',
       dot: Errno.EEXIST,
       dotDot: Errno.EEXIST,
-      send: ({ h }) => (n) => h.fuse.request(Opcode.FUSE_RENAME2, 1, [encode(P.fuse_rename2_in, { newdir: 1, flags: RENAME_NOREPLACE }), raw('file'), n]),
+      send:
+        ({ h }) =>
+        (n) =>
+          h.fuse.request(Opcode.FUSE_RENAME2, 1, [encode(P.fuse_rename2_in, { newdir: 1, flags: RENAME_NOREPLACE }), raw('file'), n]),
     },
   ];
 
@@ -372,7 +466,13 @@ describe('every name-taking opcode checks its names before any syscall', () => {
   it('names that pass are served: the checks refuse only what Linux never sends', () => {
     const s = share();
     expect(s.h.fuse.request(Opcode.FUSE_MKDIR, 1, [mkdirIn(), raw('new')]).error).toBe(0);
-    expect(s.h.fuse.request(Opcode.FUSE_RENAME2, 1, [encode(P.fuse_rename2_in, { newdir: s.dir, flags: RENAME_NOREPLACE }), raw('new'), raw('moved')]).error).toBe(0);
+    expect(
+      s.h.fuse.request(Opcode.FUSE_RENAME2, 1, [
+        encode(P.fuse_rename2_in, { newdir: s.dir, flags: RENAME_NOREPLACE }),
+        raw('new'),
+        raw('moved'),
+      ]).error,
+    ).toBe(0);
     expect(s.h.fuse.request(Opcode.FUSE_UNLINK, 1, [raw('file')]).error).toBe(0);
     expect(s.snapshot()).toEqual(['dir', 'dir/moved']);
   });

@@ -69,7 +69,19 @@ describe('FUSE struct layouts', () => {
     expect(b.readUInt32LE(80)).toBe(1001);
     const out = Buffer.alloc(64);
     P.fuse_init_out.encode(
-      { major: 7, minor: 38, max_readahead: 0, flags: 0, max_background: 0, congestion_threshold: 0, max_write: 0, time_gran: 0, max_pages: 256, map_alignment: 0, flags2: 9 },
+      {
+        major: 7,
+        minor: 38,
+        max_readahead: 0,
+        flags: 0,
+        max_background: 0,
+        congestion_threshold: 0,
+        max_write: 0,
+        time_gran: 0,
+        max_pages: 256,
+        map_alignment: 0,
+        flags2: 9,
+      },
       out,
       0,
     );

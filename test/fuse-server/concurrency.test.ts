@@ -50,8 +50,10 @@ function blockPool(dir: string): () => Promise<void> {
   };
 }
 
-const readIn = (fh: number, offset: number, size: number) => encode(P.fuse_read_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 });
-const writeIn = (fh: number, offset: number, size: number) => encode(P.fuse_write_in, { fh, offset, size, write_flags: 0, lock_owner: 0n, flags: 0 });
+const readIn = (fh: number, offset: number, size: number) =>
+  encode(P.fuse_read_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 });
+const writeIn = (fh: number, offset: number, size: number) =>
+  encode(P.fuse_write_in, { fh, offset, size, write_flags: 0, lock_owner: 0n, flags: 0 });
 const releaseIn = (fh: number) => encode(P.fuse_release_in, { fh, flags: 0, release_flags: 0, lock_owner: 0n });
 
 function pooled(files: Record<string, Buffer>): Harness {
@@ -164,7 +166,8 @@ describe('one table carries every opcode with its framing', () => {
     expect(OPCODES.get(Opcode.FUSE_INIT)).toMatchObject({ beforeInit: true, noReply: false });
     expect(OPCODES.get(Opcode.FUSE_INTERRUPT)).toMatchObject({ beforeInit: true, noReply: true });
     expect(OPCODES.get(Opcode.FUSE_DESTROY)).toMatchObject({ beforeInit: false, noReply: false });
-    for (const op of [Opcode.FUSE_FORGET, Opcode.FUSE_BATCH_FORGET]) expect(OPCODES.get(op)).toMatchObject({ beforeInit: false, noReply: true });
+    for (const op of [Opcode.FUSE_FORGET, Opcode.FUSE_BATCH_FORGET])
+      expect(OPCODES.get(op)).toMatchObject({ beforeInit: false, noReply: true });
     expect(OPCODES.get(Opcode.FUSE_READ)).toMatchObject({ beforeInit: false, noReply: false });
     expect(OPCODES.has(Opcode.FUSE_NOTIFY_REPLY)).toBe(false);
   });
@@ -191,7 +194,16 @@ describe('waiting requests and reused uniques', () => {
     /** A request with the unique the test chooses. */
     const raw = (opcode: number, nodeid: number, parts: Buffer[], unique: bigint) => {
       const body = Buffer.concat(parts);
-      const header = encode(P.fuse_in_header, { len: P.fuse_in_header.size + body.length, opcode, unique, nodeid, uid: 0, gid: 0, pid: 1, total_extlen: 0 });
+      const header = encode(P.fuse_in_header, {
+        len: P.fuse_in_header.size + body.length,
+        opcode,
+        unique,
+        nodeid,
+        uid: 0,
+        gid: 0,
+        pid: 1,
+        total_extlen: 0,
+      });
       return h.fuse.sendRawAsync(Buffer.concat([header, body]));
     };
     expect(h.fuse.request(Opcode.FUSE_SETLK, node, [lk(1n)]).error).toBe(0);

@@ -23,7 +23,12 @@ const RANGE = BigInt(2 * MiB);
 const MAX_ENTRIES = 4096 / 16;
 
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
+afterEach(() =>
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f()),
+);
 
 /** A session with a DAX window; `sent` lists the SHMEM_MAP/UNMAP requests that reached the front-end. */
 function daxHarness() {
@@ -56,7 +61,10 @@ function setup(h: Harness, nodeid: number, fh: bigint, flags: bigint, moffset = 
 
 function remove(h: Harness, ranges: [bigint, bigint][], count = ranges.length): Promise<Reply> {
   const head = encode(P.fuse_removemapping_in, { count });
-  return h.fuse.requestAsync(Opcode.FUSE_REMOVEMAPPING, 1, [head, ...ranges.map(([moffset, len]) => encode(P.fuse_removemapping_one, { moffset, len }))]);
+  return h.fuse.requestAsync(Opcode.FUSE_REMOVEMAPPING, 1, [
+    head,
+    ...ranges.map(([moffset, len]) => encode(P.fuse_removemapping_one, { moffset, len })),
+  ]);
 }
 
 describe('SETUPMAPPING with a file handle', () => {
@@ -65,7 +73,10 @@ describe('SETUPMAPPING with a file handle', () => {
     const big = h.lookup(1, 'big').nodeid;
     const other = h.lookup(1, 'other').nodeid;
     const onOther = h.open(other, O_RDWR);
-    const dir = P.fuse_open_out.decode(h.fuse.ok(Opcode.FUSE_OPENDIR, 1, [encode(P.fuse_open_in, { flags: O_RDONLY, open_flags: 0 })]), 0).fh;
+    const dir = P.fuse_open_out.decode(
+      h.fuse.ok(Opcode.FUSE_OPENDIR, 1, [encode(P.fuse_open_in, { flags: O_RDONLY, open_flags: 0 })]),
+      0,
+    ).fh;
     const fds = openFdCount();
     for (const fh of [12345n, 0n, BigInt(onOther), BigInt(dir), 1n << 60n]) {
       expect((await setup(h, big, fh, READ)).error, `fh ${fh}`).toBe(-Errno.EBADF);

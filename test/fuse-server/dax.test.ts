@@ -19,7 +19,12 @@ const READ = BigInt(P.FUSE_SETUPMAPPING_FLAG_READ);
 const WRITE = BigInt(P.FUSE_SETUPMAPPING_FLAG_WRITE);
 
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
+afterEach(() =>
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f()),
+);
 
 /** A session with a DAX window: the daemon's mapper, joined to the guest's window as the front-end would be. */
 function daxHarness(policy: DaxPolicy = 'always', options: ConstructorParameters<typeof Harness>[1] = {}) {
@@ -86,7 +91,9 @@ describe('--dax-window', () => {
     expect(r.error).toBe(0);
     expect(r.body.length).toBe(0);
     expect(window.view(4 * MiB, 64)).toEqual(content.subarray(MiB, MiB + 64));
-    expect(mapper.list()).toEqual([{ moffset: BigInt(4 * MiB), len: BigInt(2 * MiB), foffset: BigInt(MiB), nodeid: BigInt(big), writable: false }]);
+    expect(mapper.list()).toEqual([
+      { moffset: BigInt(4 * MiB), len: BigInt(2 * MiB), foffset: BigInt(MiB), nodeid: BigInt(big), writable: false },
+    ]);
     // Only the mapper's own duplicate stays open: ours was closed.
     expect(openFdCount()).toBe(fds + 1);
     expect((await remove(h, [[BigInt(4 * MiB), BigInt(2 * MiB)]])).error).toBe(0);
@@ -110,7 +117,14 @@ describe('--dax-window', () => {
     expect((await setup(h, big, 0n, BigInt(2 * MiB), 0n)).error).toBe(0);
     expect((await setup(h, big, BigInt(2 * MiB), BigInt(2 * MiB), BigInt(2 * MiB))).error).toBe(0);
     expect(window.mappingCount).toBe(2);
-    expect((await remove(h, [[0n, BigInt(2 * MiB)], [BigInt(2 * MiB), BigInt(2 * MiB)]])).error).toBe(0);
+    expect(
+      (
+        await remove(h, [
+          [0n, BigInt(2 * MiB)],
+          [BigInt(2 * MiB), BigInt(2 * MiB)],
+        ])
+      ).error,
+    ).toBe(0);
     expect(window.mappingCount).toBe(0);
   });
 
@@ -137,7 +151,8 @@ describe('--dax-window', () => {
     h.init();
     fs.chmodSync(h.p('big'), 0o644);
     const big = h.lookup(1, 'big').nodeid;
-    const as = (uid: number, flags: bigint) => h.fuse.requestAsync(Opcode.FUSE_SETUPMAPPING, big, [setupIn(0n, BigInt(2 * MiB), 0n, flags)], { uid, gid: uid });
+    const as = (uid: number, flags: bigint) =>
+      h.fuse.requestAsync(Opcode.FUSE_SETUPMAPPING, big, [setupIn(0n, BigInt(2 * MiB), 0n, flags)], { uid, gid: uid });
     expect((await as(1000, READ | WRITE)).error).toBe(-Errno.EACCES);
     expect(window.mappingCount).toBe(0);
     expect((await as(1000, READ)).error).toBe(0);

@@ -15,7 +15,7 @@ import { Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys/errno';
 import { O_CREAT, O_TRUNC, getxattr } from '../../src/sys/fs';
 import { type Reply, cstr, encode, parseDirents } from './fuse-driver';
-import { Harness, O_RDONLY, O_RDWR, S_IFDIR, S_IFLNK, S_IFREG, setattrIn } from './harness';
+import { Harness, O_RDONLY, O_RDWR, S_IFDIR, S_IFLNK, S_IFREG } from './harness';
 
 const S_IFIFO = 0o010000;
 const S_IFCHR = 0o020000;
@@ -158,7 +158,9 @@ function linkRaw(oldnodeid: number, newParent: number, newName: string | Buffer)
 
 function readdirplus(nodeid: number): ReturnType<typeof parseDirents> {
   const fh = P.fuse_open_out.decode(h!.fuse.ok(Opcode.FUSE_OPENDIR, nodeid, [encode(P.fuse_open_in, { flags: 0, open_flags: 0 })]), 0).fh;
-  const body = h!.fuse.ok(Opcode.FUSE_READDIRPLUS, nodeid, [encode(P.fuse_readdir_in, { fh, offset: 0n, size: 65536, read_flags: 0, lock_owner: 0n, flags: 0 })]);
+  const body = h!.fuse.ok(Opcode.FUSE_READDIRPLUS, nodeid, [
+    encode(P.fuse_readdir_in, { fh, offset: 0n, size: 65536, read_flags: 0, lock_owner: 0n, flags: 0 }),
+  ]);
   h!.fuse.ok(Opcode.FUSE_RELEASEDIR, nodeid, [encode(P.fuse_release_in, { fh, flags: 0, release_flags: 0, lock_owner: 0n })]);
   return parseDirents(body, true);
 }
@@ -291,38 +293,44 @@ describe('`..`', () => {
     expectUnchanged(before);
   });
 
-  it.skipIf(!canMount)(`climbs out of a submount to its mount point inside the share${canMount ? '' : ' [skipped: mount(2) is not permitted here]'}`, () => {
-    setup({}, (d) => fs.mkdirSync(`${d}/m`));
-    execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', h!.p('m')]);
-    mounts.push(h!.p('m'));
-    fs.mkdirSync(h!.p('m/x'));
-    const m = h!.lookup(1, 'm').nodeid;
-    const x = h!.lookup(m, 'x').nodeid;
-    expect(entryOf(lookupRaw(x, '..')).nodeid).toBe(m);
-    expect(entryOf(lookupRaw(m, '..')).nodeid).toBe(1);
-    expect(h!.mkdir(x, 'y').nodeid).toBeGreaterThan(1);
-  });
+  it.skipIf(!canMount)(
+    `climbs out of a submount to its mount point inside the share${canMount ? '' : ' [skipped: mount(2) is not permitted here]'}`,
+    () => {
+      setup({}, (d) => fs.mkdirSync(`${d}/m`));
+      execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', h!.p('m')]);
+      mounts.push(h!.p('m'));
+      fs.mkdirSync(h!.p('m/x'));
+      const m = h!.lookup(1, 'm').nodeid;
+      const x = h!.lookup(m, 'x').nodeid;
+      expect(entryOf(lookupRaw(x, '..')).nodeid).toBe(m);
+      expect(entryOf(lookupRaw(m, '..')).nodeid).toBe(1);
+      expect(h!.mkdir(x, 'y').nodeid).toBeGreaterThan(1);
+    },
+  );
 
-  it.skipIf(!canMount)(`of a directory moved out from under a bind-mounted share (the sandbox's layout) is refused${canMount ? '' : ' [skipped: mount(2) is not permitted here]'}`, () => {
-    // share/ is a bind mount of src/: a directory moved out of src/ is disconnected from the mount.
-    setup();
-    const src = path.join(base, 'src');
-    fs.mkdirSync(`${src}/a/b`, { recursive: true });
-    h!.shutdown();
-    execFileSync('mount', ['--bind', src, h!.dir]);
-    mounts.push(h!.dir);
-    h = new Harness(h!.dir);
-    h.init();
-    const a = h.lookup(1, 'a').nodeid;
-    const b = h.lookup(a, 'b').nodeid;
-    expect(entryOf(lookupRaw(b, '..')).nodeid).toBe(a);
-    fs.renameSync(`${src}/a`, path.join(base, 'moved'));
-    const before = outsideState();
-    expect(lookupRaw(a, '..').error).toBe(-Errno.ENOENT);
-    expect(lookupRaw(b, '..').error).toBe(-Errno.ENOENT);
-    expect(createRaw(a, 'suid').error).toBe(-Errno.ENOENT);
-    expectUnchanged(before);
-  });
+  it.skipIf(!canMount)(
+    `of a directory moved out from under a bind-mounted share (the sandbox's layout) is refused${canMount ? '' : ' [skipped: mount(2) is not permitted here]'}`,
+    () => {
+      // share/ is a bind mount of src/: a directory moved out of src/ is disconnected from the mount.
+      setup();
+      const src = path.join(base, 'src');
+      fs.mkdirSync(`${src}/a/b`, { recursive: true });
+      h!.shutdown();
+      execFileSync('mount', ['--bind', src, h!.dir]);
+      mounts.push(h!.dir);
+      h = new Harness(h!.dir);
+      h.init();
+      const a = h.lookup(1, 'a').nodeid;
+      const b = h.lookup(a, 'b').nodeid;
+      expect(entryOf(lookupRaw(b, '..')).nodeid).toBe(a);
+      fs.renameSync(`${src}/a`, path.join(base, 'moved'));
+      const before = outsideState();
+      expect(lookupRaw(a, '..').error).toBe(-Errno.ENOENT);
+      expect(lookupRaw(b, '..').error).toBe(-Errno.ENOENT);
+      expect(createRaw(a, 'suid').error).toBe(-Errno.ENOENT);
+      expectUnchanged(before);
+    },
+  );
 
   it('of a directory moved back into the share works again', () => {
     setup({}, (d) => fs.mkdirSync(`${d}/a`));
@@ -496,15 +504,20 @@ describe('names that are not one component', () => {
 });
 
 describe('file handles', () => {
-  it.skipIf(!mandatoryWorks)(`no guest bytes reach open_by_handle_at: a nodeid the guest was not given is EBADF${mandatoryWorks ? '' : ' [skipped: file handles unavailable here]'}`, () => {
-    setup({ inodeFileHandles: 'mandatory' }, (d) => fs.writeFileSync(`${d}/f`, 'f'));
-    const f = h!.lookup(1, 'f').nodeid;
-    const before = outsideState();
-    for (const nodeid of [f + 1, f + 1000, 0x7fffffff, 0]) {
-      expect(h!.fuse.request(Opcode.FUSE_GETATTR, nodeid, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })]).error).toBe(-Errno.EBADF);
-      expect(openRaw(nodeid, O_RDONLY).error).toBe(-Errno.EBADF);
-    }
-    expect(guestRead(f)).toBe('f');
-    expectUnchanged(before);
-  });
+  it.skipIf(!mandatoryWorks)(
+    `no guest bytes reach open_by_handle_at: a nodeid the guest was not given is EBADF${mandatoryWorks ? '' : ' [skipped: file handles unavailable here]'}`,
+    () => {
+      setup({ inodeFileHandles: 'mandatory' }, (d) => fs.writeFileSync(`${d}/f`, 'f'));
+      const f = h!.lookup(1, 'f').nodeid;
+      const before = outsideState();
+      for (const nodeid of [f + 1, f + 1000, 0x7fffffff, 0]) {
+        expect(h!.fuse.request(Opcode.FUSE_GETATTR, nodeid, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })]).error).toBe(
+          -Errno.EBADF,
+        );
+        expect(openRaw(nodeid, O_RDONLY).error).toBe(-Errno.EBADF);
+      }
+      expect(guestRead(f)).toBe('f');
+      expectUnchanged(before);
+    },
+  );
 });

@@ -66,7 +66,8 @@ describe('file operations', () => {
     fs.closeSync(fd);
     const node = h.lookup(1, 'sparse').nodeid;
     const fh = h.open(node, O_RDONLY);
-    const lseek = (offset: bigint, whence: number) => h.fuse.request(Opcode.FUSE_LSEEK, node, [encode(P.fuse_lseek_in, { fh, offset, whence })]);
+    const lseek = (offset: bigint, whence: number) =>
+      h.fuse.request(Opcode.FUSE_LSEEK, node, [encode(P.fuse_lseek_in, { fh, offset, whence })]);
     const at = (offset: bigint, whence: number) => P.fuse_lseek_out.decode(lseek(offset, whence).body, 0).offset;
     expect(at(0n, SEEK_HOLE)).toBe(4096n);
     expect(at(8192n, SEEK_DATA)).toBe(BigInt(4 * MiB));
@@ -81,7 +82,9 @@ describe('file operations', () => {
     const fa = h.open(a, O_RDONLY);
     const fb = h.open(b, O_RDWR);
     const copy = (fhIn: number, fhOut: number, len: number) =>
-      h.fuse.request(Opcode.FUSE_COPY_FILE_RANGE, a, [encode(P.fuse_copy_file_range_in, { fh_in: fhIn, off_in: 4, nodeid_out: b, fh_out: fhOut, off_out: 2, len, flags: 0 })]);
+      h.fuse.request(Opcode.FUSE_COPY_FILE_RANGE, a, [
+        encode(P.fuse_copy_file_range_in, { fh_in: fhIn, off_in: 4, nodeid_out: b, fh_out: fhOut, off_out: 2, len, flags: 0 }),
+      ]);
     const r = copy(fa, fb, 6);
     expect(r.error).toBe(0);
     expect(P.fuse_write_out.decode(r.body, 0).size).toBe(6);
@@ -234,7 +237,10 @@ describe('open flags', () => {
     expect(h.init().flags & P.FUSE_WRITEBACK_CACHE).toBe(0);
     let node = fileNode('f', 'data').node;
     let fh = h.open(node, O_WRONLY);
-    expect(h.fuse.request(Opcode.FUSE_READ, node, [encode(P.fuse_read_in, { fh, offset: 0, size: 4, read_flags: 0, lock_owner: 0n, flags: 0 })]).error).toBe(-Errno.EBADF);
+    expect(
+      h.fuse.request(Opcode.FUSE_READ, node, [encode(P.fuse_read_in, { fh, offset: 0, size: 4, read_flags: 0, lock_owner: 0n, flags: 0 })])
+        .error,
+    ).toBe(-Errno.EBADF);
     h.close();
 
     h = Harness.create({ writeback: true });
@@ -278,7 +284,15 @@ describe('open flags', () => {
   it('INIT with everything a Linux guest offers grants only what is configured', () => {
     h = Harness.create();
     const out = h.init(LINUX_FLAGS);
-    const optional = P.FUSE_WRITEBACK_CACHE | P.FUSE_POSIX_LOCKS | P.FUSE_FLOCK_LOCKS | P.FUSE_POSIX_ACL | P.FUSE_HANDLE_KILLPRIV_V2 | P.FUSE_SUBMOUNTS | P.FUSE_MAP_ALIGNMENT | P.FUSE_SETXATTR_EXT;
+    const optional =
+      P.FUSE_WRITEBACK_CACHE |
+      P.FUSE_POSIX_LOCKS |
+      P.FUSE_FLOCK_LOCKS |
+      P.FUSE_POSIX_ACL |
+      P.FUSE_HANDLE_KILLPRIV_V2 |
+      P.FUSE_SUBMOUNTS |
+      P.FUSE_MAP_ALIGNMENT |
+      P.FUSE_SETXATTR_EXT;
     expect(out.flags & optional).toBe(0);
     expect(out.flags2).toBe(0);
     expect(out.map_alignment).toBe(0);

@@ -137,10 +137,12 @@ export class FuseDriver {
     return r.body;
   }
 
-  init(minor = 38, flags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_INIT_EXT, flags2 = 0): Buffer {
-    return this.ok(Opcode.FUSE_INIT, 0, [
-      encode(fuse_init_in, { major: 7, minor, max_readahead: 131072, flags, flags2 }),
-    ]);
+  init(
+    minor = 38,
+    flags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_INIT_EXT,
+    flags2 = 0,
+  ): Buffer {
+    return this.ok(Opcode.FUSE_INIT, 0, [encode(fuse_init_in, { major: 7, minor, max_readahead: 131072, flags, flags2 })]);
   }
 
   lookup(parent: number, name: string): EntryOut {

@@ -13,7 +13,22 @@ import { Opcode } from '../../src/fuse-server/protocol';
 import { O_CREAT, O_RDWR, S_IFREG } from '../../src/sys/fs';
 import { FuseDriver, type Reply, type RequestOptions, cstr, encode } from './fuse-driver';
 
-export { F_RDLCK, F_UNLCK, F_WRLCK, O_APPEND, O_CREAT, O_EXCL, O_NOATIME, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, S_IFDIR, S_IFLNK, S_IFREG } from '../../src/sys/fs';
+export {
+  F_RDLCK,
+  F_UNLCK,
+  F_WRLCK,
+  O_APPEND,
+  O_CREAT,
+  O_EXCL,
+  O_NOATIME,
+  O_RDONLY,
+  O_RDWR,
+  O_TRUNC,
+  O_WRONLY,
+  S_IFDIR,
+  S_IFLNK,
+  S_IFREG,
+} from '../../src/sys/fs';
 
 /** What a Linux 6.x virtio-fs guest offers in FUSE_INIT. */
 export const LINUX_FLAGS =
@@ -44,7 +59,8 @@ export const LINUX_FLAGS =
   P.FUSE_HANDLE_KILLPRIV_V2 |
   P.FUSE_SETXATTR_EXT |
   P.FUSE_INIT_EXT;
-export const LINUX_FLAGS2 = P.FUSE_SECURITY_CTX_FLAGS2 | P.FUSE_HAS_INODE_DAX_FLAGS2 | P.FUSE_CREATE_SUPP_GROUP_FLAGS2 | P.FUSE_HAS_EXPIRE_ONLY_FLAGS2;
+export const LINUX_FLAGS2 =
+  P.FUSE_SECURITY_CTX_FLAGS2 | P.FUSE_HAS_INODE_DAX_FLAGS2 | P.FUSE_CREATE_SUPP_GROUP_FLAGS2 | P.FUSE_HAS_EXPIRE_ONLY_FLAGS2;
 
 /** A fuse_setattr_in changing `fields` (as `valid` says), every other field 0. */
 export function setattrIn(fields: Partial<P.SetattrIn> & { valid: number }): Buffer {
@@ -114,7 +130,9 @@ export class Harness {
   }
 
   getattr(nodeid: number, fh?: number): P.FuseAttr {
-    const body = this.fuse.ok(Opcode.FUSE_GETATTR, nodeid, [encode(P.fuse_getattr_in, { getattr_flags: fh === undefined ? 0 : P.FUSE_GETATTR_FH, fh: fh ?? 0 })]);
+    const body = this.fuse.ok(Opcode.FUSE_GETATTR, nodeid, [
+      encode(P.fuse_getattr_in, { getattr_flags: fh === undefined ? 0 : P.FUSE_GETATTR_FH, fh: fh ?? 0 }),
+    ]);
     return P.fuse_attr_out.decode(body, 0).attr;
   }
 
@@ -129,8 +147,17 @@ export class Harness {
     return { entry: P.fuse_entry_out.decode(r.body, 0), fh: open.fh, openFlags: open.open_flags };
   }
 
-  createRaw(parent: number, name: string, opts: { flags?: number; mode?: number; uid?: number; gid?: number; umask?: number; extensions?: Buffer } = {}): Reply {
-    const a = encode(P.fuse_create_in, { flags: (opts.flags ?? O_RDWR) | O_CREAT, mode: S_IFREG | (opts.mode ?? 0o644), umask: opts.umask ?? 0o022, open_flags: 0 });
+  createRaw(
+    parent: number,
+    name: string,
+    opts: { flags?: number; mode?: number; uid?: number; gid?: number; umask?: number; extensions?: Buffer } = {},
+  ): Reply {
+    const a = encode(P.fuse_create_in, {
+      flags: (opts.flags ?? O_RDWR) | O_CREAT,
+      mode: S_IFREG | (opts.mode ?? 0o644),
+      umask: opts.umask ?? 0o022,
+      open_flags: 0,
+    });
     return this.fuse.request(Opcode.FUSE_CREATE, parent, [a, cstr(name)], { uid: opts.uid, gid: opts.gid, extensions: opts.extensions });
   }
 
@@ -155,7 +182,9 @@ export class Harness {
   }
 
   release(nodeid: number, fh: number, lockOwner = 0n, releaseFlags = 0): void {
-    this.fuse.ok(Opcode.FUSE_RELEASE, nodeid, [encode(P.fuse_release_in, { fh, flags: 0, release_flags: releaseFlags, lock_owner: lockOwner })]);
+    this.fuse.ok(Opcode.FUSE_RELEASE, nodeid, [
+      encode(P.fuse_release_in, { fh, flags: 0, release_flags: releaseFlags, lock_owner: lockOwner }),
+    ]);
   }
 
   flush(nodeid: number, fh: number, lockOwner: bigint): void {

@@ -43,7 +43,9 @@ const mountReason = canMount ? '' : ' [skipped: mount(2) is not permitted here]'
 
 function readdirplus(nodeid: number): ReturnType<typeof parseDirents> {
   const fh = P.fuse_open_out.decode(h.fuse.ok(Opcode.FUSE_OPENDIR, nodeid, [encode(P.fuse_open_in, { flags: 0, open_flags: 0 })]), 0).fh;
-  const body = h.fuse.ok(Opcode.FUSE_READDIRPLUS, nodeid, [encode(P.fuse_readdir_in, { fh, offset: 0n, size: 65536, read_flags: 0, lock_owner: 0n, flags: 0 })]);
+  const body = h.fuse.ok(Opcode.FUSE_READDIRPLUS, nodeid, [
+    encode(P.fuse_readdir_in, { fh, offset: 0n, size: 65536, read_flags: 0, lock_owner: 0n, flags: 0 }),
+  ]);
   h.fuse.ok(Opcode.FUSE_RELEASEDIR, nodeid, [encode(P.fuse_release_in, { fh, flags: 0, release_flags: 0, lock_owner: 0n })]);
   return parseDirents(body, true);
 }
@@ -157,7 +159,13 @@ describe('--inode-file-handles', () => {
     );
     // prefer falls back to fds there, with a warning.
     const warnings: string[] = [];
-    const s = new FuseSession({ sharedDir: '/proc/sys', cache: 'auto', readonly: false, inodeFileHandles: 'prefer', log: (l, m) => l === 'warn' && warnings.push(m) });
+    const s = new FuseSession({
+      sharedDir: '/proc/sys',
+      cache: 'auto',
+      readonly: false,
+      inodeFileHandles: 'prefer',
+      log: (l, m) => l === 'warn' && warnings.push(m),
+    });
     s.close();
     expect(warnings.join()).toMatch(/using O_PATH fds/);
   });
@@ -172,8 +180,9 @@ describe('--inode-file-handles', () => {
 
 describe('--translate-uid / --translate-gid', () => {
   it('maps guest ids to host ids on create and chown, and back in attributes', () => {
-    h = Harness.create({ translateUid: ['map:1000:101000:10', 'forbid-guest:5000:1'], translateGid: ['squash-guest:0:4242:65536', 'host:4242:100:1'] }, (d) =>
-      fs.chmodSync(d, 0o777),
+    h = Harness.create(
+      { translateUid: ['map:1000:101000:10', 'forbid-guest:5000:1'], translateGid: ['squash-guest:0:4242:65536', 'host:4242:100:1'] },
+      (d) => fs.chmodSync(d, 0o777),
     );
     h.init();
     const { entry } = h.create(1, 'mine', { uid: 1003, gid: 7 });
@@ -218,7 +227,15 @@ describe('malformed requests of the newer opcodes', () => {
   it('answers short payloads and bad names with EINVAL, never a crash', () => {
     h = Harness.create({}, (d) => fs.writeFileSync(`${d}/f`, ''));
     h.init();
-    for (const op of [Opcode.FUSE_FALLOCATE, Opcode.FUSE_LSEEK, Opcode.FUSE_COPY_FILE_RANGE, Opcode.FUSE_TMPFILE, Opcode.FUSE_STATX, Opcode.FUSE_GETLK, Opcode.FUSE_SETLKW]) {
+    for (const op of [
+      Opcode.FUSE_FALLOCATE,
+      Opcode.FUSE_LSEEK,
+      Opcode.FUSE_COPY_FILE_RANGE,
+      Opcode.FUSE_TMPFILE,
+      Opcode.FUSE_STATX,
+      Opcode.FUSE_GETLK,
+      Opcode.FUSE_SETLKW,
+    ]) {
       expect(h.fuse.request(op, 1, [Buffer.alloc(4)]).error).toBe(-Errno.EINVAL);
     }
     // A name with '/' and a name that is '..' where a new name is needed.

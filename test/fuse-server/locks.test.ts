@@ -32,7 +32,16 @@ function openF(h: Harness): { node: number; fh: number } {
 function setlk(h: Harness, node: number, fh: number, owner: bigint, type: number, start: bigint, end: bigint, flock = false): Reply {
   return h.fuse.request(Opcode.FUSE_SETLK, node, [h.lkIn(fh, owner, type, start, end, flock)]);
 }
-function setlkw(h: Harness, node: number, fh: number, owner: bigint, type: number, start: bigint, end: bigint, flock = false): Reply | Promise<Reply> {
+function setlkw(
+  h: Harness,
+  node: number,
+  fh: number,
+  owner: bigint,
+  type: number,
+  start: bigint,
+  end: bigint,
+  flock = false,
+): Reply | Promise<Reply> {
   return h.fuse.start(Opcode.FUSE_SETLKW, node, [h.lkIn(fh, owner, type, start, end, flock)]);
 }
 function getlk(h: Harness, node: number, fh: number, owner: bigint, type: number, start: bigint, end: bigint): P.FuseFileLock {

@@ -77,7 +77,13 @@ describe('XattrMap (virtiofsd(1) syntax)', () => {
 
 describe('IdMap (--translate-uid/--translate-gid syntax)', () => {
   it('maps ranges both ways, one way, squashed and forbidden', () => {
-    const m = new IdMap(['map:1000:100000:100', 'squash-guest:5000:65534:1000', 'host:0:2000:1', 'squash-host:70000:3000:10', 'forbid-guest:9000:1']);
+    const m = new IdMap([
+      'map:1000:100000:100',
+      'squash-guest:5000:65534:1000',
+      'host:0:2000:1',
+      'squash-host:70000:3000:10',
+      'forbid-guest:9000:1',
+    ]);
     expect(m.toHost(1005)).toBe(100005);
     expect(m.toGuest(100005)).toBe(1005);
     expect(m.toHost(5999)).toBe(65534);

@@ -88,13 +88,20 @@ describe('INIT', () => {
     expect(out.max_readahead).toBe(131072);
     expect(out.max_write).toBe(1024 * 1024);
     expect(out.max_pages).toBe(256);
-    const offered = P.FUSE_ASYNC_READ | P.FUSE_BIG_WRITES | P.FUSE_DO_READDIRPLUS | P.FUSE_READDIRPLUS_AUTO | P.FUSE_MAX_PAGES | P.FUSE_INIT_EXT;
+    const offered =
+      P.FUSE_ASYNC_READ | P.FUSE_BIG_WRITES | P.FUSE_DO_READDIRPLUS | P.FUSE_READDIRPLUS_AUTO | P.FUSE_MAX_PAGES | P.FUSE_INIT_EXT;
     expect(out.flags).toBe(offered);
     expect(out.flags2).toBe(0);
   });
 
   it('accepts an older kernel with the short init_in and answers its minor', () => {
-    const short = encode(P.fuse_init_in, { major: 7, minor: 31, max_readahead: 4096, flags: 0xffffffff & ~P.FUSE_INIT_EXT, flags2: 0 }).subarray(0, 16);
+    const short = encode(P.fuse_init_in, {
+      major: 7,
+      minor: 31,
+      max_readahead: 4096,
+      flags: 0xffffffff & ~P.FUSE_INIT_EXT,
+      flags2: 0,
+    }).subarray(0, 16);
     const out = P.fuse_init_out.decode(fuse.ok(Opcode.FUSE_INIT, 0, [short]), 0);
     expect(out.minor).toBe(31);
     // Never more than we can serve, e.g. no POSIX locks or writeback cache yet.
@@ -111,7 +118,10 @@ describe('INIT', () => {
   });
 
   it('answers a newer major with its own and stays uninitialised', () => {
-    const out = P.fuse_init_out.decode(fuse.ok(Opcode.FUSE_INIT, 0, [encode(P.fuse_init_in, { major: 8, minor: 0, max_readahead: 0, flags: 0, flags2: 0 })]), 0);
+    const out = P.fuse_init_out.decode(
+      fuse.ok(Opcode.FUSE_INIT, 0, [encode(P.fuse_init_in, { major: 8, minor: 0, max_readahead: 0, flags: 0, flags2: 0 })]),
+      0,
+    );
     expect(out.major).toBe(7);
     expect(fuse.request(Opcode.FUSE_STATFS, 1).error).toBe(-Errno.EIO);
   });
@@ -188,7 +198,10 @@ describe('passthrough operations', () => {
 
   it('CREATE with O_EXCL fails on an existing name', () => {
     fs.writeFileSync(path.join(dir, 'x'), '');
-    const r = fuse.request(Opcode.FUSE_CREATE, 1, [encode(P.fuse_create_in, { flags: O_RDWR | O_CREAT | O_EXCL, mode: 0o644, umask: 0, open_flags: 0 }), cstr('x')]);
+    const r = fuse.request(Opcode.FUSE_CREATE, 1, [
+      encode(P.fuse_create_in, { flags: O_RDWR | O_CREAT | O_EXCL, mode: 0o644, umask: 0, open_flags: 0 }),
+      cstr('x'),
+    ]);
     expect(r.error).toBe(-Errno.EEXIST);
   });
 
@@ -232,9 +245,17 @@ describe('passthrough operations', () => {
     expect(fuse.lookup(1, 'b').nodeid).toBe(f.entry.nodeid);
 
     fs.writeFileSync(path.join(dir, 'dir', 'c'), 'c');
-    const noReplace = fuse.request(Opcode.FUSE_RENAME2, 1, [encode(P.fuse_rename2_in, { newdir: d.nodeid, flags: 1 /* RENAME_NOREPLACE */ }), cstr('b'), cstr('c')]);
+    const noReplace = fuse.request(Opcode.FUSE_RENAME2, 1, [
+      encode(P.fuse_rename2_in, { newdir: d.nodeid, flags: 1 /* RENAME_NOREPLACE */ }),
+      cstr('b'),
+      cstr('c'),
+    ]);
     expect(noReplace.error).toBe(-Errno.EEXIST);
-    fuse.ok(Opcode.FUSE_RENAME2, 1, [encode(P.fuse_rename2_in, { newdir: d.nodeid, flags: 2 /* RENAME_EXCHANGE */ }), cstr('b'), cstr('c')]);
+    fuse.ok(Opcode.FUSE_RENAME2, 1, [
+      encode(P.fuse_rename2_in, { newdir: d.nodeid, flags: 2 /* RENAME_EXCHANGE */ }),
+      cstr('b'),
+      cstr('c'),
+    ]);
     expect(fs.readFileSync(path.join(dir, 'b'), 'utf8')).toBe('c');
     expect(fs.readFileSync(path.join(dir, 'dir', 'c'), 'utf8')).toBe('');
 
@@ -255,7 +276,10 @@ describe('passthrough operations', () => {
 
     fs.writeFileSync(path.join(dir, 'orig'), 'x');
     const orig = fuse.lookup(1, 'orig');
-    const hard = P.fuse_entry_out.decode(fuse.ok(Opcode.FUSE_LINK, 1, [encode(P.fuse_link_in, { oldnodeid: orig.nodeid }), cstr('hard')]), 0);
+    const hard = P.fuse_entry_out.decode(
+      fuse.ok(Opcode.FUSE_LINK, 1, [encode(P.fuse_link_in, { oldnodeid: orig.nodeid }), cstr('hard')]),
+      0,
+    );
     expect(hard.nodeid).toBe(orig.nodeid);
     expect(hard.attr.nlink).toBe(2);
 
@@ -284,12 +308,24 @@ describe('passthrough operations', () => {
     expect(fs.statSync(path.join(dir, 'f')).size).toBe(10);
 
     const { fh } = open(e.nodeid, O_RDWR);
-    attr = P.fuse_attr_out.decode(fuse.ok(Opcode.FUSE_SETATTR, e.nodeid, [setattrIn({ valid: P.FATTR_SIZE | P.FATTR_FH, fh, size: 5000 })]), 0).attr;
+    attr = P.fuse_attr_out.decode(
+      fuse.ok(Opcode.FUSE_SETATTR, e.nodeid, [setattrIn({ valid: P.FATTR_SIZE | P.FATTR_FH, fh, size: 5000 })]),
+      0,
+    ).attr;
     expect(attr.size).toBe(5000);
 
     attr = P.fuse_attr_out.decode(
       fuse.ok(Opcode.FUSE_SETATTR, e.nodeid, [
-        setattrIn({ valid: P.FATTR_MODE | P.FATTR_UID | P.FATTR_GID | P.FATTR_ATIME | P.FATTR_MTIME, mode: 0o600, uid: 123, gid: 456, atime: 1_000_000_000, atimensec: 5, mtime: -100, mtimensec: 7 }),
+        setattrIn({
+          valid: P.FATTR_MODE | P.FATTR_UID | P.FATTR_GID | P.FATTR_ATIME | P.FATTR_MTIME,
+          mode: 0o600,
+          uid: 123,
+          gid: 456,
+          atime: 1_000_000_000,
+          atimensec: 5,
+          mtime: -100,
+          mtimensec: 7,
+        }),
       ]),
       0,
     ).attr;
@@ -298,7 +334,10 @@ describe('passthrough operations', () => {
     expect([attr.atime, attr.atimensec, attr.mtime, attr.mtimensec]).toEqual([1_000_000_000, 5, -100, 7]);
 
     const before = Date.now() / 1000 - 5;
-    attr = P.fuse_attr_out.decode(fuse.ok(Opcode.FUSE_SETATTR, e.nodeid, [setattrIn({ valid: P.FATTR_MTIME | P.FATTR_MTIME_NOW })]), 0).attr;
+    attr = P.fuse_attr_out.decode(
+      fuse.ok(Opcode.FUSE_SETATTR, e.nodeid, [setattrIn({ valid: P.FATTR_MTIME | P.FATTR_MTIME_NOW })]),
+      0,
+    ).attr;
     expect(attr.mtime).toBeGreaterThan(before);
     expect(attr.atime).toBe(1_000_000_000);
     fuse.ok(Opcode.FUSE_RELEASE, e.nodeid, [releaseIn(fh)]);
@@ -309,7 +348,10 @@ describe('passthrough operations', () => {
     const f = h.create(1, 'mine', { mode: 0o600, uid: 1000, gid: 1000 });
     expect([f.entry.attr.uid, f.entry.attr.gid]).toEqual([1000, 1000]);
     expect(fs.statSync(path.join(dir, 'mine')).uid).toBe(1000);
-    const d = P.fuse_entry_out.decode(fuse.ok(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o700, umask: 0 }), cstr('d')], { uid: 1000, gid: 1000 }), 0);
+    const d = P.fuse_entry_out.decode(
+      fuse.ok(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o700, umask: 0 }), cstr('d')], { uid: 1000, gid: 1000 }),
+      0,
+    );
     expect(d.attr.uid).toBe(1000);
     // The daemon's own credentials are back afterwards.
     fuse.ok(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o700, umask: 0 }), cstr('rootdir')]);
@@ -383,7 +425,9 @@ describe('guest input that must be refused', () => {
     const f = fuse.lookup(1, 'file');
     expect(fuse.request(Opcode.FUSE_LOOKUP, f.nodeid, [cstr('x')]).error).toBe(-Errno.ENOTDIR);
     expect(fuse.request(Opcode.FUSE_OPENDIR, f.nodeid, [openIn(0)]).error).toBe(-Errno.ENOTDIR);
-    expect(fuse.request(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr('file')]).error).toBe(-Errno.EEXIST);
+    expect(fuse.request(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr('file')]).error).toBe(
+      -Errno.EEXIST,
+    );
   });
 
   it('refuses names that are not one path component', () => {
@@ -396,8 +440,15 @@ describe('guest input that must be refused', () => {
     // '.' and '..' answer what Linux answers for mkdir("..") and unlink(".").
     expect(fuse.request(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr('..')]).error).toBe(-Errno.EEXIST);
     expect(fuse.request(Opcode.FUSE_UNLINK, 1, [cstr('.')]).error).toBe(-Errno.EISDIR);
-    expect(fuse.request(Opcode.FUSE_RENAME, 1, [encode(P.fuse_rename_in, { newdir: 1 }), cstr('sub'), cstr('a/b')]).error).toBe(-Errno.EINVAL);
-    expect(fuse.request(Opcode.FUSE_CREATE, 1, [encode(P.fuse_create_in, { flags: O_RDWR, mode: 0o644, umask: 0, open_flags: 0 }), cstr('../escape')]).error).toBe(-Errno.EINVAL);
+    expect(fuse.request(Opcode.FUSE_RENAME, 1, [encode(P.fuse_rename_in, { newdir: 1 }), cstr('sub'), cstr('a/b')]).error).toBe(
+      -Errno.EINVAL,
+    );
+    expect(
+      fuse.request(Opcode.FUSE_CREATE, 1, [
+        encode(P.fuse_create_in, { flags: O_RDWR, mode: 0o644, umask: 0, open_flags: 0 }),
+        cstr('../escape'),
+      ]).error,
+    ).toBe(-Errno.EINVAL);
     expect(fs.existsSync(path.join(dir, '..', 'escape'))).toBe(false);
   });
 
@@ -451,7 +502,7 @@ describe('guest input that must be refused', () => {
     expect(session.handle([], [])).toBe(0);
     // Whatever comes in, a header-sized request gets a well-formed reply or none, and never a throw.
     let seed = 1;
-    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    const rand = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
     for (let i = 0; i < 2000; i++) {
       const req = Buffer.alloc(40 + Math.floor(rand() * 200));
       for (let j = 0; j < req.length; j++) req[j] = Math.floor(rand() * 256);
@@ -506,7 +557,11 @@ describe('read-only', () => {
     const e = fuse.lookup(1, 'f');
     const { fh } = open(e.nodeid, O_RDONLY);
     expect(fuse.ok(Opcode.FUSE_READ, e.nodeid, [readIn(fh, 0, 100)]).toString()).toBe('read me');
-    expect(listAll(1, true, 4096).map((d) => d.name).sort()).toEqual(['.', '..', 'f']);
+    expect(
+      listAll(1, true, 4096)
+        .map((d) => d.name)
+        .sort(),
+    ).toEqual(['.', '..', 'f']);
   });
 
   it('answers every change with EROFS', () => {
@@ -516,7 +571,10 @@ describe('read-only', () => {
     expect(fuse.request(Opcode.FUSE_OPEN, e.nodeid, [openIn(O_RDONLY | O_TRUNC)]).error).toBe(erofs);
     expect(fuse.request(Opcode.FUSE_SETATTR, e.nodeid, [setattrIn({ valid: P.FATTR_SIZE, size: 0 })]).error).toBe(erofs);
     expect(fuse.request(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr('d')]).error).toBe(erofs);
-    expect(fuse.request(Opcode.FUSE_CREATE, 1, [encode(P.fuse_create_in, { flags: O_RDWR, mode: 0o644, umask: 0, open_flags: 0 }), cstr('n')]).error).toBe(erofs);
+    expect(
+      fuse.request(Opcode.FUSE_CREATE, 1, [encode(P.fuse_create_in, { flags: O_RDWR, mode: 0o644, umask: 0, open_flags: 0 }), cstr('n')])
+        .error,
+    ).toBe(erofs);
     expect(fuse.request(Opcode.FUSE_UNLINK, 1, [cstr('f')]).error).toBe(erofs);
     expect(fuse.request(Opcode.FUSE_RENAME, 1, [encode(P.fuse_rename_in, { newdir: 1 }), cstr('f'), cstr('g')]).error).toBe(erofs);
     expect(fuse.request(Opcode.FUSE_SYMLINK, 1, [cstr('l'), cstr('f')]).error).toBe(erofs);

@@ -144,7 +144,9 @@ describe('--xattr', () => {
     // A value longer than the request, a name without NUL, no arguments at all.
     const a = encode(P.fuse_setxattr_in, { size: 100, flags: 0, setxattr_flags: 0 });
     expect(h.fuse.request(Opcode.FUSE_SETXATTR, f, [a, cstr('user.a'), Buffer.from('short')]).error).toBe(-Errno.EINVAL);
-    expect(h.fuse.request(Opcode.FUSE_GETXATTR, f, [encode(P.fuse_getxattr_in, { size: 0 }), Buffer.from('user.a')]).error).toBe(-Errno.EINVAL);
+    expect(h.fuse.request(Opcode.FUSE_GETXATTR, f, [encode(P.fuse_getxattr_in, { size: 0 }), Buffer.from('user.a')]).error).toBe(
+      -Errno.EINVAL,
+    );
     expect(h.fuse.request(Opcode.FUSE_LISTXATTR, f, []).error).toBe(-Errno.EINVAL);
     expect(h.fuse.request(Opcode.FUSE_REMOVEXATTR, f, []).error).toBe(-Errno.EINVAL);
   });
@@ -154,7 +156,9 @@ describe('--posix-acl', () => {
   it('negotiates POSIX_ACL with DONT_MASK and passes ACL xattrs', () => {
     h = Harness.create({ posixAcl: true }, (d) => fs.writeFileSync(`${d}/f`, ''));
     const out = h.init();
-    expect(out.flags & (P.FUSE_POSIX_ACL | P.FUSE_DONT_MASK | P.FUSE_SETXATTR_EXT)).toBe(P.FUSE_POSIX_ACL | P.FUSE_DONT_MASK | P.FUSE_SETXATTR_EXT);
+    expect(out.flags & (P.FUSE_POSIX_ACL | P.FUSE_DONT_MASK | P.FUSE_SETXATTR_EXT)).toBe(
+      P.FUSE_POSIX_ACL | P.FUSE_DONT_MASK | P.FUSE_SETXATTR_EXT,
+    );
     const f = h.lookup(1, 'f').nodeid;
     expect(h.setxattr(f, 'system.posix_acl_access', aclBlob()).error).toBe(0);
     expect(h.getxattr(f, 'system.posix_acl_access', 256).body.length).toBeGreaterThan(0);
@@ -173,7 +177,9 @@ describe('--posix-acl', () => {
 
   it('fails INIT when the guest cannot do ACLs', () => {
     h = Harness.create({ posixAcl: true });
-    const r = h.fuse.request(Opcode.FUSE_INIT, 0, [encode(P.fuse_init_in, { major: 7, minor: 38, max_readahead: 0, flags: LINUX_FLAGS & ~P.FUSE_POSIX_ACL, flags2: 0 })]);
+    const r = h.fuse.request(Opcode.FUSE_INIT, 0, [
+      encode(P.fuse_init_in, { major: 7, minor: 38, max_readahead: 0, flags: LINUX_FLAGS & ~P.FUSE_POSIX_ACL, flags2: 0 }),
+    ]);
     expect(r.error).toBe(-Errno.EPROTO);
     expect(h.fuse.request(Opcode.FUSE_STATFS, 1).error).toBe(-Errno.EIO);
   });
@@ -229,7 +235,9 @@ describe('--security-label', () => {
     expect(hostGet(h.p('file'), 'security.virtiofs-test')?.toString()).toBe('file_t');
     h.fuse.ok(Opcode.FUSE_MKDIR, 1, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr('dir')], { extensions: label('dir_t') });
     expect(hostGet(h.p('dir'), 'security.virtiofs-test')?.toString()).toBe('dir_t');
-    h.fuse.ok(Opcode.FUSE_MKNOD, 1, [encode(P.fuse_mknod_in, { mode: 0o010644, rdev: 0, umask: 0 }), cstr('fifo')], { extensions: label('fifo_t') });
+    h.fuse.ok(Opcode.FUSE_MKNOD, 1, [encode(P.fuse_mknod_in, { mode: 0o010644, rdev: 0, umask: 0 }), cstr('fifo')], {
+      extensions: label('fifo_t'),
+    });
     h.fuse.ok(Opcode.FUSE_SYMLINK, 1, [cstr('sym'), cstr('file')], { extensions: label('link_t') });
     const b = Buffer.alloc(64);
     fs.chmodSync(h.p('fifo'), 0o644);
@@ -263,7 +271,9 @@ describe('--security-label', () => {
 
   it('fails INIT when the guest offers no FUSE_SECURITY_CTX', () => {
     h = Harness.create({ securityLabel: true });
-    const r = h.fuse.request(Opcode.FUSE_INIT, 0, [encode(P.fuse_init_in, { major: 7, minor: 38, max_readahead: 0, flags: LINUX_FLAGS, flags2: 0 })]);
+    const r = h.fuse.request(Opcode.FUSE_INIT, 0, [
+      encode(P.fuse_init_in, { major: 7, minor: 38, max_readahead: 0, flags: LINUX_FLAGS, flags2: 0 }),
+    ]);
     expect(r.error).toBe(-Errno.EPROTO);
   });
 });

@@ -40,8 +40,6 @@ const MiB = 1 << 20;
 const ALL_OPCODES = Object.values(Opcode).filter((v): v is number => typeof v === 'number');
 /** Opcodes that are not FUSE's: gaps in the numbering, CUSE_INIT, beyond the last. */
 const INVALID_OPCODES = [0, 7, 19, 53, 54, 4096, 0xffff, 0x7fffffff, 0xffffffff];
-/** Opcodes answered without a reply. */
-const NO_REPLY = new Set<number>([Opcode.FUSE_FORGET, Opcode.FUSE_BATCH_FORGET, Opcode.FUSE_INTERRUPT]);
 
 interface Snapshot {
   [name: string]: { type: string; size: number; mtimeMs: number; mode: number; content: string | null };
@@ -76,7 +74,9 @@ class World {
   readonly names: string[];
 
   constructor(readonly prefix: string) {
-    this.names = ['a', 'dir', 'out', 'abs', 'secret', 'x', 'y', 'z'].map((n) => (['a', 'dir', 'out', 'abs', 'secret'].includes(n) ? n : prefix + n));
+    this.names = ['a', 'dir', 'out', 'abs', 'secret', 'x', 'y', 'z'].map((n) =>
+      ['a', 'dir', 'out', 'abs', 'secret'].includes(n) ? n : prefix + n,
+    );
   }
 
   nodeid(r: Prng): number {
@@ -108,7 +108,17 @@ class World {
   }
 
   target(r: Prng, parent: string): Buffer {
-    return Buffer.from(r.pick(['../secret', path.join(parent, 'secret'), '/etc/passwd', 'a', '..', `../../${this.prefix}t`, 'x'.repeat(r.pick([1, 4095, 4096, 5000]))]));
+    return Buffer.from(
+      r.pick([
+        '../secret',
+        path.join(parent, 'secret'),
+        '/etc/passwd',
+        'a',
+        '..',
+        `../../${this.prefix}t`,
+        'x'.repeat(r.pick([1, 4095, 4096, 5000])),
+      ]),
+    );
   }
 }
 
@@ -139,7 +149,12 @@ function validRequest(r: Prng, w: World, unique: bigint, parent: string): Reques
     const body = Buffer.concat(args);
     return { opcode, bytes: Buffer.concat([header(opcode, node, unique, body.length, r), body]), replyRoom };
   };
-  const flagsRw = r.pick([fs.constants.O_RDONLY, fs.constants.O_RDWR, fs.constants.O_WRONLY | fs.constants.O_APPEND, fs.constants.O_RDWR | fs.constants.O_TRUNC]);
+  const flagsRw = r.pick([
+    fs.constants.O_RDONLY,
+    fs.constants.O_RDWR,
+    fs.constants.O_WRONLY | fs.constants.O_APPEND,
+    fs.constants.O_RDWR | fs.constants.O_TRUNC,
+  ]);
   switch (r.below(24)) {
     case 0:
     case 1:
@@ -148,14 +163,40 @@ function validRequest(r: Prng, w: World, unique: bigint, parent: string): Reques
       return io(Opcode.FUSE_OPEN, [encode(P.fuse_open_in, { flags: flagsRw, open_flags: 0 })]);
     case 3: {
       const size = r.pick([0, 1, 4096, 65536, MiB, r.u32()]);
-      return io(Opcode.FUSE_READ, [encode(P.fuse_read_in, { fh: w.fh(r), offset: r.pick([0, 4096, r.u32(), 2 ** 53]), size, read_flags: 0, lock_owner: 0n, flags: 0 })], Math.min(size, MiB) + 16);
+      return io(
+        Opcode.FUSE_READ,
+        [
+          encode(P.fuse_read_in, {
+            fh: w.fh(r),
+            offset: r.pick([0, 4096, r.u32(), 2 ** 53]),
+            size,
+            read_flags: 0,
+            lock_owner: 0n,
+            flags: 0,
+          }),
+        ],
+        Math.min(size, MiB) + 16,
+      );
     }
     case 4: {
       const data = Buffer.from(`FZW${r.u32()}`.repeat(r.int(1, 64)));
-      return io(Opcode.FUSE_WRITE, [encode(P.fuse_write_in, { fh: w.fh(r), offset: r.pick([0, 100, r.below(MiB)]), size: data.length, write_flags: 0, lock_owner: 0n, flags: 0 }), data]);
+      return io(Opcode.FUSE_WRITE, [
+        encode(P.fuse_write_in, {
+          fh: w.fh(r),
+          offset: r.pick([0, 100, r.below(MiB)]),
+          size: data.length,
+          write_flags: 0,
+          lock_owner: 0n,
+          flags: 0,
+        }),
+        data,
+      ]);
     }
     case 5:
-      return io(Opcode.FUSE_CREATE, [encode(P.fuse_create_in, { flags: flagsRw | fs.constants.O_CREAT, mode: 0o100644, umask: 0o022, open_flags: 0 }), cstr(w.name(r))]);
+      return io(Opcode.FUSE_CREATE, [
+        encode(P.fuse_create_in, { flags: flagsRw | fs.constants.O_CREAT, mode: 0o100644, umask: 0o022, open_flags: 0 }),
+        cstr(w.name(r)),
+      ]);
     case 6:
       return io(Opcode.FUSE_MKDIR, [encode(P.fuse_mkdir_in, { mode: 0o755, umask: 0 }), cstr(w.name(r))]);
     case 7: {
@@ -166,14 +207,29 @@ function validRequest(r: Prng, w: World, unique: bigint, parent: string): Reques
     case 8:
       return io(Opcode.FUSE_RENAME, [encode(P.fuse_rename_in, { newdir: w.nodeid(r) }), cstr(w.name(r)), cstr(w.name(r))]);
     case 9:
-      return io(Opcode.FUSE_RENAME2, [encode(P.fuse_rename2_in, { newdir: w.nodeid(r), flags: r.pick([0, 1, 2, 4, 7]) }), cstr(w.name(r)), cstr(w.name(r))]);
+      return io(Opcode.FUSE_RENAME2, [
+        encode(P.fuse_rename2_in, { newdir: w.nodeid(r), flags: r.pick([0, 1, 2, 4, 7]) }),
+        cstr(w.name(r)),
+        cstr(w.name(r)),
+      ]);
     case 10: {
-      const m = { fh: BigInt(w.fh(r)), foffset: BigInt(r.pick([0, 4096, MiB, r.u32()])), len: BigInt(r.pick([4096, 2 * MiB, DAX_WINDOW, r.u32()])), flags: BigInt(r.below(4)), moffset: BigInt(r.pick([0, 2 * MiB, DAX_WINDOW - 2 * MiB, DAX_WINDOW, r.u32()])) };
+      const m = {
+        fh: BigInt(w.fh(r)),
+        foffset: BigInt(r.pick([0, 4096, MiB, r.u32()])),
+        len: BigInt(r.pick([4096, 2 * MiB, DAX_WINDOW, r.u32()])),
+        flags: BigInt(r.below(4)),
+        moffset: BigInt(r.pick([0, 2 * MiB, DAX_WINDOW - 2 * MiB, DAX_WINDOW, r.u32()])),
+      };
       return io(Opcode.FUSE_SETUPMAPPING, [encode(P.fuse_setupmapping_in, m)]);
     }
     case 11: {
       const n = r.int(0, 3);
-      return io(Opcode.FUSE_REMOVEMAPPING, [encode(P.fuse_removemapping_in, { count: r.chance(0.9) ? n : r.u32() }), ...Array.from({ length: n }, () => encode(P.fuse_removemapping_one, { moffset: BigInt(r.pick([0, 2 * MiB, r.u32()])), len: BigInt(r.pick([2 * MiB, r.u32()])) }))]);
+      return io(Opcode.FUSE_REMOVEMAPPING, [
+        encode(P.fuse_removemapping_in, { count: r.chance(0.9) ? n : r.u32() }),
+        ...Array.from({ length: n }, () =>
+          encode(P.fuse_removemapping_one, { moffset: BigInt(r.pick([0, 2 * MiB, r.u32()])), len: BigInt(r.pick([2 * MiB, r.u32()])) }),
+        ),
+      ]);
     }
     case 12:
       return io(Opcode.FUSE_SYMLINK, [cstr(w.name(r)), cstr(w.target(r, parent))]);
@@ -184,23 +240,67 @@ function validRequest(r: Prng, w: World, unique: bigint, parent: string): Reques
     case 15:
       return io(Opcode.FUSE_OPENDIR, [encode(P.fuse_open_in, { flags: fs.constants.O_RDONLY, open_flags: 0 })]);
     case 16:
-      return io(r.pick([Opcode.FUSE_READDIR, Opcode.FUSE_READDIRPLUS]), [encode(P.fuse_readdir_in, { fh: w.fh(r, true), offset: BigInt(r.below(8)), size: r.pick([0, 80, 4096]), read_flags: 0, lock_owner: 0n, flags: 0 })], 4096);
+      return io(
+        r.pick([Opcode.FUSE_READDIR, Opcode.FUSE_READDIRPLUS]),
+        [
+          encode(P.fuse_readdir_in, {
+            fh: w.fh(r, true),
+            offset: BigInt(r.below(8)),
+            size: r.pick([0, 80, 4096]),
+            read_flags: 0,
+            lock_owner: 0n,
+            flags: 0,
+          }),
+        ],
+        4096,
+      );
     case 17:
       return io(Opcode.FUSE_READLINK, []);
     case 18:
       return io(Opcode.FUSE_GETATTR, [encode(P.fuse_getattr_in, { getattr_flags: r.below(2), fh: w.fh(r) })]);
     case 19:
       return io(Opcode.FUSE_SETATTR, [
-        encode(P.fuse_setattr_in, { valid: r.u32() & 0xfff & ~(P.FATTR_UID | P.FATTR_GID), fh: w.fh(r), size: r.pick([0, 10, MiB]), lock_owner: 0n, atime: 0, mtime: 0, ctime: 0, atimensec: 0, mtimensec: 0, ctimensec: 0, mode: r.pick([0o644, 0o4755, 0o777]), uid: 0, gid: 0 }),
+        encode(P.fuse_setattr_in, {
+          valid: r.u32() & 0xfff & ~(P.FATTR_UID | P.FATTR_GID),
+          fh: w.fh(r),
+          size: r.pick([0, 10, MiB]),
+          lock_owner: 0n,
+          atime: 0,
+          mtime: 0,
+          ctime: 0,
+          atimensec: 0,
+          mtimensec: 0,
+          ctimensec: 0,
+          mode: r.pick([0o644, 0o4755, 0o777]),
+          uid: 0,
+          gid: 0,
+        }),
       ]);
     case 20:
-      return io(r.pick([Opcode.FUSE_GETXATTR, Opcode.FUSE_LISTXATTR]), [encode(P.fuse_getxattr_in, { size: r.pick([0, 8, 65536]) }), cstr('user.fz')], 70000);
+      return io(
+        r.pick([Opcode.FUSE_GETXATTR, Opcode.FUSE_LISTXATTR]),
+        [encode(P.fuse_getxattr_in, { size: r.pick([0, 8, 65536]) }), cstr('user.fz')],
+        70000,
+      );
     case 21:
-      return io(Opcode.FUSE_COPY_FILE_RANGE, [encode(P.fuse_copy_file_range_in, { fh_in: w.fh(r), off_in: 0, nodeid_out: w.nodeid(r), fh_out: w.fh(r), off_out: r.below(4096), len: r.pick([1, 4096, 2 ** 40]), flags: 0 })]);
+      return io(Opcode.FUSE_COPY_FILE_RANGE, [
+        encode(P.fuse_copy_file_range_in, {
+          fh_in: w.fh(r),
+          off_in: 0,
+          nodeid_out: w.nodeid(r),
+          fh_out: w.fh(r),
+          off_out: r.below(4096),
+          len: r.pick([1, 4096, 2 ** 40]),
+          flags: 0,
+        }),
+      ]);
     case 22:
       return io(Opcode.FUSE_RELEASE, [encode(P.fuse_release_in, { fh: w.fh(r), flags: 0, release_flags: 0, lock_owner: 0n })]);
     default:
-      return io(Opcode.FUSE_MKNOD, [encode(P.fuse_mknod_in, { mode: r.pick([0o10644, 0o140644, 0o20644, 0o100644]), rdev: r.u32(), umask: 0 }), cstr(w.name(r))]);
+      return io(Opcode.FUSE_MKNOD, [
+        encode(P.fuse_mknod_in, { mode: r.pick([0o10644, 0o140644, 0o20644, 0o100644]), rdev: r.u32(), umask: 0 }),
+        cstr(w.name(r)),
+      ]);
   }
 }
 
@@ -239,12 +339,20 @@ function split(r: Prng, total: number, maxPieces: number): number[] {
 /** Learns node ids and handles from a successful reply. */
 function learn(w: World, opcode: number, reply: Buffer): void {
   if (reply.length < 16 || reply.readInt32LE(4) !== 0) return;
-  const entry = [Opcode.FUSE_LOOKUP, Opcode.FUSE_MKDIR, Opcode.FUSE_MKNOD, Opcode.FUSE_SYMLINK, Opcode.FUSE_LINK, Opcode.FUSE_CREATE].includes(opcode);
+  const entry = [
+    Opcode.FUSE_LOOKUP,
+    Opcode.FUSE_MKDIR,
+    Opcode.FUSE_MKNOD,
+    Opcode.FUSE_SYMLINK,
+    Opcode.FUSE_LINK,
+    Opcode.FUSE_CREATE,
+  ].includes(opcode);
   if (entry && reply.length >= 24) {
     const id = Number(reply.readBigUInt64LE(16));
     if (id !== 0 && !w.nodeids.includes(id)) w.nodeids.push(id);
   }
-  if (opcode === Opcode.FUSE_CREATE && reply.length >= 16 + P.fuse_entry_out.size + 8) w.fhs.push(Number(reply.readBigUInt64LE(16 + P.fuse_entry_out.size)));
+  if (opcode === Opcode.FUSE_CREATE && reply.length >= 16 + P.fuse_entry_out.size + 8)
+    w.fhs.push(Number(reply.readBigUInt64LE(16 + P.fuse_entry_out.size)));
   if (opcode === Opcode.FUSE_OPEN && reply.length >= 24) w.fhs.push(Number(reply.readBigUInt64LE(16)));
   if (opcode === Opcode.FUSE_OPENDIR && reply.length >= 24) w.dirFhs.push(Number(reply.readBigUInt64LE(16)));
   // Keep the pools small, so requests keep hitting live ids.
@@ -372,7 +480,16 @@ describe('FUSE requests through a virtqueue, fuzzed', () => {
       let link = await connect();
       let unique = 1n;
       const init = Buffer.concat([
-        encode(P.fuse_in_header, { len: 40 + P.fuse_init_in.size, opcode: Opcode.FUSE_INIT, unique: unique++, nodeid: 0, uid: 0, gid: 0, pid: 0, total_extlen: 0 }),
+        encode(P.fuse_in_header, {
+          len: 40 + P.fuse_init_in.size,
+          opcode: Opcode.FUSE_INIT,
+          unique: unique++,
+          nodeid: 0,
+          uid: 0,
+          gid: 0,
+          pid: 0,
+          total_extlen: 0,
+        }),
         encode(P.fuse_init_in, { major: 7, minor: 38, max_readahead: 1 << 17, flags: LINUX_FLAGS, flags2: LINUX_FLAGS2 }),
       ]);
       const initReply = await submit(link, new Prng(seed), { opcode: Opcode.FUSE_INIT, bytes: init, replyRoom: 256 }).done;
@@ -389,7 +506,8 @@ describe('FUSE requests through a virtqueue, fuzzed', () => {
             const r = Prng.forCase(seed, j);
             let req = request(r, world, unique++, parent);
             // INIT and DESTROY start the session over: rare, and followed by a valid INIT.
-            if ((req.opcode === Opcode.FUSE_DESTROY || req.opcode === Opcode.FUSE_INIT) && r.chance(0.9)) req = validRequest(r, world, unique++, parent);
+            if ((req.opcode === Opcode.FUSE_DESTROY || req.opcode === Opcode.FUSE_INIT) && r.chance(0.9))
+              req = validRequest(r, world, unique++, parent);
             batch.push({ req, index: j, sent: submit(link, r, req) });
           }
           let timer: NodeJS.Timeout | undefined;
@@ -401,7 +519,10 @@ describe('FUSE requests through a virtqueue, fuzzed', () => {
             const reply = results[k];
             if (reply === 'timeout' || reply === null) continue;
             stats.answered++;
-            if (reply.includes(token)) throw new Error(`${replayHint(seed, b.index, FILE, true)}: a reply carries the secret outside the share: opcode ${b.req.opcode}`);
+            if (reply.includes(token))
+              throw new Error(
+                `${replayHint(seed, b.index, FILE, true)}: a reply carries the secret outside the share: opcode ${b.req.opcode}`,
+              );
             if (reply.length >= 16) {
               if (reply.readInt32LE(4) === 0) stats.ok++;
               else stats.errors++;
@@ -422,7 +543,9 @@ describe('FUSE requests through a virtqueue, fuzzed', () => {
             // Acceptable only if the back-end dropped the connection cleanly, or for a lock wait (SETLKW).
             const stuck = unanswered.filter((b) => b.req.opcode !== Opcode.FUSE_SETLKW);
             if (link.dropped() === undefined && stuck.length > 0) {
-              throw new Error(`${stuck.map((b) => replayHint(seed, b.index, FILE, true)).join('; ')}: chains never came back used: opcodes ${stuck.map((b) => b.req.opcode)}, first bytes ${stuck[0].req.bytes.subarray(0, 64).toString('hex')}\nlog: ${logs.slice(-10).join('\n')}`);
+              throw new Error(
+                `${stuck.map((b) => replayHint(seed, b.index, FILE, true)).join('; ')}: chains never came back used: opcodes ${stuck.map((b) => b.req.opcode)}, first bytes ${stuck[0].req.bytes.subarray(0, 64).toString('hex')}\nlog: ${logs.slice(-10).join('\n')}`,
+              );
             }
             stats.waiting += unanswered.length - stuck.length;
             if (link.dropped() !== undefined) stats.drops++;
@@ -444,7 +567,13 @@ describe('FUSE requests through a virtqueue, fuzzed', () => {
         link.close();
         mapper.reset();
       }
-      if (histogram) console.log([...histogram].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${n}\t${k}`).join('\n'));
+      if (histogram)
+        console.log(
+          [...histogram]
+            .sort((a, b) => b[1] - a[1])
+            .map(([k, n]) => `${n}\t${k}`)
+            .join('\n'),
+        );
       console.log(`FUSE fuzz seed ${seed}: ${JSON.stringify(stats)}, fds ${fdsBefore} -> ${fdCount()}`);
       // Nothing outside the share changed: listing, sizes, modes, mtimes, contents (and the parent's own mtime).
       expect(snapshot(parent, share)).toEqual(before);

@@ -39,7 +39,8 @@ const CASE_TIMEOUT_MS = 3000;
 /** Open fds may drift by this much over a run (lazily opened handles of Node and the test). */
 const FD_SLACK = 16;
 
-const FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+const FEATURES =
+  bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
 const PROTOCOL_FEATURES =
   bit(ProtocolFeature.MQ) |
   bit(ProtocolFeature.REPLY_ACK) |
@@ -65,7 +66,11 @@ interface Out {
   size?: number;
 }
 
-type Step = { kind: 'msg'; msg: Out } | { kind: 'poke'; fd: number; at: number; bytes: Buffer } | { kind: 'kick'; fd: number } | { kind: 'shrink'; fd: number; size: number };
+type Step =
+  | { kind: 'msg'; msg: Out }
+  | { kind: 'poke'; fd: number; at: number; bytes: Buffer }
+  | { kind: 'kick'; fd: number }
+  | { kind: 'shrink'; fd: number; size: number };
 
 /** What a case built: steps to send, and whether a frame was left incomplete on purpose. */
 interface Plan {
@@ -99,7 +104,12 @@ class Templates {
 
   /** The handshake in the order QEMU sends it. */
   handshake(): Out[] {
-    const m = (request: FrontendRequest, payload: Buffer = Buffer.alloc(0), fds: number[] = []): Out => ({ request, flags: VHOST_USER_VERSION, payload, fds });
+    const m = (request: FrontendRequest, payload: Buffer = Buffer.alloc(0), fds: number[] = []): Out => ({
+      request,
+      flags: VHOST_USER_VERSION,
+      payload,
+      fds,
+    });
     this.queue = this.rng.below(QUEUES);
     this.size = 1 << this.rng.int(0, 8);
     this.kickFd = this.pool.eventfd();
@@ -148,11 +158,20 @@ class Templates {
         return m(FrontendRequest.SET_PROTOCOL_FEATURES, u64(r.chance(0.8) ? PROTOCOL_FEATURES : r.u64()));
       case 3: {
         const n = r.int(1, 3);
-        const table = Buffer.concat([MemoryTableHeader.encode({ nregions: n, padding: 0 }), ...Array.from({ length: n }, () => this.region())]);
-        return m(FrontendRequest.SET_MEM_TABLE, table, Array.from({ length: n }, () => this.ram()));
+        const table = Buffer.concat([
+          MemoryTableHeader.encode({ nregions: n, padding: 0 }),
+          ...Array.from({ length: n }, () => this.region()),
+        ]);
+        return m(
+          FrontendRequest.SET_MEM_TABLE,
+          table,
+          Array.from({ length: n }, () => this.ram()),
+        );
       }
       case 4:
-        return m(FrontendRequest.ADD_MEM_REG, SingleMemoryRegion.encode({ padding: 0n, ...MemoryRegionDesc.decode(this.region()) }), [this.ram()]);
+        return m(FrontendRequest.ADD_MEM_REG, SingleMemoryRegion.encode({ padding: 0n, ...MemoryRegionDesc.decode(this.region()) }), [
+          this.ram(),
+        ]);
       case 5:
         return m(FrontendRequest.REM_MEM_REG, SingleMemoryRegion.encode({ padding: 0n, ...MemoryRegionDesc.decode(this.region()) }));
       case 6:
@@ -165,7 +184,11 @@ class Templates {
         return m(FrontendRequest.GET_VRING_BASE, state(q, 0));
       case 10: {
         const noFd = r.chance(0.2);
-        return m(FrontendRequest.SET_VRING_KICK, u64(BigInt(q) | (noFd ? BigInt(VRING_NOFD_MASK) : 0n)), noFd ? [] : [this.kickFd >= 0 && r.chance(0.5) ? this.kickFd : this.pool.eventfd()]);
+        return m(
+          FrontendRequest.SET_VRING_KICK,
+          u64(BigInt(q) | (noFd ? BigInt(VRING_NOFD_MASK) : 0n)),
+          noFd ? [] : [this.kickFd >= 0 && r.chance(0.5) ? this.kickFd : this.pool.eventfd()],
+        );
       }
       case 11: {
         const noFd = r.chance(0.3);
@@ -233,7 +256,9 @@ function mutate(rng: Prng, pool: FdPool, msg: Out): Out {
       out.request = rng.chance(0.8) ? rng.below(64) : rng.u32();
       break;
     case 2:
-      out.flags = rng.chance(0.5) ? out.flags ^ (1 << rng.below(32)) : rng.pick([0, 2, 3, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, rng.u32()]);
+      out.flags = rng.chance(0.5)
+        ? out.flags ^ (1 << rng.below(32))
+        : rng.pick([0, 2, 3, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, rng.u32()]);
       break;
     case 3:
       if (out.fds.length > 0 && rng.chance(0.5)) out.fds.pop();
@@ -363,7 +388,12 @@ describe('vhost-user back-end under random and mutated messages', () => {
     base = fs.mkdtempSync(path.join(os.tmpdir(), 'fuzz-vu-'));
     fs.mkdirSync(path.join(base, 'share'));
     fs.mkdirSync(path.join(base, 'scratch'));
-    session = new FuseSession({ sharedDir: path.join(base, 'share'), cache: 'auto', readonly: false, log: (level, msg) => caseLog.push(`${level}: ${msg}`) });
+    session = new FuseSession({
+      sharedDir: path.join(base, 'share'),
+      cache: 'auto',
+      readonly: false,
+      log: (level, msg) => caseLog.push(`${level}: ${msg}`),
+    });
     device = new VirtioFsDevice(session, (level, msg) => caseLog.push(`${level}: ${msg}`));
   });
   afterAll(() => {
@@ -388,7 +418,12 @@ describe('vhost-user back-end under random and mutated messages', () => {
         const logs: string[] = [];
         caseLog = logs;
         let ended: { err?: Error } | null = null;
-        const backend = new VhostUserBackend(theirs, device, (level, msg) => logs.push(`${level}: ${msg}`), (err) => (ended = { err }));
+        const backend = new VhostUserBackend(
+          theirs,
+          device,
+          (level, msg) => logs.push(`${level}: ${msg}`),
+          (err) => (ended = { err }),
+        );
         let steps: Step[] = [];
         try {
           backend.start();
@@ -424,7 +459,11 @@ describe('vhost-user back-end under random and mutated messages', () => {
           } else {
             if (!peerGone) {
               try {
-                addon.sendmsg(ours.fd, frame({ request: FrontendRequest.GET_FEATURES, flags: VHOST_USER_VERSION, payload: Buffer.alloc(0), fds: [] }), []);
+                addon.sendmsg(
+                  ours.fd,
+                  frame({ request: FrontendRequest.GET_FEATURES, flags: VHOST_USER_VERSION, payload: Buffer.alloc(0), fds: [] }),
+                  [],
+                );
               } catch {
                 // Hung up already: awaitOutcome sees the EOF.
               }
@@ -439,13 +478,22 @@ describe('vhost-user back-end under random and mutated messages', () => {
           if (outcome === 'timeout') throw new Error('the back-end neither answered GET_FEATURES nor hung up');
           outcomes[outcome]++;
         } catch (err) {
-          const detail = [`${replayHint(seed, i, 'test/fuzz/vhost-user.test.ts')}: ${(err as Error).stack ?? err}`, 'steps:', ...steps.map(describeStep), 'log:', ...logs.slice(-10)];
+          const detail = [
+            `${replayHint(seed, i, 'test/fuzz/vhost-user.test.ts')}: ${(err as Error).stack ?? err}`,
+            'steps:',
+            ...steps.map(describeStep),
+            'log:',
+            ...logs.slice(-10),
+          ];
           throw new Error(detail.join('\n  '));
         } finally {
           ours.close();
           backend.close();
           pool.closeAll();
-          if (stats) for (const l of logs) if (process.env.FUZZ_STATS === 'all' || !l.startsWith('debug')) stats.set(l.replace(/0x[0-9a-f]+|\d+/g, 'N'), (stats.get(l.replace(/0x[0-9a-f]+|\d+/g, 'N')) ?? 0) + 1);
+          if (stats)
+            for (const l of logs)
+              if (process.env.FUZZ_STATS === 'all' || !l.startsWith('debug'))
+                stats.set(l.replace(/0x[0-9a-f]+|\d+/g, 'N'), (stats.get(l.replace(/0x[0-9a-f]+|\d+/g, 'N')) ?? 0) + 1);
         }
       }
       // Both outcomes must occur, or the fuzzer is not reaching the state machine.
@@ -453,8 +501,16 @@ describe('vhost-user back-end under random and mutated messages', () => {
         expect(outcomes.answered).toBeGreaterThan(perSeed / 10);
         expect(outcomes.closed).toBeGreaterThan(perSeed / 20);
       }
-      if (stats) console.log([...stats].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${n}\t${k}`).join('\n'));
-      console.log(`vhost-user fuzz seed ${seed}: ${JSON.stringify(outcomes)}, shrunk guest-RAM pages absorbed ${guardedFaultTotal() - faultsBefore}, fds ${fdsBefore} -> ${fdCount()}`);
+      if (stats)
+        console.log(
+          [...stats]
+            .sort((a, b) => b[1] - a[1])
+            .map(([k, n]) => `${n}\t${k}`)
+            .join('\n'),
+        );
+      console.log(
+        `vhost-user fuzz seed ${seed}: ${JSON.stringify(outcomes)}, shrunk guest-RAM pages absorbed ${guardedFaultTotal() - faultsBefore}, fds ${fdsBefore} -> ${fdCount()}`,
+      );
       expect(fdCount() - fdsBefore).toBeLessThanOrEqual(FD_SLACK);
     }, 120_000);
   }

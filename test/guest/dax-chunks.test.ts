@@ -8,7 +8,12 @@ import { daxPair } from '../helpers/dax-pair';
 
 const MiB = 1024 * 1024;
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
+afterEach(() =>
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f()),
+);
 
 /** A chunk manager over a 3-chunk window whose requests go straight to a DaxMapper. */
 function setup(fileSize = 10 * MiB) {
@@ -23,7 +28,14 @@ function setup(fileSize = 10 * MiB) {
   const manager = new DaxChunkManager(pair.window, {
     async setupMapping(nodeid, foffset, len, moffset, writable) {
       calls.push(`map ${foffset / MiB}->${moffset / MiB}${writable ? ' rw' : ''}`);
-      const err = await pair.mapper.setup({ nodeid: BigInt(nodeid), fd, foffset: BigInt(foffset), len: BigInt(len), moffset: BigInt(moffset), writable });
+      const err = await pair.mapper.setup({
+        nodeid: BigInt(nodeid),
+        fd,
+        foffset: BigInt(foffset),
+        len: BigInt(len),
+        moffset: BigInt(moffset),
+        writable,
+      });
       if (err) throw new Error(errnoCode(err));
     },
     async removeMapping(ranges) {

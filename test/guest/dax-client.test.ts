@@ -82,7 +82,11 @@ describe('bad SETUPMAPPINGs through the whole stack', () => {
       ['outside the window', fuse.setupMapping(nodeid, fh, { foffset: 0, len: 2 * MiB, moffset: 8 * MiB, flags: READ }), ['EINVAL']],
       ['length 0', fuse.setupMapping(nodeid, fh, { foffset: 0, len: 0, moffset: 0, flags: READ }), ['EINVAL']],
       ['huge', fuse.setupMapping(nodeid, fh, { foffset: 0, len: 2 ** 52, moffset: 0, flags: READ }), ['EINVAL']],
-      ['unknown nodeid', fuse.setupMapping(123456, -1, { foffset: 0, len: 2 * MiB, moffset: 0, flags: READ }), ['EBADF', 'ENOENT', 'ESTALE']],
+      [
+        'unknown nodeid',
+        fuse.setupMapping(123456, -1, { foffset: 0, len: 2 * MiB, moffset: 0, flags: READ }),
+        ['EBADF', 'ENOENT', 'ESTALE'],
+      ],
     ];
     for (const [what, p, codes] of bad) {
       const err = await p.then(

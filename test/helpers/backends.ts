@@ -49,9 +49,11 @@ export const RUST_LACKS: Lacks = {
   locks: 'the Rust virtiofsd 1.13 has no POSIX or BSD locks: GETLK and SETLK answer ENOSYS',
   setlkw: 'the Rust virtiofsd 1.13 has no locks: SETLKW answers ENOSYS',
   refusesSlashNames: "the Rust virtiofsd 1.13 looks a name holding '/' up as a path beneath the directory (LOOKUP 'sub/f' succeeds)",
-  dotdotLookup: "the Rust virtiofsd 1.13 answers LOOKUP '..' in a subdirectory with the subdirectory itself (Linux resolves '..' in its dcache and never asks)",
+  dotdotLookup:
+    "the Rust virtiofsd 1.13 answers LOOKUP '..' in a subdirectory with the subdirectory itself (Linux resolves '..' in its dcache and never asks)",
   eioBeforeInit: 'the Rust virtiofsd 1.13 answers requests before INIT with EBADF, not EIO',
-  answersMalformedRequests: 'the Rust virtiofsd 1.13 leaves a request with a truncated argument (GETATTR without fuse_getattr_in) unanswered',
+  answersMalformedRequests:
+    'the Rust virtiofsd 1.13 leaves a request with a truncated argument (GETATTR without fuse_getattr_in) unanswered',
   checksHeaderLen: 'the Rust virtiofsd 1.13 ignores fuse_in_header.len and serves the request as if it matched',
   survivesMalformedChains: 'the Rust virtiofsd 1.13 leaves a chain too short for a header, or without room for a reply, unanswered',
   destroyReply: "the Rust virtiofsd 1.13 returns FUSE_DESTROY's chain with nothing written (used length 0)",
@@ -246,7 +248,11 @@ export const rust: Backend = {
   lacks: RUST_LACKS,
   start: (sharedDir, socketPath) => {
     if (!fs.existsSync(RUST_DAEMON)) throw new Error(`${RUST_DAEMON} is missing: run scripts/peers/setup.sh`);
-    return startProcess(RUST_DAEMON, [`--socket-path=${socketPath}`, `--shared-dir=${sharedDir}`, '--xattr', '--cache=auto', '--log-level=warn'], socketPath);
+    return startProcess(
+      RUST_DAEMON,
+      [`--socket-path=${socketPath}`, `--shared-dir=${sharedDir}`, '--xattr', '--cache=auto', '--log-level=warn'],
+      socketPath,
+    );
   },
 };
 

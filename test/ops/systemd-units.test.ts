@@ -47,7 +47,10 @@ describe('contrib/systemd units', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'units-'));
     try {
       fs.copyFileSync(path.join(UNITS, 'virtiofsd-ts@.service'), path.join(dir, 'virtiofsd-ts@share.service'));
-      const r = spawnSync('systemd-analyze', ['security', '--offline=yes', '--no-pager', './virtiofsd-ts@share.service'], { cwd: dir, encoding: 'utf8' });
+      const r = spawnSync('systemd-analyze', ['security', '--offline=yes', '--no-pager', './virtiofsd-ts@share.service'], {
+        cwd: dir,
+        encoding: 'utf8',
+      });
       const m = /Overall exposure level for virtiofsd-ts@share\.service: ([\d.]+)/.exec(r.stdout);
       expect(m, r.stdout + r.stderr).not.toBeNull();
       expect(Number(m![1])).toBeLessThanOrEqual(3.0);
@@ -58,7 +61,7 @@ describe('contrib/systemd units', () => {
 });
 
 describe('contrib/qemu vhost-user descriptor', () => {
-  it('is the JSON QEMU and libvirt read (docs/interop/vhost-user.json), sorting after Debian\'s 50-qemu-virtiofsd.json', () => {
+  it("is the JSON QEMU and libvirt read (docs/interop/vhost-user.json), sorting after Debian's 50-qemu-virtiofsd.json", () => {
     const files = fs.readdirSync(path.join(REPO, 'contrib', 'qemu'));
     expect(files).toEqual(['60-virtiofsd-ts.json']);
     // Lower names win: the distribution's virtiofsd stays the default until an admin says otherwise.

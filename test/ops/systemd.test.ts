@@ -26,7 +26,12 @@ const hasActivate = spawnSync('systemd-socket-activate', ['--version']).status =
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
 const SOCK_NONBLOCK = 0o4000;
-const recv = koffi.load('libc.so.6').func('long recv(int, _Out_ uint8_t *buf, size_t, int)') as (fd: number, buf: Buffer, n: number, flags: number) => number;
+const recv = koffi.load('libc.so.6').func('long recv(int, _Out_ uint8_t *buf, size_t, int)') as (
+  fd: number,
+  buf: Buffer,
+  n: number,
+  flags: number,
+) => number;
 
 /** A NOTIFY_SOCKET as systemd binds it: a datagram socket; `messages()` drains what arrived. */
 class NotifyListener {
@@ -176,10 +181,14 @@ describe('LISTEN_FDS/LISTEN_PID', () => {
     const out = fs.openSync(logFile, 'w');
     const st = fs.fstatSync(out, { bigint: true });
     try {
-      const child = spawn('/bin/sh', ['-c', 'LISTEN_PID=$$ exec "$@"', 'sh', process.execPath, CLI, '--shared-dir', share, '--thread-pool-size=2', '--allow-mmap'], {
-        stdio: ['ignore', 'ignore', out, listener.fd],
-        env: { ...process.env, LISTEN_FDS: '1', JOURNAL_STREAM: `${st.dev}:${st.ino}` },
-      });
+      const child = spawn(
+        '/bin/sh',
+        ['-c', 'LISTEN_PID=$$ exec "$@"', 'sh', process.execPath, CLI, '--shared-dir', share, '--thread-pool-size=2', '--allow-mmap'],
+        {
+          stdio: ['ignore', 'ignore', out, listener.fd],
+          env: { ...process.env, LISTEN_FDS: '1', JOURNAL_STREAM: `${st.dev}:${st.ino}` },
+        },
+      );
       children.push(child);
       const done = exited(child);
       await initOnce(sock);
@@ -208,9 +217,13 @@ describe('pid file, metrics and signals', () => {
     fresh();
     const sock = path.join(dir, 'vfs.sock');
     const metricsSock = path.join(dir, 'metrics.sock');
-    const child = spawn(process.execPath, [CLI, '--socket-path', sock, '--shared-dir', share, '--metrics-socket', metricsSock, '--log-level', 'debug'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [CLI, '--socket-path', sock, '--shared-dir', share, '--metrics-socket', metricsSock, '--log-level', 'debug'],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
     children.push(child);
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d));
@@ -243,7 +256,8 @@ describe('pid file, metrics and signals', () => {
     expect(m.errnos.ENOENT).toBe(1);
     expect(m.gauges.inodes).toBeGreaterThanOrEqual(1);
     // At debug, one line per request.
-    for (let i = 0; i < 100 && !/FUSE LOOKUP unique=\d+ nodeid=1 -> ENOENT [\d.]+us/.test(stderr); i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 100 && !/FUSE LOOKUP unique=\d+ nodeid=1 -> ENOENT [\d.]+us/.test(stderr); i++)
+      await new Promise((r) => setTimeout(r, 50));
     expect(stderr).toMatch(/FUSE LOOKUP unique=\d+ nodeid=1 -> ENOENT [\d.]+us/);
 
     // SIGUSR1 reaches the daemon through the launcher and dumps; it never opens the inspector.

@@ -75,8 +75,10 @@ describe('--modcaps', () => {
 });
 
 describe('dropping capabilities in a child process', () => {
-  it.skipIf(!canTest)(`dropCapabilities() reduces the calling thread: CapEff shows it, binding a privileged port fails with EACCES${SKIP}`, async () => {
-    const r = await runChild(`${BIND}
+  it.skipIf(!canTest)(
+    `dropCapabilities() reduces the calling thread: CapEff shows it, binding a privileged port fails with EACCES${SKIP}`,
+    async () => {
+      const r = await runChild(`${BIND}
       const caps = require(${JSON.stringify(CAPS_JS)});
       tryBind((before) => {
         const after = caps.dropCapabilities(caps.keepSet({ inodeFileHandles: false }));
@@ -84,19 +86,31 @@ describe('dropping capabilities in a child process', () => {
           console.log(JSON.stringify({ before, afterBind, eff: after.effective.toString(16), prm: after.permitted.toString(16), pid: process.pid, threads: threads() }));
         });
       });`);
-    expect(r.code, r.stderr).toBe(0);
-    const rep = JSON.parse(r.stdout) as { before: string; afterBind: string; eff: string; prm: string; pid: number; threads: { tid: number; eff: string; prm: string; bnd: string }[] };
-    expect(rep.before).toBe('ok');
-    expect(rep.afterBind).toBe('EACCES');
-    expect([rep.eff, rep.prm]).toEqual(['880000db', '880000db']);
-    const main = rep.threads.find((t) => t.tid === rep.pid)!;
-    expect([BigInt(`0x${main.eff}`), BigInt(`0x${main.prm}`), BigInt(`0x${main.bnd}`)]).toEqual([DEFAULT_MASK, DEFAULT_MASK, DEFAULT_MASK]);
-    // The finding behind the design: capabilities are per thread, and Node's other threads
-    // (V8's platform workers, started before any JavaScript) keep everything they had.
-    const others = rep.threads.filter((t) => t.tid !== rep.pid);
-    expect(others.length).toBeGreaterThan(0);
-    expect(others.every((t) => (BigInt(`0x${t.eff}`) & ~DEFAULT_MASK) !== 0n)).toBe(true);
-  });
+      expect(r.code, r.stderr).toBe(0);
+      const rep = JSON.parse(r.stdout) as {
+        before: string;
+        afterBind: string;
+        eff: string;
+        prm: string;
+        pid: number;
+        threads: { tid: number; eff: string; prm: string; bnd: string }[];
+      };
+      expect(rep.before).toBe('ok');
+      expect(rep.afterBind).toBe('EACCES');
+      expect([rep.eff, rep.prm]).toEqual(['880000db', '880000db']);
+      const main = rep.threads.find((t) => t.tid === rep.pid)!;
+      expect([BigInt(`0x${main.eff}`), BigInt(`0x${main.prm}`), BigInt(`0x${main.bnd}`)]).toEqual([
+        DEFAULT_MASK,
+        DEFAULT_MASK,
+        DEFAULT_MASK,
+      ]);
+      // The finding behind the design: capabilities are per thread, and Node's other threads
+      // (V8's platform workers, started before any JavaScript) keep everything they had.
+      const others = rep.threads.filter((t) => t.tid !== rep.pid);
+      expect(others.length).toBeGreaterThan(0);
+      expect(others.every((t) => (BigInt(`0x${t.eff}`) & ~DEFAULT_MASK) !== 0n)).toBe(true);
+    },
+  );
 
   it.skipIf(!canTest)(`restrictForExec() then exec: every thread of the new Node has exactly the keep set${SKIP}`, async () => {
     const grandchild = `${BIND}
@@ -116,7 +130,12 @@ describe('dropping capabilities in a child process', () => {
     expect(rep.bind).toBe('EACCES');
     expect(rep.threads.length).toBeGreaterThan(5);
     for (const t of rep.threads) {
-      expect([t.name, BigInt(`0x${t.eff}`), BigInt(`0x${t.prm}`), BigInt(`0x${t.bnd}`)]).toEqual([t.name, DEFAULT_MASK, DEFAULT_MASK, DEFAULT_MASK]);
+      expect([t.name, BigInt(`0x${t.eff}`), BigInt(`0x${t.prm}`), BigInt(`0x${t.bnd}`)]).toEqual([
+        t.name,
+        DEFAULT_MASK,
+        DEFAULT_MASK,
+        DEFAULT_MASK,
+      ]);
     }
   });
 

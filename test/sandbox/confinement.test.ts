@@ -106,7 +106,11 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
 
   it('namespace (the default as root): own mount, pid and net namespaces, the share as root, reduced caps, seccomp', async () => {
     running = start(['--socket-path', sock, '--shared-dir', share, '--log-level', 'error']);
-    const pid = await waitFor('the socket', () => fs.existsSync(sock) && serverPid(running!.child.pid!) !== running!.child.pid && true, running);
+    const pid = await waitFor(
+      'the socket',
+      () => fs.existsSync(sock) && serverPid(running!.child.pid!) !== running!.child.pid && true,
+      running,
+    );
     const server = serverPid(running.child.pid!);
     // Seccomp is the last step of start-up; wait for it.
     await waitFor('seccomp', () => status(server).Seccomp === '2', running);
@@ -121,7 +125,8 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
       expect(t).toMatch(/^Seccomp:\s+2$/m);
       expect(BigInt('0x' + /^CapBnd:\s+(\w+)$/m.exec(t)![1]) & ~(DEFAULT_CAPS | (1n << 21n))).toBe(0n);
     }
-    for (const ns of ['mnt', 'pid', 'net']) expect(fs.readlinkSync(`/proc/${server}/ns/${ns}`)).not.toBe(fs.readlinkSync(`/proc/self/ns/${ns}`));
+    for (const ns of ['mnt', 'pid', 'net'])
+      expect(fs.readlinkSync(`/proc/${server}/ns/${ns}`)).not.toBe(fs.readlinkSync(`/proc/self/ns/${ns}`));
     // Its root is the share: nothing else of the host is in its mount namespace.
     expect(fs.readdirSync(`/proc/${server}/root`).sort()).toEqual(['hello']);
     expect(fs.readFileSync(`/proc/${server}/mountinfo`, 'utf8').trim().split('\n')).toHaveLength(1);
@@ -133,7 +138,11 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
 
   it('namespace: SIGTERM to the launcher stops the daemon cleanly', async () => {
     running = start(['--socket-path', sock, '--shared-dir', share, '--log-level', 'error']);
-    const server = await waitFor('the daemon', () => fs.existsSync(sock) && serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!), running);
+    const server = await waitFor(
+      'the daemon',
+      () => fs.existsSync(sock) && serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!),
+      running,
+    );
     await waitFor('seccomp', () => status(server).Seccomp === '2', running);
     running.child.kill('SIGTERM');
     expect(await running.exited).toBe(0);
@@ -144,7 +153,11 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
   it('chroot: the share as root in the host mount namespace, reduced caps, seccomp', async () => {
     running = start(['--socket-path', sock, '--shared-dir', share, '--sandbox', 'chroot', '--log-level', 'error']);
     // The launcher waits for the daemon (to remove the socket file at the end): the daemon is its child.
-    const pid = await waitFor('the daemon', () => fs.existsSync(sock) && serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!), running);
+    const pid = await waitFor(
+      'the daemon',
+      () => fs.existsSync(sock) && serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!),
+      running,
+    );
     await waitFor('seccomp', () => status(pid).Seccomp === '2', running);
     expect(fs.readlinkSync(`/proc/${pid}/ns/mnt`)).toBe(fs.readlinkSync('/proc/self/ns/mnt'));
     expect(fs.realpathSync(`/proc/${pid}/root`)).toBe(fs.realpathSync(share));
@@ -165,7 +178,19 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
   }, 40_000);
 
   it('--seccomp none and --modcaps change what is applied', async () => {
-    running = start(['--socket-path', sock, '--shared-dir', share, '--sandbox', 'none', '--seccomp', 'none', '--modcaps=-mknod:+sys_admin', '--log-level', 'error']);
+    running = start([
+      '--socket-path',
+      sock,
+      '--shared-dir',
+      share,
+      '--sandbox',
+      'none',
+      '--seccomp',
+      'none',
+      '--modcaps=-mknod:+sys_admin',
+      '--log-level',
+      'error',
+    ]);
     const pid = running.child.pid!;
     const expected = (DEFAULT_CAPS & ~(1n << 27n)) | (1n << 21n);
     await waitFor('the caps', () => fs.existsSync(sock) && BigInt('0x' + status(pid).CapEff) === expected, running);
@@ -181,7 +206,11 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
     fs.chownSync(path.join(share, 'hello'), nobody, nobody);
     running = start(['--socket-path', sock, '--shared-dir', share, '--log-level', 'warn'], { uid: nobody, gid: nobody });
     await waitFor('the socket', () => fs.existsSync(sock), running);
-    const server = await waitFor('the daemon', () => serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!), running);
+    const server = await waitFor(
+      'the daemon',
+      () => serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!),
+      running,
+    );
     await waitFor('seccomp', () => status(server).Seccomp === '2', running);
     expect(fs.readlinkSync(`/proc/${server}/ns/user`)).not.toBe(fs.readlinkSync('/proc/self/ns/user'));
     expect(fs.readFileSync(`/proc/${server}/uid_map`, 'utf8').trim().split(/\s+/)).toEqual(['0', String(nobody), '1']);

@@ -9,7 +9,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ALLOW_LIST, SYSCALLS_X86_64 } from '../../src/sandbox/seccomp-syscalls';
-import { AUDIT_ARCH_X86_64, SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_LOG, SECCOMP_RET_TRAP, buildSeccompFilter } from '../../src/sandbox/seccomp';
+import {
+  AUDIT_ARCH_X86_64,
+  SECCOMP_RET_KILL_PROCESS,
+  SECCOMP_RET_LOG,
+  SECCOMP_RET_TRAP,
+  buildSeccompFilter,
+} from '../../src/sandbox/seccomp';
 import { CLI, type Backend, ensureBuilt, oursCli, socketFileExists, startProcess } from '../helpers/backends';
 import { openSession } from '../helpers/fuse-session';
 
@@ -65,7 +71,11 @@ beforeAll(() => ensureBuilt(), 180_000);
 
 describe('the filter program', () => {
   it('checks the architecture first, refuses x32 numbers, and ends with the mode action', () => {
-    for (const [mode, action] of [['kill', SECCOMP_RET_KILL_PROCESS], ['log', SECCOMP_RET_LOG], ['trap', SECCOMP_RET_TRAP]] as const) {
+    for (const [mode, action] of [
+      ['kill', SECCOMP_RET_KILL_PROCESS],
+      ['log', SECCOMP_RET_LOG],
+      ['trap', SECCOMP_RET_TRAP],
+    ] as const) {
       const prog = buildSeccompFilter(mode);
       expect(prog.length % 8).toBe(0);
       // ld [4] (arch); jeq AUDIT_ARCH_X86_64 +1; ret KILL_PROCESS
@@ -131,7 +141,10 @@ describe('seccomp in a child process', () => {
 
   it('kill: clone only makes threads: a fork, or a clone into new namespaces, kills the process; clone3 answers ENOSYS', async () => {
     // clone(CLONE_NEWNS|CLONE_NEWNET|SIGCHLD): what a thread still holding CAP_SYS_ADMIN could try.
-    const ns = await runChild('kill', `raw(56, 'long', 0x20000 | 0x40000000 | 17, 'long', 0, 'long', 0, 'long', 0, 'long', 0); console.log('survived');`);
+    const ns = await runChild(
+      'kill',
+      `raw(56, 'long', 0x20000 | 0x40000000 | 17, 'long', 0, 'long', 0, 'long', 0, 'long', 0); console.log('survived');`,
+    );
     expect(ns.signal).toBe('SIGSYS');
     expect(ns.stdout).toBe('');
     const spawned = await runChild('kill', `require('child_process').spawnSync('/bin/true'); console.log('survived');`);
@@ -166,7 +179,10 @@ describe('seccomp in a child process', () => {
     expect(ok.signal, ok.stderr).toBeNull();
     expect(ok.stdout.trim()).toBe('0 0 true');
     // FIONREAD is no request the runtime makes.
-    const ioctl = await runChild('kill', `raw(16, 'int', 0, 'unsigned long', 0x541b, 'uint8_t *', Buffer.alloc(4)); console.log('survived');`);
+    const ioctl = await runChild(
+      'kill',
+      `raw(16, 'int', 0, 'unsigned long', 0x541b, 'uint8_t *', Buffer.alloc(4)); console.log('survived');`,
+    );
     expect(ioctl.signal).toBe('SIGSYS');
     // Setting a limit, or reading another process's, is off the list.
     const set = await runChild(
@@ -175,12 +191,18 @@ describe('seccomp in a child process', () => {
        raw(302, 'int', 0, 'int', 7, 'uint8_t *', l, 'uint8_t *', null); console.log('survived');`,
     );
     expect(set.signal).toBe('SIGSYS');
-    const other = await runChild('kill', `raw(302, 'int', 1, 'int', 7, 'uint8_t *', null, 'uint8_t *', Buffer.alloc(16)); console.log('survived');`);
+    const other = await runChild(
+      'kill',
+      `raw(302, 'int', 1, 'int', 7, 'uint8_t *', null, 'uint8_t *', Buffer.alloc(16)); console.log('survived');`,
+    );
     expect(other.signal).toBe('SIGSYS');
   });
 
   it('trap: a syscall off the list raises SIGSYS, which Node does not handle: the process dies of it', async () => {
-    const r = await runChild('trap', `report({}); raw(165, 'long', 0, 'long', 0, 'long', 0, 'long', 0, 'long', 0); console.log('survived');`);
+    const r = await runChild(
+      'trap',
+      `report({}); raw(165, 'long', 0, 'long', 0, 'long', 0, 'long', 0, 'long', 0); console.log('survived');`,
+    );
     expect(r.signal).toBe('SIGSYS');
     expect(r.stdout).not.toContain('survived');
     const rep = JSON.parse(r.stdout.trim().split('\n')[0]) as { self: Record<string, string> };
@@ -237,7 +259,9 @@ describe('the daemon under seccomp kill', () => {
       await fuse.fsync(f, c.open.fh);
       await fuse.fallocate(f, c.open.fh, 0, 8192);
       await fuse.setattr(f, { fh: c.open.fh, size: 5, mode: 0o600, mtime: 'now' });
-      expect(await fuse.copyFileRange({ nodeid: f, fh: c.open.fh, offset: 0 }, { nodeid: Number(seed.nodeid), fh: seedH.fh, offset: 0 }, 5)).toBe(5);
+      expect(
+        await fuse.copyFileRange({ nodeid: f, fh: c.open.fh, offset: 0 }, { nodeid: Number(seed.nodeid), fh: seedH.fh, offset: 0 }, 5),
+      ).toBe(5);
       await fuse.setxattr(f, 'user.k', 'v');
       expect((await fuse.getxattr(f, 'user.k')).toString()).toBe('v');
       expect(await fuse.listxattr(f)).toContain('user.k');
@@ -274,7 +298,12 @@ describe('the daemon under seccomp kill, with --thread-pool-size', () => {
     ...oursCli,
     name: 'virtiofsd-ts CLI --thread-pool-size 2',
     start: (sharedDir, socketPath) =>
-      startProcess(process.execPath, [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--thread-pool-size', '2', '--log-level', 'warn'], socketPath, socketFileExists),
+      startProcess(
+        process.execPath,
+        [CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--thread-pool-size', '2', '--log-level', 'warn'],
+        socketPath,
+        socketFileExists,
+      ),
   };
 
   it('serves large READs and WRITEs and syncs from the pool, and exits 0 when the guest leaves', async () => {
@@ -284,7 +313,9 @@ describe('the daemon under seccomp kill, with --thread-pool-size', () => {
       for (let i = 0; i < data.length; i++) data[i] = (i * 13) & 0xff;
       const c = await fuse.create(1, 'big', 2 /* O_RDWR */, 0o644);
       const f = Number(c.entry.nodeid);
-      const parts = await Promise.all([0, 1, 2, 3].map((i) => fuse.write(f, c.open.fh, i * 262144, data.subarray(i * 262144, (i + 1) * 262144))));
+      const parts = await Promise.all(
+        [0, 1, 2, 3].map((i) => fuse.write(f, c.open.fh, i * 262144, data.subarray(i * 262144, (i + 1) * 262144))),
+      );
       expect(parts).toEqual([262144, 262144, 262144, 262144]);
       await Promise.all([fuse.fsync(f, c.open.fh), fuse.fsync(f, c.open.fh, true)]);
       const back = await Promise.all([0, 1].map((i) => fuse.read(f, c.open.fh, i * 524288, 524288)));

@@ -4,6 +4,7 @@
  * watcher callback reaches the watcher's error callback instead of becoming a
  * fatal exception of the process.
  */
+import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { EFD_CLOEXEC, EFD_NONBLOCK, FdWatcher, UnixStreamSocket, addon, close, eventfd } from '../../src/sys';
 
@@ -46,14 +47,14 @@ describe('FdWatcher', () => {
       () => {
         calls++;
         const drain = Buffer.alloc(8);
-        require('node:fs').readSync(fd, drain);
+        fs.readSync(fd, drain);
         throw new Error(`boom ${calls}`);
       },
       (err) => errors.push(err),
     );
     try {
       for (let i = 0; i < 2; i++) {
-        require('node:fs').writeSync(fd, one);
+        fs.writeSync(fd, one);
         for (let t = 0; t < 100 && errors.length <= i; t++) await new Promise((r) => setTimeout(r, 5));
       }
       expect(errors.map((e) => (e as Error).message)).toEqual(['boom 1', 'boom 2']);

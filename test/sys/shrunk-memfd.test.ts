@@ -29,7 +29,12 @@ const F_ADD_SEALS = 1033;
 const ADDON = path.resolve(__dirname, '..', '..', 'build', 'Release', 'sys_addon.node');
 
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
+afterEach(() =>
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f()),
+);
 
 function memfd(size: number, flags = MFD_CLOEXEC): number {
   const fd = memfdCreate('shrunk-memfd-test', flags);
@@ -52,7 +57,7 @@ function child(script: string): { status: number | null; signal: NodeJS.Signals 
 }
 
 describe('a guest-RAM memfd shrunk under its mapping', () => {
-  it('reads as zeros through the daemon\'s GuestMemory, and the mapping reports the fault', () => {
+  it("reads as zeros through the daemon's GuestMemory, and the mapping reports the fault", () => {
     const fd = memfd(2 * MiB);
     const memory = new GuestMemory();
     cleanups.push(() => memory.clear());
@@ -159,7 +164,7 @@ describe('faults outside guarded ranges', () => {
     expect(r.signal).toBe('SIGSEGV');
   });
 
-  it('copyGuarded reports SIGBUS past a file\'s end and SIGSEGV on inaccessible memory', () => {
+  it("copyGuarded reports SIGBUS past a file's end and SIGSEGV on inaccessible memory", () => {
     const fd = memfd(2 * PAGE);
     const m = MappedRegion.mapFd(fd, 2 * PAGE, 0, true, false);
     cleanups.push(() => m.unmap());

@@ -12,7 +12,12 @@ import { VIRTQ_DESC_F_INDIRECT } from '../../src/vhost-user/virtqueue';
 import { EchoDevice } from './echo-backend';
 
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
+afterEach(() =>
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f()),
+);
 
 async function start(options: ConstructorParameters<typeof VhostUserFrontend>[0] = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vu-backend-'));
@@ -25,7 +30,12 @@ async function start(options: ConstructorParameters<typeof VhostUserFrontend>[0]
   listener.watch(() => {
     const s = listener.accept();
     if (!s) return;
-    backend = new VhostUserBackend(s, device, (level, msg) => logs.push(`${level}: ${msg}`), (err) => (disconnected = { err }));
+    backend = new VhostUserBackend(
+      s,
+      device,
+      (level, msg) => logs.push(`${level}: ${msg}`),
+      (err) => (disconnected = { err }),
+    );
     backend.start();
   });
   const frontend = await VhostUserFrontend.connect(sock, { requestQueues: 2, ramRegions: [1 << 20, 1 << 20], ...options });
@@ -130,7 +140,13 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
     const { frontend } = await start();
     const fd = memfdCreate('small', MFD_CLOEXEC);
     ftruncate(fd, 4096);
-    const region = SingleMemoryRegion.encode({ padding: 0n, guestPhysAddr: 0x300000000n, memorySize: 1n << 20n, userspaceAddr: 0x700000000000n, mmapOffset: 0n });
+    const region = SingleMemoryRegion.encode({
+      padding: 0n,
+      guestPhysAddr: 0x300000000n,
+      memorySize: 1n << 20n,
+      userspaceAddr: 0x700000000000n,
+      mmapOffset: 0n,
+    });
     await expect(frontend.send(FrontendRequest.ADD_MEM_REG, region, [fd])).rejects.toThrow();
     close(fd);
   });

@@ -14,7 +14,12 @@ import { FrontendRequest, MAX_MEM_SLOTS, ProtocolFeature } from '../../src/vhost
 import { EchoDevice } from './echo-backend';
 
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
+afterEach(() =>
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f()),
+);
 
 async function start(options: BackendOptions = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vu-config-'));
@@ -26,7 +31,13 @@ async function start(options: BackendOptions = {}) {
   listener.watch(() => {
     const s = listener.accept();
     if (!s) return;
-    backend = new VhostUserBackend(s, new EchoDevice(), (level, msg) => logs.push(`${level}: ${msg}`), (err) => (disconnected = { err }), options);
+    backend = new VhostUserBackend(
+      s,
+      new EchoDevice(),
+      (level, msg) => logs.push(`${level}: ${msg}`),
+      (err) => (disconnected = { err }),
+      options,
+    );
     backend.start();
   });
   const frontend = await VhostUserFrontend.connect(sock, {
@@ -63,7 +74,13 @@ function memfd(size = 1 << 16): number {
   return fd;
 }
 const slot = (i: number) =>
-  SingleMemoryRegion.encode({ padding: 0n, guestPhysAddr: BigInt(0x200000000 + i * 0x100000), memorySize: 1n << 16n, userspaceAddr: BigInt(0x7f0000000000 + i * 0x100000), mmapOffset: 0n });
+  SingleMemoryRegion.encode({
+    padding: 0n,
+    guestPhysAddr: BigInt(0x200000000 + i * 0x100000),
+    memorySize: 1n << 16n,
+    userspaceAddr: BigInt(0x7f0000000000 + i * 0x100000),
+    mmapOffset: 0n,
+  });
 
 describe('device config (VHOST_USER_PROTOCOL_F_CONFIG)', () => {
   it('encodes the virtio-fs config: tag NUL-padded to 36 bytes, then le32 num_request_queues', () => {
@@ -87,7 +104,11 @@ describe('device config (VHOST_USER_PROTOCOL_F_CONFIG)', () => {
     const tagOnly = await getConfig(frontend, 36, 4);
     expect(tagOnly.payload.subarray(ConfigHeader.size).readUInt32LE(0)).toBe(1);
     // Outside the config: size 0, the protocol's failure, and nothing else.
-    for (const [offset, size] of [[0, 41], [40, 1], [0xffffffff, 2]]) {
+    for (const [offset, size] of [
+      [0, 41],
+      [40, 1],
+      [0xffffffff, 2],
+    ]) {
       const r = await getConfig(frontend, offset, Math.min(size, 64));
       expect(r.payload.length).toBe(ConfigHeader.size);
       expect(ConfigHeader.decode(r.payload).size).toBe(0);

@@ -55,7 +55,12 @@ export function listenEcho(
     const s = listener.accept();
     if (!s) return;
     const device = new EchoDevice((m) => log(`device: ${m}`));
-    const backend = new VhostUserBackend(s, device, (level, msg) => log(`${level}: ${msg}`), (err) => onBackend(null, err));
+    const backend = new VhostUserBackend(
+      s,
+      device,
+      (level, msg) => log(`${level}: ${msg}`),
+      (err) => onBackend(null, err),
+    );
     backend.start();
     onBackend(backend);
   });

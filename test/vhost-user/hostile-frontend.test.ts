@@ -53,7 +53,12 @@ function pipeReadEnd(): number {
 }
 
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).reverse().forEach((f) => f()));
+afterEach(() =>
+  cleanups
+    .splice(0)
+    .reverse()
+    .forEach((f) => f()),
+);
 
 async function start(options: ConstructorParameters<typeof VhostUserFrontend>[0] = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vu-hostile-'));
@@ -101,7 +106,7 @@ async function stillServes(frontend: Frontend): Promise<void> {
 }
 
 const until = async (cond: () => unknown, ms = 2000) => {
-  for (const end = Date.now() + ms; !cond() && Date.now() < end; ) await new Promise((r) => setTimeout(r, 5));
+  for (const end = Date.now() + ms; !cond() && Date.now() < end;) await new Promise((r) => setTimeout(r, 5));
 };
 
 function region(gpa: bigint, size: bigint, uva: bigint, offset = 0n): Buffer {
@@ -149,7 +154,11 @@ describe('memory tables from a hostile front-end', () => {
     // at an odd address of our mapping. This used to unmap the old table before finding out.
     table[0] = { ...table[0], offset: 1, size: table[0].size - (1 << 16) };
     await expect(
-      frontend.send(FrontendRequest.SET_MEM_TABLE, memTable(table), frontend.ram.regions.map((r) => r.fd)),
+      frontend.send(
+        FrontendRequest.SET_MEM_TABLE,
+        memTable(table),
+        frontend.ram.regions.map((r) => r.fd),
+      ),
     ).rejects.toThrow(/status 1/);
     // Served from the old mappings (this used to be a SIGSEGV: they were already unmapped).
     await stillServes(frontend);
@@ -166,22 +175,22 @@ describe('memory tables from a hostile front-end', () => {
     const table = currentTable(frontend);
     table[1] = { ...table[1], size: 4096 + 512 }; // room for 2 entries' rings, not for 128
     await expect(
-      frontend.send(FrontendRequest.SET_MEM_TABLE, memTable(table), frontend.ram.regions.map((r) => r.fd)),
+      frontend.send(
+        FrontendRequest.SET_MEM_TABLE,
+        memTable(table),
+        frontend.ram.regions.map((r) => r.fd),
+      ),
     ).rejects.toThrow(/status 1/);
     await stillServes(frontend);
     expect(log()).toMatch(/queue 1 would not fit/);
   });
 
-  it('moves running rings to a new table that holds them, mapped from each region\'s mmap_offset', async () => {
+  it("moves running rings to a new table that holds them, mapped from each region's mmap_offset", async () => {
     const { frontend } = await start();
     const [r0, r1] = currentTable(frontend);
     const half = r0.size / 2;
     // Region 0 split in two at its middle: the upper half is mapped from file offset `half`.
-    const table = [
-      { ...r0, size: half },
-      { gpa: r0.gpa + half, size: half, uva: r0.uva + half, offset: half },
-      r1,
-    ];
+    const table = [{ ...r0, size: half }, { gpa: r0.gpa + half, size: half, uva: r0.uva + half, offset: half }, r1];
     const fds = [frontend.ram.regions[0].fd, frontend.ram.regions[0].fd, frontend.ram.regions[1].fd];
     await frontend.send(FrontendRequest.SET_MEM_TABLE, memTable(table), fds);
     await stillServes(frontend);
@@ -209,7 +218,11 @@ describe('memory tables from a hostile front-end', () => {
     const ours = MappedRegion.mapFd(fd, Number(size), offset);
     cleanups.push(() => ours.unmap());
     ours.slice(Number(size) - 4096, 11)!.write('end of file');
-    expect(backend().memory.slice(gpa + Number(size) - 4096, 11)!.toString()).toBe('end of file');
+    expect(
+      backend()
+        .memory.slice(gpa + Number(size) - 4096, 11)!
+        .toString(),
+    ).toBe('end of file');
     const rep = frontend.ram.alloc(64, 1);
     const len = await frontend.queues[1].submit([{ addr: gpa + Number(size) - 4096, len: 11 }], [{ addr: rep.addr, len: 64 }]);
     expect(rep.view.subarray(0, len).toString()).toBe('end of file');
@@ -219,9 +232,17 @@ describe('memory tables from a hostile front-end', () => {
     ['zero size', () => [region(0x200000000n, 0n, 0x7f0000000000n), smallMemfd()], /empty or wraps/],
     ['guest_phys_addr + size past 2^64', () => [region(2n ** 64n - 4096n, 1n << 16n, 0x7f0000000000n), smallMemfd()], /wraps past 2\^64/],
     ['userspace_addr + size past 2^64', () => [region(0x200000000n, 1n << 16n, 2n ** 64n - 4096n), smallMemfd()], /wraps past 2\^64/],
-    ['mmap_offset + size past 2^64', () => [region(0x200000000n, 1n << 16n, 0x7f0000000000n, 2n ** 64n - 4096n), smallMemfd()], /wraps past 2\^64/],
+    [
+      'mmap_offset + size past 2^64',
+      () => [region(0x200000000n, 1n << 16n, 0x7f0000000000n, 2n ** 64n - 4096n), smallMemfd()],
+      /wraps past 2\^64/,
+    ],
     ['addresses past 2^53', () => [region(2n ** 60n, 1n << 16n, 0x7f0000000000n), smallMemfd()], /beyond 2\^53/],
-    ['mmap_offset + size beyond the fd', () => [region(0x200000000n, 1n << 16n, 0x7f0000000000n, 4096n), smallMemfd()], /needs 69632 bytes of its fd/],
+    [
+      'mmap_offset + size beyond the fd',
+      () => [region(0x200000000n, 1n << 16n, 0x7f0000000000n, 4096n), smallMemfd()],
+      /needs 69632 bytes of its fd/,
+    ],
     [
       'overlapping another region in guest-physical space',
       (f) => [region(BigInt(f.ram.regions[1].guestPhysAddr + 4096), 1n << 16n, 0x7f0000000000n), smallMemfd()],
@@ -233,8 +254,16 @@ describe('memory tables from a hostile front-end', () => {
       /overlaps another in the front-end's address space/,
     ],
     ['a pipe as its fd', () => [region(0x200000000n, 1n << 16n, 0x7f0000000000n), ours(pipeReadEnd())], /its fd is not a regular file/],
-    ['/dev/null as its fd', () => [region(0x200000000n, 4096n, 0x7f0000000000n), ours(fs.openSync('/dev/null', 'r+'))], /its fd is not a regular file/],
-    ['a directory as its fd', () => [region(0x200000000n, 4096n, 0x7f0000000000n), ours(fs.openSync(os.tmpdir(), 'r'))], /its fd is not a regular file/],
+    [
+      '/dev/null as its fd',
+      () => [region(0x200000000n, 4096n, 0x7f0000000000n), ours(fs.openSync('/dev/null', 'r+'))],
+      /its fd is not a regular file/,
+    ],
+    [
+      'a directory as its fd',
+      () => [region(0x200000000n, 4096n, 0x7f0000000000n), ours(fs.openSync(os.tmpdir(), 'r'))],
+      /its fd is not a regular file/,
+    ],
   ];
   it.each(badRegions)('refuses an added region with %s and keeps serving', async (_, make, why) => {
     const { frontend, log, disconnected } = await start();
@@ -263,7 +292,11 @@ describe('memory tables from a hostile front-end', () => {
     const [r0, r1] = currentTable(frontend);
     const table = [r0, { ...r1, gpa: r0.gpa + 4096 }];
     await expect(
-      frontend.send(FrontendRequest.SET_MEM_TABLE, memTable(table), frontend.ram.regions.map((r) => r.fd)),
+      frontend.send(
+        FrontendRequest.SET_MEM_TABLE,
+        memTable(table),
+        frontend.ram.regions.map((r) => r.fd),
+      ),
     ).rejects.toThrow(/status 1/);
     await stillServes(frontend);
   });
@@ -341,9 +374,9 @@ describe('vring set-up from a hostile front-end', () => {
     const q = frontend.queues[2];
     await frontend.call(FrontendRequest.GET_VRING_BASE, VringState.encode({ index: 2, num: 0 }));
     const r = frontend.ram.regions[0];
-    await expect(frontend.send(FrontendRequest.SET_VRING_ADDR, ringAddr(frontend, q, { used: r.userspaceAddr + r.size - 64 }))).rejects.toThrow(
-      /status 1/,
-    );
+    await expect(
+      frontend.send(FrontendRequest.SET_VRING_ADDR, ringAddr(frontend, q, { used: r.userspaceAddr + r.size - 64 })),
+    ).rejects.toThrow(/status 1/);
     expect(await echo(frontend, 1, 'other queue')).toBe('other queue');
   });
 
@@ -400,7 +433,11 @@ describe('descriptor chains from a hostile driver, through the daemon', () => {
       (f) => [{ index: 3, addr: f.ram.regions[0].size - 8, len: 16, flags: 0, next: 0 }],
       /outside guest memory/,
     ],
-    ['a length of 4 GiB - 1', (f) => [{ index: 3, addr: f.ram.alloc(16).addr, len: 0xffffffff, flags: 0, next: 0 }], /outside guest memory/],
+    [
+      'a length of 4 GiB - 1',
+      (f) => [{ index: 3, addr: f.ram.alloc(16).addr, len: 0xffffffff, flags: 0, next: 0 }],
+      /outside guest memory/,
+    ],
     ['an address past 2^53', () => [{ index: 3, addr: 2 ** 60, len: 16, flags: 0, next: 0 }], /beyond 2\^53/],
     [
       'a nested indirect table',
@@ -433,8 +470,16 @@ describe('descriptor chains from a hostile driver, through the daemon', () => {
       },
       /next index 2 out of range/,
     ],
-    ['an indirect table of 24 bytes', (f) => [{ index: 3, addr: f.ram.alloc(32).addr, len: 24, flags: VIRTQ_DESC_F_INDIRECT, next: 0 }], /indirect table of 24 bytes/],
-    ['an indirect table outside RAM', () => [{ index: 3, addr: 0x100000, len: 32, flags: VIRTQ_DESC_F_INDIRECT, next: 0 }], /indirect table outside/],
+    [
+      'an indirect table of 24 bytes',
+      (f) => [{ index: 3, addr: f.ram.alloc(32).addr, len: 24, flags: VIRTQ_DESC_F_INDIRECT, next: 0 }],
+      /indirect table of 24 bytes/,
+    ],
+    [
+      'an indirect table outside RAM',
+      () => [{ index: 3, addr: 0x100000, len: 32, flags: VIRTQ_DESC_F_INDIRECT, next: 0 }],
+      /indirect table outside/,
+    ],
     [
       'an indirect descriptor that also has NEXT',
       (f) => [{ index: 3, addr: f.ram.alloc(32).addr, len: 32, flags: VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, next: 4 }],
@@ -530,10 +575,7 @@ describe('file descriptors that are not eventfds', () => {
   });
 
   const deadKicks: [string, () => number][] = [
-    [
-      "a pipe's read end whose writer is gone (EOF)",
-      pipeReadEnd,
-    ],
+    ["a pipe's read end whose writer is gone (EOF)", pipeReadEnd],
     [
       "a pipe's write end (reads fail)",
       () => {
@@ -660,20 +702,24 @@ describe('call fds nobody reads, with the daemon in a process of its own', () =>
       },
     ],
   ];
-  it.each(sinks)('keeps answering 2000 requests with %s as call fd, and stops on SIGTERM', async (_, make) => {
-    const { sock, child, exited, output } = await spawnEcho();
-    const frontend = await VhostUserFrontend.connect(sock, { requestQueues: 2, ramRegions: [1 << 20, 1 << 20] });
-    cleanups.push(() => frontend.close());
-    const [callFd, release] = make();
-    cleanups.push(release);
-    await frontend.send(FrontendRequest.SET_VRING_CALL, U64.encode({ value: 1n }), [callFd]);
-    const q = frontend.queues[1];
-    for (let i = 0; i < 2000; i++) await request(frontend, q, i);
-    expect(await echo(frontend, 2, 'still answering')).toBe('still answering');
-    child.kill('SIGTERM');
-    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('ignored SIGTERM'), 5000))]);
-    expect(code, output()).toBe(0);
-  }, 60_000);
+  it.each(sinks)(
+    'keeps answering 2000 requests with %s as call fd, and stops on SIGTERM',
+    async (_, make) => {
+      const { sock, child, exited, output } = await spawnEcho();
+      const frontend = await VhostUserFrontend.connect(sock, { requestQueues: 2, ramRegions: [1 << 20, 1 << 20] });
+      cleanups.push(() => frontend.close());
+      const [callFd, release] = make();
+      cleanups.push(release);
+      await frontend.send(FrontendRequest.SET_VRING_CALL, U64.encode({ value: 1n }), [callFd]);
+      const q = frontend.queues[1];
+      for (let i = 0; i < 2000; i++) await request(frontend, q, i);
+      expect(await echo(frontend, 2, 'still answering')).toBe('still answering');
+      child.kill('SIGTERM');
+      const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('ignored SIGTERM'), 5000))]);
+      expect(code, output()).toBe(0);
+    },
+    60_000,
+  );
 });
 
 describe('messages of the wrong size', () => {
@@ -690,7 +736,12 @@ describe('messages of the wrong size', () => {
   });
 
   it('disconnects cleanly on payloads shorter than their layout', async () => {
-    for (const request of [FrontendRequest.SET_VRING_ADDR, FrontendRequest.SET_MEM_TABLE, FrontendRequest.ADD_MEM_REG, FrontendRequest.SET_VRING_KICK]) {
+    for (const request of [
+      FrontendRequest.SET_VRING_ADDR,
+      FrontendRequest.SET_MEM_TABLE,
+      FrontendRequest.ADD_MEM_REG,
+      FrontendRequest.SET_VRING_KICK,
+    ]) {
       const { frontend, disconnected } = await start();
       frontend.raw(request, VHOST_USER_NEED_REPLY_MASK, Buffer.alloc(4));
       await until(disconnected);

@@ -18,7 +18,7 @@ const DESC = 0x1000;
 const AVAIL = 0x2000;
 const USED = 0x3000;
 
-let cleanup: (() => void)[] = [];
+const cleanup: (() => void)[] = [];
 afterEach(() => {
   for (const f of cleanup.splice(0)) f();
 });
@@ -70,10 +70,17 @@ describe('SplitVirtqueue', () => {
   it('follows an indirect descriptor table', () => {
     const { driver, device, view } = setup();
     view(0x10000, 4).write('abcd');
-    driver.add([{ addr: 0x10000, len: 4 }], [{ addr: 0x20000, len: 8 }, { addr: 0x21000, len: 8 }], {
-      addr: 0x30000,
-      view: view(0x30000, 64),
-    });
+    driver.add(
+      [{ addr: 0x10000, len: 4 }],
+      [
+        { addr: 0x20000, len: 8 },
+        { addr: 0x21000, len: 8 },
+      ],
+      {
+        addr: 0x30000,
+        view: view(0x30000, 64),
+      },
+    );
     const chain = asChain(device.pop());
     expect(Buffer.concat(chain.readable).toString()).toBe('abcd');
     expect(chain.writable.length).toBe(2);

@@ -21,7 +21,7 @@ const AVAIL = 0x2000;
 const USED = 0x3000;
 const EFD_NONBLOCK = 0o4000;
 
-let cleanup: (() => void)[] = [];
+const cleanup: (() => void)[] = [];
 afterEach(() => {
   for (const f of cleanup.splice(0)) f();
 });
