@@ -6,9 +6,13 @@
 process.on('SIGUSR1', () => {});
 // An inspector opened by --inspect or NODE_OPTIONS is closed as well.
 require('node:inspector').close();
+// Until the daemon has handlers of its own, a stop asked for during start-up ends the
+// process at once: as pid 1 of its pid namespace, Node would otherwise ignore it.
+const stopEarly = () => process.exit(0);
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.once(signal, stopEarly);
 // The installed command: runs the compiled CLI (npm run build produces dist/).
 require('../dist/cli.js')
-  .main(process.argv.slice(2))
+  .main(process.argv.slice(2), { stopEarly })
   .then(
     (code) => process.exit(code),
     (err) => {

@@ -506,7 +506,10 @@ function checkListeningFd(fd: number): void {
 }
 
 /** Entry point of the `virtiofsd-ts` command. Resolves with the exit status. */
-export async function main(argv: string[]): Promise<number> {
+/** The signals that stop the daemon cleanly. */
+const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+
+export async function main(argv: string[], launch: { stopEarly?: () => void } = {}): Promise<number> {
   if (argv[0] === 'probe') {
     const { probeMain } = await import('./guest/probe');
     return probeMain(argv.slice(1));
@@ -557,13 +560,21 @@ export async function main(argv: string[]): Promise<number> {
   const { Daemon, openOutside, releasePidFile } = daemonModule;
   const relaunched = process.env[INSIDE_ENV] === '1';
   const explicitFd = argv.some((a) => a === '--fd' || a.startsWith('--fd='));
-  let daemon: InstanceType<typeof Daemon>;
+  let daemon: InstanceType<typeof Daemon> | undefined;
+  // Each ends the daemon cleanly (exit 0): waiting requests fail, mappings go, socket and pid file go.
+  const onStopSignal = (): void => daemon?.stop(0);
   try {
     // The pid file, the notify and syslog sockets: opened while their paths are reachable.
     openOutside(config, process.env, !explicitFd, warn);
     daemon = new Daemon(config);
     // Before anything is served: the sandbox may re-exec this command inside new namespaces.
     config.sandbox = prepareSandbox(config, warn);
+    // From here a stop ends the daemon cleanly; a signal that arrives during start() is handled
+    // once it returns (as pid 1 of a pid namespace, a signal without a handler would be ignored).
+    for (const signal of STOP_SIGNALS) {
+      if (launch.stopEarly) process.off(signal, launch.stopEarly);
+      process.once(signal, onStopSignal);
+    }
     daemon.start();
   } catch (err) {
     say(SEVERITY.error, (err as Error).message);
@@ -571,11 +582,7 @@ export async function main(argv: string[]): Promise<number> {
     releasePidFile(config, !relaunched || config.sandbox === 'none');
     return 1;
   }
-  // Each ends the daemon cleanly (exit 0): waiting requests fail, mappings go, socket and pid file go.
-  const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
-  const onSignal = (): void => daemon.stop(0);
-  for (const signal of signals) process.once(signal, onSignal);
   const code = await daemon.done;
-  for (const signal of signals) process.off(signal, onSignal);
+  for (const signal of STOP_SIGNALS) process.off(signal, onStopSignal);
   return code;
 }

@@ -150,6 +150,21 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
     expect(fs.existsSync(sock)).toBe(false);
   }, 40_000);
 
+  it('namespace: a SIGTERM that arrives while the daemon starts still stops it (pid 1 ignores signals it has no handler for)', async () => {
+    for (let round = 0; round < 5; round++) {
+      fs.rmSync(sock, { force: true });
+      running = start(['--socket-path', sock, '--shared-dir', share, '--log-level', 'error']);
+      // The socket file appears mid start-up, before the sandbox is entered and the filter installed.
+      for (const end = Date.now() + 10_000; !fs.existsSync(sock) && running.child.exitCode === null && Date.now() < end;) {
+        await new Promise((r) => setImmediate(r));
+      }
+      expect(fs.existsSync(sock), running.stderr()).toBe(true);
+      running.child.kill('SIGTERM');
+      const code = await Promise.race([running.exited, new Promise((r) => setTimeout(() => r('still running after 10 s'), 10_000))]);
+      expect(code, `round ${round}: ${running.stderr()}`).toBe(0);
+    }
+  }, 90_000);
+
   it('chroot: the share as root in the host mount namespace, reduced caps, seccomp', async () => {
     running = start(['--socket-path', sock, '--shared-dir', share, '--sandbox', 'chroot', '--log-level', 'error']);
     // The launcher waits for the daemon (to remove the socket file at the end): the daemon is its child.
