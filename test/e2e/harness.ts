@@ -26,16 +26,20 @@ import {
   guestKernel,
   parseConsole,
 } from './qemu-guest';
+import { RUST_DAEMON } from '../helpers/backends';
 
 const daemonName = process.env.E2E_DAEMON || 'ts';
-if (daemonName !== 'ts' && daemonName !== 'reference') {
-  throw new Error(`E2E_DAEMON must be "ts" or "reference", not "${daemonName}"`);
+if (daemonName !== 'ts' && daemonName !== 'reference' && daemonName !== 'rust') {
+  throw new Error(`E2E_DAEMON must be "ts", "reference" (QEMU's C virtiofsd) or "rust" (the Rust virtiofsd), not "${daemonName}"`);
 }
-export const DAEMON: 'ts' | 'reference' = daemonName;
-export const REFERENCE = DAEMON === 'reference';
-export const DAEMON_TITLE = REFERENCE ? 'the reference C virtiofsd' : 'virtiofsd-ts';
+/** The daemon under test: ours, QEMU's C virtiofsd, or the Rust virtiofsd (scripts/peers/setup.sh). */
+export const DAEMON: 'ts' | 'reference' | 'rust' = daemonName;
+/** One of the reference daemons, not ours: cases only ours can pass are skipped, saying why. */
+export const REFERENCE = DAEMON !== 'ts';
+export const RUST = DAEMON === 'rust';
+export const DAEMON_TITLE = { ts: 'virtiofsd-ts', reference: 'the reference C virtiofsd', rust: 'the Rust virtiofsd' }[DAEMON];
 
-/** Our --cache modes; the reference knows all but metadata (none = never). */
+/** Our --cache modes; the C reference knows all but metadata (none = never); the Rust virtiofsd knows them all. */
 export type CacheMode = 'never' | 'auto' | 'always' | 'metadata';
 const REFERENCE_CACHE: Record<CacheMode, string | undefined> = {
   never: 'none',
@@ -57,6 +61,16 @@ export interface DaemonOptions {
 /** The command line of the daemon under test, serving sharedDir on socketPath. */
 export function daemonCommand(socketPath: string, sharedDir: string, opts: DaemonOptions = {}): string[] {
   const cache = opts.cache ?? 'auto';
+  if (RUST) {
+    // Trixie's build through the trixie root's loader; 1.13 has no POSIX or BSD locks to turn on.
+    return [
+      RUST_DAEMON,
+      `--socket-path=${socketPath}`,
+      `--shared-dir=${sharedDir}`,
+      `--cache=${cache}`,
+      ...(opts.xattr ? ['--xattr'] : []),
+    ];
+  }
   if (REFERENCE) {
     const refCache = REFERENCE_CACHE[cache];
     if (!refCache) throw new Error(`the reference daemon has no cache mode "${cache}"`);
@@ -89,7 +103,7 @@ export function daemonCommand(socketPath: string, sharedDir: string, opts: Daemo
 
 /** Does the daemon under test have this cache mode? */
 export function hasCacheMode(mode: CacheMode): boolean {
-  return !REFERENCE || REFERENCE_CACHE[mode] !== undefined;
+  return !REFERENCE || RUST || REFERENCE_CACHE[mode] !== undefined;
 }
 
 /** A generous per-test limit: a guest boot under TCG takes seconds. */
