@@ -187,8 +187,29 @@ static void limit_caps(uint64_t keep) {
   if (syscall(SYS_capset, &header, data) < 0) die("capset");
 }
 
+/* A stop signal forwarded to a daemon that is pid 1 of its namespace: resent every second
+ * (a few times) while the daemon runs, because pid 1 ignores a signal it has no handler
+ * for yet, as in the first milliseconds after exec. A daemon already stopping has no
+ * handler left, so for it a resent signal is ignored too. */
+static volatile sig_atomic_t stop_signal = 0;
+static volatile sig_atomic_t resends_left = 10;
+static int child_is_pid1 = 0;
+
 static void forward(int sig) {
-  if (child_pid > 0) kill(child_pid, sig);
+  if (child_pid <= 0) return;
+  kill(child_pid, sig);
+  if (child_is_pid1 && (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) && !stop_signal) {
+    stop_signal = sig;
+    alarm(1);
+  }
+}
+
+static void resend_stop(int sig) {
+  (void)sig;
+  if (child_pid <= 0 || !stop_signal || resends_left <= 0) return;
+  resends_left--;
+  kill(child_pid, stop_signal);
+  alarm(1);
 }
 
 int main(int argc, char **argv) {
@@ -266,6 +287,9 @@ int main(int argc, char **argv) {
   sa.sa_handler = forward;
   int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
   for (size_t s = 0; s < sizeof forwarded / sizeof forwarded[0]; s++) sigaction(forwarded[s], &sa, NULL);
+  child_is_pid1 = namespace;
+  sa.sa_handler = resend_stop;
+  sigaction(SIGALRM, &sa, NULL);
   sigprocmask(SIG_SETMASK, &old, NULL);
 
   int status;

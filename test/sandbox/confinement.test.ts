@@ -165,6 +165,21 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
     }
   }, 90_000);
 
+  it('namespace: a SIGTERM that arrives while Node itself boots (before any handler exists) still stops it', async () => {
+    for (let round = 0; round < 3; round++) {
+      fs.rmSync(sock, { force: true });
+      running = start(['--socket-path', sock, '--shared-dir', share, '--log-level', 'error']);
+      const launcher = running.child.pid!;
+      // The launcher's child appears: it is execing Node, which has no handlers for a while.
+      for (const end = Date.now() + 10_000; serverPid(launcher) === launcher && running.child.exitCode === null && Date.now() < end;) {
+        await new Promise((r) => setImmediate(r));
+      }
+      running.child.kill('SIGTERM');
+      const code = await Promise.race([running.exited, new Promise((r) => setTimeout(() => r('still running after 15 s'), 15_000))]);
+      expect(code, `round ${round}: ${running.stderr()}`).toBe(0);
+    }
+  }, 90_000);
+
   it('chroot: the share as root in the host mount namespace, reduced caps, seccomp', async () => {
     running = start(['--socket-path', sock, '--shared-dir', share, '--sandbox', 'chroot', '--log-level', 'error']);
     // The launcher waits for the daemon (to remove the socket file at the end): the daemon is its child.
