@@ -1,6 +1,6 @@
 import { Errno, close, dup } from '../sys';
 import { BackendChannel } from '../vhost-user/backend-channel';
-import { encodeShmemMap } from '../vhost-user/messages';
+import { ShmemMap, encode } from '../vhost-user/messages';
 import { BackendRequest, ProtocolFeature, SHMEM_MAP_FLAG_WRITABLE, bit } from '../vhost-user/protocol';
 
 /** The virtio-fs DAX cache is shared memory region 0 (VIRTIO_FS_SHMCAP_ID_CACHE). */
@@ -161,7 +161,7 @@ export class DaxMapper {
   private async map(m: Mapping): Promise<number> {
     if (!this.channel || m.fd < 0) return Errno.ENOTSUP;
     const generation = this.generation;
-    const body = encodeShmemMap({
+    const body = encode(ShmemMap, {
       shmid: DAX_SHMID,
       fdOffset: m.foffset,
       shmOffset: m.moffset,
@@ -184,7 +184,7 @@ export class DaxMapper {
     this.mappings = this.mappings.filter((x) => x !== m);
     let status = 0;
     if (this.channel) {
-      const body = encodeShmemMap({ shmid: DAX_SHMID, fdOffset: 0n, shmOffset: m.moffset, len: m.len, flags: 0n });
+      const body = encode(ShmemMap, { shmid: DAX_SHMID, fdOffset: 0n, shmOffset: m.moffset, len: m.len, flags: 0n });
       try {
         await this.channel.request(BackendRequest.SHMEM_UNMAP, body);
       } catch (err) {

@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import { Errno, fail } from './errors';
-import type { Layout } from './layout';
+import type { Layout } from '../layout';
 import { PATH_MAX } from './protocol';
 
 /** Linux UIO_MAXIOV: the most iovecs one preadv/pwritev accepts. */

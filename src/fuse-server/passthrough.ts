@@ -35,7 +35,7 @@ import {
   fchownat,
   fstatvfs,
   futimens,
-  getdents64,
+  getdents,
   linkat,
   lseek,
   mkdirat,
@@ -99,8 +99,6 @@ export type { PassthroughOptions } from './passthrough-options';
 
 /** getdents64 batch: enough for a full READDIR page of long names. */
 const DIRENT_BUFFER_SIZE = 32 * 1024;
-/** struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; } */
-const DIRENT64_NAME_OFFSET = 19;
 const PATH_MAX = 4096;
 const R_OK = 4;
 const W_OK = 2;
@@ -401,45 +399,27 @@ export class PassthroughFs extends FileSystem {
     const { core } = this;
     const dir = core.inodes.get(nodeid);
     const fd = core.handles.get(fh, nodeid, 'dir').fd;
-    const buf = this.dirents;
     let added = 0;
     // The cookie is an off_t the host gave us earlier; it went to the guest as a u64.
     lseek(fd, BigInt.asIntN(64, offset), SEEK_SET);
-    for (;;) {
-      const n = getdents64(fd, buf, buf.length);
-      if (n === 0) return;
-      for (let pos = 0; pos < n;) {
-        const reclen = buf.readUInt16LE(pos + 16);
-        const nameStart = pos + DIRENT64_NAME_OFFSET;
-        const nameEnd = buf.indexOf(0, nameStart);
-        const entry = {
-          ino: buf.readBigUInt64LE(pos),
-          offset: buf.readBigInt64LE(pos + 8),
-          type: buf[pos + 18],
-          name: buf.subarray(nameStart, nameEnd),
-        };
-        pos += reclen;
-        let looked: Entry | null = null;
-        if (sink.plus) {
-          const name = buf.subarray(nameStart, nameEnd + 1);
-          if (!isDot(name) && !isDotDot(name)) {
-            try {
-              looked = core.lookupAt(dir, name);
-            } catch (err) {
-              // Removed since getdents: leave it out. Any other failure ends the listing here,
-              // or fails it when nothing was listed yet.
-              if (errnoOf(err) === Errno.ENOENT) continue;
-              if (added > 0) return;
-              throw err;
-            }
-          }
+    for (const entry of getdents(fd, this.dirents)) {
+      let looked: Entry | null = null;
+      if (sink.plus && !isDot(entry.cname) && !isDotDot(entry.cname)) {
+        try {
+          looked = core.lookupAt(dir, entry.cname);
+        } catch (err) {
+          // Removed since getdents: leave it out. Any other failure ends the listing here,
+          // or fails it when nothing was listed yet.
+          if (errnoOf(err) === Errno.ENOENT) continue;
+          if (added > 0) return;
+          throw err;
         }
-        if (!sink.add(entry, looked)) {
-          if (looked) core.inodes.forget(looked.nodeid, 1);
-          return;
-        }
-        added++;
       }
+      if (!sink.add(entry, looked)) {
+        if (looked) core.inodes.forget(looked.nodeid, 1);
+        return;
+      }
+      added++;
     }
   }
 

@@ -2,7 +2,7 @@
  * The FUSE wire protocol as /usr/include/linux/fuse.h (7.38) spells it: opcodes,
  * flags and struct layouts. Names follow the header so it can be grepped side by side.
  */
-import { pad, struct, type ValueOfLayout } from './layout';
+import { pad, struct, type ValueOfLayout } from '../layout';
 
 export const FUSE_KERNEL_VERSION = 7;
 export const FUSE_KERNEL_MINOR_VERSION = 38;

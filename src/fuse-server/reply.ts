@@ -1,5 +1,5 @@
 /** Reply encoders: file-system results -> the fuse.h reply structs. */
-import type { Stat, StatVfs } from '../sys/fs';
+import { type Stat, type StatVfs, newEncodeDev } from '../sys/fs';
 import { STATX_BASIC_STATS, STATX_BTIME } from '../sys/fs';
 import type { Writer } from './chain-io';
 import type { AttrReply, DirEntry, DirSink, Entry, Opened } from './filesystem';
@@ -38,7 +38,7 @@ export function attrOf(st: Stat, flags: number): FuseAttr {
     nlink: st.nlink,
     uid: st.uid,
     gid: st.gid,
-    rdev: st.rdev,
+    rdev: newEncodeDev(st.rdevMajor, st.rdevMinor),
     blksize: st.blksize,
     flags,
   };
@@ -71,9 +71,6 @@ export function replyAttr(out: Writer, a: AttrReply): void {
 export function replyStatx(out: Writer, a: AttrReply): void {
   const st = a.stat;
   const time = (sec: number, nsec: number) => ({ tv_sec: sec, tv_nsec: nsec });
-  // fuse_attr.rdev is new_encode_dev(); statx wants major and minor apart.
-  const rdevMajor = (st.rdev >>> 8) & 0xfff;
-  const rdevMinor = (st.rdev & 0xff) | ((st.rdev >>> 12) & 0xfff00);
   out.writeStruct(fuse_statx_out, {
     attr_valid: seconds(a.timeout),
     attr_valid_nsec: nanos(a.timeout),
@@ -94,8 +91,8 @@ export function replyStatx(out: Writer, a: AttrReply): void {
       btime: time(st.btimeSec, st.btimeNsec),
       ctime: time(st.ctimeSec, st.ctimeNsec),
       mtime: time(st.mtimeSec, st.mtimeNsec),
-      rdev_major: rdevMajor,
-      rdev_minor: rdevMinor,
+      rdev_major: st.rdevMajor,
+      rdev_minor: st.rdevMinor,
       dev_major: st.devMajor,
       dev_minor: st.devMinor,
     },

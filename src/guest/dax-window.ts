@@ -1,5 +1,5 @@
 import { MAP_ANONYMOUS, MAP_FIXED, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, PROT_NONE, PROT_READ, PROT_WRITE, addon } from '../sys';
-import { Message, decodeShmemMap } from '../vhost-user/messages';
+import { Message, ShmemMap, decode } from '../vhost-user/messages';
 import { BackendRequest, SHMEM_MAP_FLAG_WRITABLE } from '../vhost-user/protocol';
 
 const PAGE = 4096;
@@ -64,7 +64,7 @@ export class DaxWindow {
    */
   handleBackendRequest(msg: Message): bigint {
     if (msg.request !== BackendRequest.SHMEM_MAP && msg.request !== BackendRequest.SHMEM_UNMAP) return 1n;
-    const body = decodeShmemMap(msg.payload);
+    const body = decode(ShmemMap, msg.payload);
     if (body.shmid !== VIRTIO_FS_SHMCAP_ID_CACHE) return 1n;
     const offset = Number(body.shmOffset);
     const len = Number(body.len);

@@ -1,6 +1,10 @@
 import { UnixStreamSocket, close } from '../sys';
 import { Connection } from '../vhost-user/connection';
 import {
+  decode,
+  decodeShmemConfig,
+  encode,
+  isReply,
   MemoryRegionDesc,
   MemoryTableHeader,
   Message,
@@ -8,7 +12,6 @@ import {
   U64,
   VringAddr,
   VringState,
-  isReply,
 } from '../vhost-user/messages';
 import {
   FrontendRequest,
@@ -118,7 +121,7 @@ export class VhostUserFrontend {
     );
     const { options } = this;
 
-    this.backendFeatures = U64.decode((await this.call(FrontendRequest.GET_FEATURES)).payload).value;
+    this.backendFeatures = decode(U64, (await this.call(FrontendRequest.GET_FEATURES)).payload).value;
     if (!(this.backendFeatures & bit(VIRTIO_F_VERSION_1))) throw new FrontendError('back-end lacks VIRTIO_F_VERSION_1');
     let wanted = bit(VIRTIO_F_VERSION_1) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
     if (options.eventIdx) wanted |= bit(VIRTIO_RING_F_EVENT_IDX);
@@ -126,19 +129,17 @@ export class VhostUserFrontend {
     this.features = this.backendFeatures & wanted;
 
     if (this.features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
-      this.backendProtocolFeatures = U64.decode((await this.call(FrontendRequest.GET_PROTOCOL_FEATURES)).payload).value;
+      this.backendProtocolFeatures = decode(U64, (await this.call(FrontendRequest.GET_PROTOCOL_FEATURES)).payload).value;
       this.protocolFeatures = this.backendProtocolFeatures & FRONTEND_PROTOCOL_FEATURES;
-      await this.send(FrontendRequest.SET_PROTOCOL_FEATURES, U64.encode({ value: this.protocolFeatures }));
+      await this.send(FrontendRequest.SET_PROTOCOL_FEATURES, encode(U64, { value: this.protocolFeatures }));
     }
-    this.maxQueues = this.has(ProtocolFeature.MQ) ? Number(U64.decode((await this.call(FrontendRequest.GET_QUEUE_NUM)).payload).value) : 2;
+    this.maxQueues = this.has(ProtocolFeature.MQ) ? Number(decode(U64, (await this.call(FrontendRequest.GET_QUEUE_NUM)).payload).value) : 2;
     const total = 1 + options.requestQueues;
     if (total > this.maxQueues) throw new FrontendError(`back-end serves ${this.maxQueues} queues, ${total} wanted`);
 
     await this.send(FrontendRequest.SET_OWNER, Buffer.alloc(0));
     if (this.has(ProtocolFeature.SHMEM)) {
-      const reply = (await this.call(FrontendRequest.GET_SHMEM_CONFIG)).payload;
-      const n = reply.readUInt32LE(0);
-      this.shmemSizes = Array.from({ length: n }, (_, i) => reply.readBigUInt64LE(8 + 8 * i));
+      this.shmemSizes = decodeShmemConfig((await this.call(FrontendRequest.GET_SHMEM_CONFIG)).payload);
     }
     if (this.has(ProtocolFeature.BACKEND_REQ)) {
       const [ours, theirs] = UnixStreamSocket.pair();
@@ -150,7 +151,7 @@ export class VhostUserFrontend {
       await this.send(FrontendRequest.SET_BACKEND_REQ_FD, Buffer.alloc(0), [theirs.fd]);
       theirs.close();
     }
-    await this.send(FrontendRequest.SET_FEATURES, U64.encode({ value: this.features }));
+    await this.send(FrontendRequest.SET_FEATURES, encode(U64, { value: this.features }));
     await this.announceMemory();
 
     const eventIdx = (this.features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
@@ -171,13 +172,13 @@ export class VhostUserFrontend {
     }));
     if (this.options.addMemRegions && this.has(ProtocolFeature.CONFIGURE_MEM_SLOTS)) {
       for (let i = 0; i < regions.length; i++) {
-        await this.send(FrontendRequest.ADD_MEM_REG, SingleMemoryRegion.encode({ padding: 0n, ...regions[i] }), [this.ram.regions[i].fd]);
+        await this.send(FrontendRequest.ADD_MEM_REG, encode(SingleMemoryRegion, { ...regions[i] }), [this.ram.regions[i].fd]);
       }
       return;
     }
     // Exactly nregions entries, as QEMU sends it (the Rust virtiofsd refuses any other size).
     const table = Buffer.alloc(MemoryTableHeader.size + regions.length * MemoryRegionDesc.size);
-    MemoryTableHeader.encode({ nregions: regions.length, padding: 0 }, table);
+    MemoryTableHeader.encode({ nregions: regions.length }, table, 0);
     regions.forEach((r, i) => MemoryRegionDesc.encode(r, table, MemoryTableHeader.size + i * MemoryRegionDesc.size));
     await this.send(
       FrontendRequest.SET_MEM_TABLE,
@@ -187,11 +188,11 @@ export class VhostUserFrontend {
   }
 
   private async setupRing(q: GuestQueue): Promise<void> {
-    await this.send(FrontendRequest.SET_VRING_NUM, VringState.encode({ index: q.index, num: q.size }));
-    await this.send(FrontendRequest.SET_VRING_BASE, VringState.encode({ index: q.index, num: q.driver.availIndex }));
+    await this.send(FrontendRequest.SET_VRING_NUM, encode(VringState, { index: q.index, num: q.size }));
+    await this.send(FrontendRequest.SET_VRING_BASE, encode(VringState, { index: q.index, num: q.driver.availIndex }));
     await this.send(
       FrontendRequest.SET_VRING_ADDR,
-      VringAddr.encode({
+      encode(VringAddr, {
         index: q.index,
         flags: 0,
         descUserAddr: BigInt(this.ram.userAddr(q.desc.addr)),
@@ -200,11 +201,11 @@ export class VhostUserFrontend {
         logGuestAddr: 0n,
       }),
     );
-    await this.send(FrontendRequest.SET_VRING_CALL, U64.encode({ value: BigInt(q.index) }), [q.callFd]);
+    await this.send(FrontendRequest.SET_VRING_CALL, encode(U64, { value: BigInt(q.index) }), [q.callFd]);
     q.start();
-    await this.send(FrontendRequest.SET_VRING_KICK, U64.encode({ value: BigInt(q.index) }), [q.kickFd]);
+    await this.send(FrontendRequest.SET_VRING_KICK, encode(U64, { value: BigInt(q.index) }), [q.kickFd]);
     if (this.features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
-      await this.send(FrontendRequest.SET_VRING_ENABLE, VringState.encode({ index: q.index, num: 1 }));
+      await this.send(FrontendRequest.SET_VRING_ENABLE, encode(VringState, { index: q.index, num: 1 }));
     }
   }
 
@@ -230,7 +231,7 @@ export class VhostUserFrontend {
     }
     const reply = this.expectReply(request);
     this.raw(request, VHOST_USER_NEED_REPLY_MASK, payload, fds);
-    const status = U64.decode((await reply).payload).value;
+    const status = decode(U64, (await reply).payload).value;
     if (status !== 0n) throw new FrontendError(`back-end failed ${FrontendRequest[request]} (status ${status})`);
   }
 
@@ -274,7 +275,7 @@ export class VhostUserFrontend {
     // A handler that keeps an fd takes it out of msg.fds; the rest are closed here.
     for (const fd of msg.fds.splice(0)) close(fd);
     if (msg.flags & VHOST_USER_NEED_REPLY_MASK) {
-      this.backendChannel?.send(msg.request, VHOST_USER_REPLY_MASK, U64.encode({ value: status }));
+      this.backendChannel?.send(msg.request, VHOST_USER_REPLY_MASK, encode(U64, { value: status }));
     }
   }
 
@@ -282,8 +283,8 @@ export class VhostUserFrontend {
   async stop(): Promise<number[]> {
     const bases: number[] = [];
     for (const q of this.queues) {
-      const reply = await this.call(FrontendRequest.GET_VRING_BASE, VringState.encode({ index: q.index, num: 0 }));
-      bases.push(VringState.decode(reply.payload).num);
+      const reply = await this.call(FrontendRequest.GET_VRING_BASE, encode(VringState, { index: q.index, num: 0 }));
+      bases.push(decode(VringState, reply.payload).num);
     }
     return bases;
   }

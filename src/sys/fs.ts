@@ -1,3 +1,4 @@
+import { type ValueOfLayout, pad, struct } from '../layout';
 import { close, libc, syscall } from './libc';
 export { O_NONBLOCK } from './libc';
 
@@ -62,8 +63,6 @@ export const STATX_BTIME = 0x800;
 export const STATX_MNT_ID = 0x1000;
 /** statx flags choosing how hard a network file system must sync the answer. */
 export const AT_STATX_SYNC_TYPE = 0x6000;
-const STATX_SIZE = 256;
-const STATVFS_SIZE = 112;
 
 export const openat = syscall<(dirfd: number, path: PathArg, flags: number, mode: number) => number>(
   'openat',
@@ -111,7 +110,7 @@ const rawUtimensat = syscall<(dirfd: number, path: PathArg, times: Buffer, flags
 );
 // glibc's utimensat refuses a NULL path (EINVAL); futimens is its way to set an fd's times.
 const rawFutimens = syscall<(fd: number, times: Buffer) => number>('futimens', 'int futimens(int, const uint8_t *)');
-export const getdents64 = syscall<(fd: number, buf: Buffer, size: number) => number>(
+const rawGetdents64 = syscall<(fd: number, buf: Buffer, size: number) => number>(
   'getdents64',
   'intptr_t getdents64(int, _Out_ uint8_t *, size_t)',
 );
@@ -143,62 +142,82 @@ const rawSetfsuid = libc.func('int setfsuid(uint32_t)') as unknown as (uid: numb
 const rawSetfsgid = libc.func('int setfsgid(uint32_t)') as unknown as (gid: number) => number;
 const rawGeteuid = libc.func('uint32_t geteuid()') as unknown as () => number;
 
-/** struct statx, reduced to what a file server needs. */
-export interface Stat {
+/**
+ * struct statx (linux/stat.h), with each struct statx_timestamp { s64 tv_sec;
+ * u32 tv_nsec; s32 __reserved; } spelled out in place so a decode is one flat
+ * object. The kernel writes all 256 bytes (zeros where it filled nothing).
+ */
+export const statx_struct = struct('statx', {
   /** STATX_* bits of the fields the kernel filled in. */
-  mask: number;
-  devMajor: number;
-  devMinor: number;
+  mask: 'u32',
+  blksize: 'u32',
+  /** STATX_ATTR_* flags. */
+  attributes: 'u64n',
+  nlink: 'u32',
+  uid: 'u32',
+  gid: 'u32',
+  mode: 'u16',
+  spare0: pad(2),
   /** Exact: inode numbers may use all 64 bits (e.g. overlayfs xino). */
-  ino: bigint;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  /** Device number in the kernel's 32-bit new_encode_dev() form (as fuse_attr.rdev wants). */
-  rdev: number;
-  size: number;
-  blocks: number;
-  blksize: number;
-  atimeSec: number;
-  atimeNsec: number;
-  mtimeSec: number;
-  mtimeNsec: number;
-  ctimeSec: number;
-  ctimeNsec: number;
-  btimeSec: number;
-  btimeNsec: number;
-  /** STATX_ATTR_* flags and which of them the file system supports. */
-  attributes: number;
-  attributesMask: number;
+  ino: 'u64',
+  size: 'u64n',
+  blocks: 'u64n',
+  /** Which STATX_ATTR_* flags the file system supports. */
+  attributesMask: 'u64n',
+  atimeSec: 'i64n',
+  atimeNsec: 'u32',
+  atimeReserved: pad(4),
+  btimeSec: 'i64n',
+  btimeNsec: 'u32',
+  btimeReserved: pad(4),
+  ctimeSec: 'i64n',
+  ctimeNsec: 'u32',
+  ctimeReserved: pad(4),
+  mtimeSec: 'i64n',
+  mtimeNsec: 'u32',
+  mtimeReserved: pad(4),
+  /** The device a special file is. */
+  rdevMajor: 'u32',
+  rdevMinor: 'u32',
+  /** The device the file lives on. */
+  devMajor: 'u32',
+  devMinor: 'u32',
   /** The mount the file was reached through (0 if the kernel predates STATX_MNT_ID). */
-  mntId: number;
-}
+  mntId: 'u64n',
+  /** stx_dio_mem_align, stx_dio_offset_align: not needed here, so not decoded. */
+  dioAlign: pad(8),
+  spare3: pad(8 * 12),
+});
+export type Stat = ValueOfLayout<typeof statx_struct>;
 
 /** struct statvfs (64-bit Linux layout, identical on x86_64 and aarch64). */
-export interface StatVfs {
-  bsize: number;
-  frsize: number;
-  blocks: number;
-  bfree: number;
-  bavail: number;
-  files: number;
-  ffree: number;
-  namemax: number;
-}
+export const statvfs_struct = struct('statvfs', {
+  bsize: 'u64n',
+  frsize: 'u64n',
+  blocks: 'u64n',
+  bfree: 'u64n',
+  bavail: 'u64n',
+  files: 'u64n',
+  ffree: 'u64n',
+  favail: 'u64n',
+  fsid: 'u64n',
+  flag: 'u64n',
+  namemax: 'u64n',
+  spare: pad(4 * 6),
+});
+export type StatVfs = ValueOfLayout<typeof statvfs_struct>;
 
 // One scratch buffer per call kind: every call decodes its result before returning.
-const statxBuf = Buffer.alloc(STATX_SIZE);
-const statvfsBuf = Buffer.alloc(STATVFS_SIZE);
+const statxBuf = Buffer.alloc(statx_struct.size);
+const statvfsBuf = Buffer.alloc(statvfs_struct.size);
 const timesBuf = Buffer.alloc(32);
 
 function u64(buf: Buffer, off: number): number {
   return buf.readUInt32LE(off + 4) * 0x1_0000_0000 + buf.readUInt32LE(off);
 }
-function s64(buf: Buffer, off: number): number {
-  return buf.readInt32LE(off + 4) * 0x1_0000_0000 + buf.readUInt32LE(off);
-}
-function encodeDev(major: number, minor: number): number {
+
+/** The kernel's new_encode_dev(): the 32-bit device number fuse_attr.rdev carries. */
+export function newEncodeDev(major: number, minor: number): number {
   return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
@@ -208,49 +227,55 @@ function encodeDev(major: number, minor: number): number {
  * mount id unless told otherwise; `mask` says which the kernel filled in.
  */
 export function statx(dirfd: number, path: PathArg, flags: number, want = STATX_BASIC_STATS | STATX_BTIME | STATX_MNT_ID): Stat {
-  const b = statxBuf;
-  rawStatx(dirfd, path, flags, want, b);
-  const mask = b.readUInt32LE(0);
-  return {
-    mask,
-    devMajor: b.readUInt32LE(136),
-    devMinor: b.readUInt32LE(140),
-    ino: b.readBigUInt64LE(32),
-    mode: b.readUInt16LE(28),
-    nlink: b.readUInt32LE(16),
-    uid: b.readUInt32LE(20),
-    gid: b.readUInt32LE(24),
-    rdev: encodeDev(b.readUInt32LE(128), b.readUInt32LE(132)),
-    size: u64(b, 40),
-    blocks: u64(b, 48),
-    blksize: b.readUInt32LE(4),
-    atimeSec: s64(b, 64),
-    atimeNsec: b.readUInt32LE(72),
-    ctimeSec: s64(b, 96),
-    ctimeNsec: b.readUInt32LE(104),
-    mtimeSec: s64(b, 112),
-    mtimeNsec: b.readUInt32LE(120),
-    btimeSec: s64(b, 80),
-    btimeNsec: b.readUInt32LE(88),
-    attributes: u64(b, 8),
-    attributesMask: u64(b, 56),
-    mntId: mask & STATX_MNT_ID ? u64(b, 144) : 0,
-  };
+  rawStatx(dirfd, path, flags, want, statxBuf);
+  return statx_struct.decode(statxBuf, 0);
 }
 
 export function fstatvfs(fd: number): StatVfs {
-  const b = statvfsBuf;
-  rawFstatvfs(fd, b);
-  return {
-    bsize: u64(b, 0),
-    frsize: u64(b, 8),
-    blocks: u64(b, 16),
-    bfree: u64(b, 24),
-    bavail: u64(b, 32),
-    files: u64(b, 40),
-    ffree: u64(b, 48),
-    namemax: u64(b, 80),
-  };
+  rawFstatvfs(fd, statvfsBuf);
+  return statvfs_struct.decode(statvfsBuf, 0);
+}
+
+/** struct linux_dirent64's fixed part; d_name (NUL-terminated) follows it, the record is d_reclen bytes. */
+export const linux_dirent64 = struct('linux_dirent64', { ino: 'u64', offset: 'i64', reclen: 'u16', type: 'u8' }, { flexibleTail: true });
+
+/** One directory entry getdents64 returned. */
+export interface Dirent64 {
+  ino: bigint;
+  /** The off_t cookie that continues the listing after this entry. */
+  offset: bigint;
+  /** DT_* type. */
+  type: number;
+  /** The name without its NUL: a view of the batch buffer, valid until the iterator moves on. */
+  name: Buffer;
+  /** The same bytes with the NUL, as the *at calls take them. */
+  cname: Buffer;
+}
+
+/**
+ * The entries of directory `fd` from its current position on, read with
+ * getdents64 in batches of `buf.length` bytes; ends at the end of the
+ * directory. Stopping early leaves the position after the last batch read:
+ * lseek to an entry's `offset` to continue from it.
+ */
+export function* getdents(fd: number, buf: Buffer): Generator<Dirent64, void, undefined> {
+  for (;;) {
+    const n = rawGetdents64(fd, buf, buf.length);
+    if (n === 0) return;
+    for (let pos = 0; pos < n;) {
+      const d = linux_dirent64.decode(buf, pos);
+      const nameStart = pos + linux_dirent64.size;
+      const nameEnd = buf.indexOf(0, nameStart);
+      pos += d.reclen;
+      yield {
+        ino: d.ino,
+        offset: d.offset,
+        type: d.type,
+        name: buf.subarray(nameStart, nameEnd),
+        cname: buf.subarray(nameStart, nameEnd + 1),
+      };
+    }
+  }
 }
 
 /** A timestamp for utimensat: seconds and nanoseconds, or UTIME_NOW / UTIME_OMIT in `nsec`. */
@@ -342,22 +367,28 @@ export interface FileLock {
   len: bigint;
 }
 
-// struct flock on x86_64 and aarch64: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
-const flockBuf = Buffer.alloc(32);
+/** struct flock on x86_64 and aarch64. */
+export const flock_struct = struct('flock', {
+  type: 'i16',
+  whence: 'i16',
+  padding0: pad(4),
+  start: 'i64',
+  len: 'i64',
+  pid: 'i32',
+  padding1: pad(4),
+});
+const flockBuf = Buffer.alloc(flock_struct.size);
 
 /**
  * fcntl(fd, F_OFD_GETLK | F_OFD_SETLK, lock). GETLK returns the first
  * conflicting lock (type F_UNLCK when there is none); SETLK returns `lock`.
  */
 export function fcntlLock(fd: number, cmd: number, lock: FileLock): FileLock {
-  const b = flockBuf.fill(0);
-  b.writeInt16LE(lock.type, 0);
-  b.writeInt16LE(SEEK_SET, 2);
-  b.writeBigInt64LE(lock.start, 8);
-  b.writeBigInt64LE(lock.len, 16);
-  // OFD locks insist on l_pid 0.
-  rawFcntlLock(fd, cmd, b);
-  return { type: b.readInt16LE(0), start: b.readBigInt64LE(8), len: b.readBigInt64LE(16) };
+  // OFD locks insist on l_pid 0 (left out, so zero).
+  flock_struct.encode({ type: lock.type, whence: SEEK_SET, start: lock.start, len: lock.len }, flockBuf, 0);
+  rawFcntlLock(fd, cmd, flockBuf);
+  const { type, start, len } = flock_struct.decode(flockBuf, 0);
+  return { type, start, len };
 }
 
 /* ---------------- extended attributes ---------------- */

@@ -1,7 +1,7 @@
 import { UnixStreamSocket, close } from '../sys';
 import { Connection } from './connection';
 import { BackendRequest, VHOST_USER_NEED_REPLY_MASK } from './protocol';
-import { U64, isReply } from './messages';
+import { decode, isReply, U64 } from './messages';
 
 export class BackendChannelError extends Error {
   override name = 'BackendChannelError';
@@ -33,7 +33,7 @@ export class BackendChannel {
           pending?.reject(new BackendChannelError(`unexpected reply ${msg.request}`));
           return;
         }
-        const status = msg.payload.length >= 8 ? U64.decode(msg.payload).value : 1n;
+        const status = msg.payload.length >= 8 ? decode(U64, msg.payload).value : 1n;
         if (status === 0n) pending.resolve();
         else pending.reject(new BackendChannelError(`front-end refused ${BackendRequest[pending.request]} (status ${status})`));
       },

@@ -5,20 +5,22 @@ import { VhostUserDevice } from './device';
 import { GuestMemory, GuestRegion, unmapRegions } from './guest-memory';
 import {
   ConfigHeader,
+  decode,
+  encode,
+  encodeShmemConfig,
   MemoryRegionDesc,
   MemoryTableHeader,
   Message,
+  needsReply,
   ProtocolError,
   SingleMemoryRegion,
   U64,
   VringAddr,
   VringState,
-  needsReply,
 } from './messages';
 import {
   FrontendRequest,
   MAX_MEM_SLOTS,
-  MAX_SHMEM_REGIONS,
   MEMORY_BASELINE_NREGIONS,
   ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES,
@@ -31,7 +33,7 @@ import {
   VRING_NOFD_MASK,
   bit,
 } from './protocol';
-import { RingViews, SplitVirtqueue, checkRingAlignment, locateRings } from './virtqueue';
+import { MAX_QUEUE_SIZE, RingViews, SplitVirtqueue, checkRingAlignment, locateRings } from './virtqueue';
 import { Vring } from './vring';
 
 export type { Logger } from '../log';
@@ -136,7 +138,7 @@ export class VhostUserBackend {
         `vhost-user: ${name} refused: file descriptors sent with it were lost (control message truncated; is the daemon at its fd limit?)`,
       );
       for (const fd of msg.fds.splice(0)) close(fd);
-      if (needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) this.reply(msg.request, U64.encode({ value: 1n }));
+      if (needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) this.reply(msg.request, encode(U64, { value: 1n }));
       return;
     }
     let reply: Buffer | undefined;
@@ -152,7 +154,7 @@ export class VhostUserBackend {
         this.teardown(err as Error);
         return;
       }
-      this.reply(msg.request, U64.encode({ value: 1n }));
+      this.reply(msg.request, encode(U64, { value: 1n }));
       return;
     } finally {
       // Handlers take the fds they keep out of msg.fds; whatever is left is ours to close.
@@ -160,7 +162,7 @@ export class VhostUserBackend {
     }
     if (reply) this.reply(msg.request, reply);
     else if (needsReply(msg.flags) && !HAS_OWN_REPLY.has(msg.request) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) {
-      this.reply(msg.request, U64.encode({ value: 0n }));
+      this.reply(msg.request, encode(U64, { value: 0n }));
     }
   }
 
@@ -179,17 +181,17 @@ export class VhostUserBackend {
     const p = msg.payload;
     switch (msg.request) {
       case FrontendRequest.GET_FEATURES:
-        return U64.encode({ value: this.features });
+        return encode(U64, { value: this.features });
       case FrontendRequest.SET_FEATURES: {
-        const value = U64.decode(p).value;
+        const value = decode(U64, p).value;
         if (value & ~this.features) throw new ProtocolError(`front-end acked features we never offered: 0x${value.toString(16)}`);
         this.ackedFeatures = value;
         return undefined;
       }
       case FrontendRequest.GET_PROTOCOL_FEATURES:
-        return U64.encode({ value: this.protocolFeatures });
+        return encode(U64, { value: this.protocolFeatures });
       case FrontendRequest.SET_PROTOCOL_FEATURES:
-        this.ackedProtocolFeatures = U64.decode(p).value & this.protocolFeatures;
+        this.ackedProtocolFeatures = decode(U64, p).value & this.protocolFeatures;
         return undefined;
       case FrontendRequest.SET_OWNER:
         return undefined;
@@ -198,21 +200,21 @@ export class VhostUserBackend {
         this.resetDevice();
         return undefined;
       case FrontendRequest.GET_QUEUE_NUM:
-        return U64.encode({ value: BigInt(this.vrings.length) });
+        return encode(U64, { value: BigInt(this.vrings.length) });
       case FrontendRequest.GET_MAX_MEM_SLOTS:
-        return U64.encode({ value: BigInt(MAX_MEM_SLOTS) });
+        return encode(U64, { value: BigInt(MAX_MEM_SLOTS) });
       case FrontendRequest.SET_MEM_TABLE:
         this.setMemTable(msg);
         return undefined;
       case FrontendRequest.ADD_MEM_REG: {
-        const r = SingleMemoryRegion.decode(p);
+        const r = decode(SingleMemoryRegion, p);
         if (msg.fds.length !== 1) throw new ProtocolError(`ADD_MEM_REG with ${msg.fds.length} fds`);
         if (this.memory.regionCount >= MAX_MEM_SLOTS) throw new Refused(`no free memory slot (all ${MAX_MEM_SLOTS} in use)`);
         this.memory.addRegion(r, msg.fds.shift()!);
         return undefined;
       }
       case FrontendRequest.REM_MEM_REG: {
-        const r = SingleMemoryRegion.decode(p);
+        const r = decode(SingleMemoryRegion, p);
         const removed = this.memory.detachRegion(r.guestPhysAddr, r.memorySize);
         // E.g. the region of a DAX mapping refused for want of a slot: nothing to remove.
         if (!removed) throw new Refused(`no memory region at 0x${r.guestPhysAddr.toString(16)} of size 0x${r.memorySize.toString(16)}`);
@@ -229,14 +231,14 @@ export class VhostUserBackend {
         return undefined;
       }
       case FrontendRequest.SET_VRING_NUM: {
-        const s = VringState.decode(p);
+        const s = decode(VringState, p);
         const vring = this.vring(s.index);
-        if (s.num === 0 || s.num > 32768 || (s.num & (s.num - 1)) !== 0) throw new ProtocolError(`bad queue size ${s.num}`);
+        if (s.num === 0 || s.num > MAX_QUEUE_SIZE || (s.num & (s.num - 1)) !== 0) throw new ProtocolError(`bad queue size ${s.num}`);
         vring.size = s.num;
         return undefined;
       }
       case FrontendRequest.SET_VRING_ADDR: {
-        const a = VringAddr.decode(p);
+        const a = decode(VringAddr, p);
         const vring = this.vring(a.index);
         const [desc, avail, used] = [a.descUserAddr, a.availUserAddr, a.usedUserAddr].map((x) => {
           if (x > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`queue ${a.index}: vring address 0x${x.toString(16)} beyond 2^53`);
@@ -255,18 +257,18 @@ export class VhostUserBackend {
         return undefined;
       }
       case FrontendRequest.SET_VRING_BASE: {
-        const s = VringState.decode(p);
+        const s = decode(VringState, p);
         this.vring(s.index).base = s.num & 0xffff;
         return undefined;
       }
       case FrontendRequest.GET_VRING_BASE: {
-        const s = VringState.decode(p);
+        const s = decode(VringState, p);
         const vring = this.vring(s.index);
         const next = vring.stop();
         vring.base = next;
         // After GET_VRING_BASE the ring is stopped; a new SET_VRING_ENABLE is needed to restart it.
         vring.enabled = !this.hasFeature(VHOST_USER_F_PROTOCOL_FEATURES) && vring.enabled;
-        return VringState.encode({ index: s.index, num: next });
+        return encode(VringState, { index: s.index, num: next });
       }
       case FrontendRequest.SET_VRING_KICK:
         this.setVringFd(msg, 'kickFd');
@@ -278,7 +280,7 @@ export class VhostUserBackend {
         this.setVringFd(msg, 'errFd');
         return undefined;
       case FrontendRequest.SET_VRING_ENABLE: {
-        const s = VringState.decode(p);
+        const s = decode(VringState, p);
         const vring = this.vring(s.index);
         vring.enabled = s.num !== 0;
         if (vring.enabled && vring.started) this.kicked(vring);
@@ -303,7 +305,7 @@ export class VhostUserBackend {
       case FrontendRequest.GET_CONFIG: {
         // The front-end's header names the slice it wants; the reply carries exactly that
         // slice, or size 0 (the protocol's failure) when there is no config or it lies outside.
-        const h = ConfigHeader.decode(p);
+        const h = decode(ConfigHeader, p);
         const config = this.options.deviceConfig;
         if (
           !config ||
@@ -312,19 +314,15 @@ export class VhostUserBackend {
           h.offset > config.length ||
           h.size > config.length - h.offset
         ) {
-          return ConfigHeader.encode({ offset: h.offset, size: 0, flags: h.flags });
+          return encode(ConfigHeader, { offset: h.offset, size: 0, flags: h.flags });
         }
-        return Buffer.concat([ConfigHeader.encode(h), config.subarray(h.offset, h.offset + h.size)]);
+        return Buffer.concat([encode(ConfigHeader, h), config.subarray(h.offset, h.offset + h.size)]);
       }
       case FrontendRequest.SET_CONFIG:
         // virtio-fs config is read-only for the driver (virtio spec 5.11.4).
         throw new Refused('the device config is read-only');
       case FrontendRequest.GET_SHMEM_CONFIG: {
-        const sizes = this.device.shmemRegions();
-        const out = Buffer.alloc(8 + 8 * MAX_SHMEM_REGIONS);
-        out.writeUInt32LE(sizes.length, 0);
-        sizes.forEach((size, i) => out.writeBigUInt64LE(size, 8 + 8 * i));
-        return out;
+        return encodeShmemConfig(this.device.shmemRegions());
       }
       default:
         throw new Error(`unsupported request ${FrontendRequest[msg.request] ?? msg.request}`);
@@ -336,11 +334,11 @@ export class VhostUserBackend {
   }
 
   private setMemTable(msg: Message): void {
-    const h = MemoryTableHeader.decode(msg.payload);
+    const h = decode(MemoryTableHeader, msg.payload);
     if (h.nregions === 0 || h.nregions > MEMORY_BASELINE_NREGIONS) throw new ProtocolError(`SET_MEM_TABLE with ${h.nregions} regions`);
     if (msg.fds.length !== h.nregions) throw new ProtocolError(`SET_MEM_TABLE: ${h.nregions} regions but ${msg.fds.length} fds`);
     const regions = Array.from({ length: h.nregions }, (_, i) =>
-      MemoryRegionDesc.decode(msg.payload, MemoryTableHeader.size + i * MemoryRegionDesc.size),
+      decode(MemoryRegionDesc, msg.payload, MemoryTableHeader.size + i * MemoryRegionDesc.size),
     );
     // Build the whole new table and find every running ring in it before the old one is
     // touched: a refused table leaves every ring on memory that is still mapped.
@@ -384,7 +382,7 @@ export class VhostUserBackend {
   }
 
   private setVringFd(msg: Message, which: 'kickFd' | 'callFd' | 'errFd'): void {
-    const value = U64.decode(msg.payload).value;
+    const value = decode(U64, msg.payload).value;
     const index = Number(value & BigInt(VRING_IDX_MASK));
     const noFd = (value & BigInt(VRING_NOFD_MASK)) !== 0n;
     const vring = this.vring(index);

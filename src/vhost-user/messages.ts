@@ -1,7 +1,8 @@
+import { type Layout, type ValueOfLayout, bytes, encode, pad, struct } from '../layout';
 import {
   HEADER_SIZE,
   MAX_PAYLOAD_SIZE,
-  VIRTIO_FS_CONFIG_SIZE,
+  MAX_SHMEM_REGIONS,
   VIRTIO_FS_TAG_SIZE,
   VHOST_USER_NEED_REPLY_MASK,
   VHOST_USER_REPLY_MASK,
@@ -11,8 +12,8 @@ import {
 
 /**
  * vhost-user message codec: the 12-byte header and every payload layout the
- * back-end and the TypeScript front-end exchange. Layouts are declared once
- * here, both directions derive from them.
+ * back-end and the TypeScript front-end exchange, declared with the one struct
+ * mechanism (src/layout.ts); both directions derive from them.
  */
 
 export interface Message {
@@ -53,126 +54,92 @@ export function encodeMessage(request: number, flags: number, payload: Buffer): 
 export const isReply = (flags: number): boolean => (flags & VHOST_USER_REPLY_MASK) !== 0;
 export const needsReply = (flags: number): boolean => (flags & VHOST_USER_NEED_REPLY_MASK) !== 0;
 
-/** A little-endian field layout: field names with their byte width (4 = u32, 8 = u64 as bigint). */
-type Layout = readonly (readonly [string, 4 | 8])[];
-type Decoded<L extends Layout> = { [K in L[number] as K[0]]: K[1] extends 8 ? bigint : number };
-
-function layoutSize(layout: Layout): number {
-  return layout.reduce((n, [, w]) => n + w, 0);
+/** Decodes a payload struct; a payload shorter than the layout is the front-end's protocol error. */
+export function decode<T>(layout: Layout<T>, buf: Buffer, offset = 0): T {
+  if (buf.length - offset < layout.size) {
+    throw new ProtocolError(`${layout.name}: payload of ${buf.length - offset} bytes, need ${layout.size}`);
+  }
+  return layout.decode(buf, offset);
 }
+export { encode };
 
-/** A fixed-size struct codec derived from its layout. */
-export class Struct<L extends Layout> {
-  readonly size: number;
-  constructor(
-    readonly name: string,
-    readonly layout: L,
-  ) {
-    this.size = layoutSize(layout);
-  }
+/* Payload layouts, named and ordered as vhost-user.rst spells them. */
 
-  decode(buf: Buffer, offset = 0): Decoded<L> {
-    if (buf.length - offset < this.size) {
-      throw new ProtocolError(`${this.name}: payload of ${buf.length - offset} bytes, need ${this.size}`);
-    }
-    const out: Record<string, number | bigint> = {};
-    for (const [name, width] of this.layout) {
-      out[name] = width === 4 ? buf.readUInt32LE(offset) : buf.readBigUInt64LE(offset);
-      offset += width;
-    }
-    return out as Decoded<L>;
-  }
-
-  encode(value: Decoded<L>, into: Buffer = Buffer.alloc(this.size), offset = 0): Buffer {
-    const v = value as Record<string, number | bigint>;
-    for (const [name, width] of this.layout) {
-      if (width === 4) into.writeUInt32LE(Number(v[name]), offset);
-      else into.writeBigUInt64LE(BigInt(v[name]), offset);
-      offset += width;
-    }
-    return into;
-  }
-}
-
-export const U64 = new Struct('u64', [['value', 8]] as const);
-export const VringState = new Struct('vring state', [
-  ['index', 4],
-  ['num', 4],
-] as const);
-export const VringAddr = new Struct('vring address', [
-  ['index', 4],
-  ['flags', 4],
-  ['descUserAddr', 8],
-  ['usedUserAddr', 8],
-  ['availUserAddr', 8],
-  ['logGuestAddr', 8],
-] as const);
-export const MemoryRegionDesc = new Struct('memory region', [
-  ['guestPhysAddr', 8],
-  ['memorySize', 8],
-  ['userspaceAddr', 8],
-  ['mmapOffset', 8],
-] as const);
-export type MemoryRegionDescription = ReturnType<typeof MemoryRegionDesc.decode>;
+/** A u64 payload: features, queue numbers, a vring index with its flags, a reply status. */
+export const U64 = struct('u64', { value: 'u64' });
+/** Vring state description. */
+export const VringState = struct('vring state', { index: 'u32', num: 'u32' });
+/** Vring address description. */
+export const VringAddr = struct('vring address', {
+  index: 'u32',
+  flags: 'u32',
+  descUserAddr: 'u64',
+  usedUserAddr: 'u64',
+  availUserAddr: 'u64',
+  logGuestAddr: 'u64',
+});
+/** Memory region description. */
+export const MemoryRegionDesc = struct('memory region', {
+  guestPhysAddr: 'u64',
+  memorySize: 'u64',
+  userspaceAddr: 'u64',
+  mmapOffset: 'u64',
+});
+export type MemoryRegionDescription = ValueOfLayout<typeof MemoryRegionDesc>;
 /** SET_MEM_TABLE: u32 nregions, u32 padding, regions[nregions]. */
-export const MemoryTableHeader = new Struct('memory table', [
-  ['nregions', 4],
-  ['padding', 4],
-] as const);
+export const MemoryTableHeader = struct('memory table', { nregions: 'u32', padding: pad(4) });
 /** ADD_MEM_REG / REM_MEM_REG: u64 padding, one region. */
-export const SingleMemoryRegion = new Struct('single memory region', [
-  ['padding', 8],
-  ['guestPhysAddr', 8],
-  ['memorySize', 8],
-  ['userspaceAddr', 8],
-  ['mmapOffset', 8],
-] as const);
+export const SingleMemoryRegion = struct('single memory region', {
+  padding: pad(8),
+  guestPhysAddr: 'u64',
+  memorySize: 'u64',
+  userspaceAddr: 'u64',
+  mmapOffset: 'u64',
+});
 /** GET_CONFIG / SET_CONFIG header, followed by `size` bytes of device config. */
-export const ConfigHeader = new Struct('device config', [
-  ['offset', 4],
-  ['size', 4],
-  ['flags', 4],
-] as const);
+export const ConfigHeader = struct('device config', { offset: 'u32', size: 'u32', flags: 'u32' });
+/** SHMEM_MAP / SHMEM_UNMAP body (VhostUserMMap): u8 shmid, u8 padding[7], then the mapping. */
+export const ShmemMap = struct('shmem map', {
+  shmid: 'u8',
+  padding: pad(7),
+  fdOffset: 'u64',
+  shmOffset: 'u64',
+  len: 'u64',
+  flags: 'u64',
+});
+/** GET_SHMEM_CONFIG reply: u32 nregions, u32 padding, u64 memory_sizes[MAX_SHMEM_REGIONS] (index = shmid). */
+export const ShmemConfig = struct('shmem config', {
+  nregions: 'u32',
+  padding: pad(4),
+  memorySizes: bytes(8 * MAX_SHMEM_REGIONS),
+});
+/** struct virtio_fs_config (virtio spec 5.11.4): the tag NUL-padded to 36 bytes, then num_request_queues. */
+export const VirtioFsConfig = struct('virtio_fs_config', { tag: bytes(VIRTIO_FS_TAG_SIZE), numRequestQueues: 'u32' });
+
+/** The GET_SHMEM_CONFIG reply for regions of these sizes (index = shmid). */
+export function encodeShmemConfig(sizes: readonly bigint[]): Buffer {
+  if (sizes.length > MAX_SHMEM_REGIONS) throw new RangeError(`${sizes.length} shared memory regions, at most ${MAX_SHMEM_REGIONS}`);
+  const memorySizes = Buffer.alloc(8 * sizes.length);
+  sizes.forEach((size, i) => memorySizes.writeBigUInt64LE(size, 8 * i));
+  return encode(ShmemConfig, { nregions: sizes.length, memorySizes });
+}
+
+/** The region sizes of a GET_SHMEM_CONFIG reply; a count above MAX_SHMEM_REGIONS is a protocol error. */
+export function decodeShmemConfig(buf: Buffer): bigint[] {
+  const c = decode(ShmemConfig, buf);
+  if (c.nregions > MAX_SHMEM_REGIONS) throw new ProtocolError(`GET_SHMEM_CONFIG with ${c.nregions} regions`);
+  return Array.from({ length: c.nregions }, (_, i) => c.memorySizes.readBigUInt64LE(8 * i));
+}
+
 /**
- * The virtio-fs device config a back-end serves through GET_CONFIG: the tag
- * NUL-padded to 36 bytes (no NUL needed when it fills them), then
- * num_request_queues. Throws for a tag that is empty or longer than 36 bytes.
+ * The virtio-fs device config a back-end serves through GET_CONFIG (no NUL
+ * needed when the tag fills its 36 bytes). Throws for a tag that is empty,
+ * longer than 36 bytes or contains a NUL.
  */
 export function encodeVirtioFsConfig(tag: string, numRequestQueues: number): Buffer {
   const bytes = Buffer.from(tag, 'utf8');
   if (bytes.length === 0 || bytes.length > VIRTIO_FS_TAG_SIZE)
     throw new RangeError(`virtio-fs tag must be 1 to ${VIRTIO_FS_TAG_SIZE} bytes, not ${bytes.length}`);
   if (bytes.includes(0)) throw new RangeError('virtio-fs tag must not contain NUL');
-  const out = Buffer.alloc(VIRTIO_FS_CONFIG_SIZE);
-  bytes.copy(out, 0);
-  out.writeUInt32LE(numRequestQueues, VIRTIO_FS_TAG_SIZE);
-  return out;
-}
-/** SHMEM_MAP / SHMEM_UNMAP body: u8 shmid, u8 padding[7], then these u64s. */
-export const SHMEM_MAP_SIZE = 40;
-export interface ShmemMapBody {
-  shmid: number;
-  fdOffset: bigint;
-  shmOffset: bigint;
-  len: bigint;
-  flags: bigint;
-}
-export function encodeShmemMap(body: ShmemMapBody): Buffer {
-  const buf = Buffer.alloc(SHMEM_MAP_SIZE);
-  buf.writeUInt8(body.shmid, 0);
-  buf.writeBigUInt64LE(body.fdOffset, 8);
-  buf.writeBigUInt64LE(body.shmOffset, 16);
-  buf.writeBigUInt64LE(body.len, 24);
-  buf.writeBigUInt64LE(body.flags, 32);
-  return buf;
-}
-export function decodeShmemMap(buf: Buffer): ShmemMapBody {
-  if (buf.length < SHMEM_MAP_SIZE) throw new ProtocolError(`SHMEM map body of ${buf.length} bytes, need ${SHMEM_MAP_SIZE}`);
-  return {
-    shmid: buf.readUInt8(0),
-    fdOffset: buf.readBigUInt64LE(8),
-    shmOffset: buf.readBigUInt64LE(16),
-    len: buf.readBigUInt64LE(24),
-    flags: buf.readBigUInt64LE(32),
-  };
+  return encode(VirtioFsConfig, { tag: bytes, numRequestQueues });
 }

@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { UsageError, parseArgs } from '../../src/cli';
 import { Daemon } from '../../src/daemon';
 import { VhostUserFrontend } from '../../src/guest/frontend';
-import { ConfigHeader } from '../../src/vhost-user/messages';
+import { ConfigHeader, decode, encode } from '../../src/vhost-user/messages';
 import { FrontendRequest, ProtocolFeature } from '../../src/vhost-user/protocol';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cli-tag-'));
@@ -44,7 +44,7 @@ describe('--tag', () => {
         expect((frontend.backendProtocolFeatures & (1n << BigInt(ProtocolFeature.CONFIG))) !== 0n).toBe(tag !== undefined);
         const reply = await frontend.call(
           FrontendRequest.GET_CONFIG,
-          Buffer.concat([ConfigHeader.encode({ offset: 0, size: 40, flags: 0 }), Buffer.alloc(40)]),
+          Buffer.concat([encode(ConfigHeader, { offset: 0, size: 40, flags: 0 }), Buffer.alloc(40)]),
         );
         if (tag) {
           const config = reply.payload.subarray(ConfigHeader.size);
@@ -52,7 +52,7 @@ describe('--tag', () => {
           // One request queue: what a generic device with num_vqs=2 has.
           expect(config.readUInt32LE(36)).toBe(1);
         } else {
-          expect(ConfigHeader.decode(reply.payload).size).toBe(0);
+          expect(decode(ConfigHeader, reply.payload).size).toBe(0);
         }
       } finally {
         frontend.close();

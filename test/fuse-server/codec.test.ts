@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { pad, struct } from '../../src/fuse-server/layout';
+import { pad, struct } from '../../src/layout';
 import * as P from '../../src/fuse-server/protocol';
 
 describe('FUSE struct layouts', () => {

@@ -12,7 +12,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FuseSession } from '../../src/fuse-server/session';
 import { UnixStreamSocket, addon, close, ftruncate, guardedFaultTotal } from '../../src/sys';
 import { VhostUserBackend } from '../../src/vhost-user/backend';
-import { MemoryRegionDesc, MemoryTableHeader, SingleMemoryRegion, U64, VringAddr, VringState } from '../../src/vhost-user/messages';
+import {
+  MemoryRegionDesc,
+  MemoryTableHeader,
+  SingleMemoryRegion,
+  U64,
+  VringAddr,
+  VringState,
+  decode,
+  encode,
+} from '../../src/vhost-user/messages';
 import {
   FrontendRequest,
   HEADER_SIZE,
@@ -78,8 +87,8 @@ interface Plan {
   truncatedFrame: boolean;
 }
 
-const u64 = (v: bigint): Buffer => U64.encode({ value: v });
-const state = (index: number, num: number): Buffer => VringState.encode({ index, num });
+const u64 = (v: bigint): Buffer => encode(U64, { value: v });
+const state = (index: number, num: number): Buffer => encode(VringState, { index, num });
 
 /** Builds valid messages (and ring contents) the way a front-end would, tracking what it set up. */
 class Templates {
@@ -99,7 +108,7 @@ class Templates {
   }
 
   private region(): Buffer {
-    return MemoryRegionDesc.encode({ guestPhysAddr: 0n, memorySize: BigInt(RAM_SIZE), userspaceAddr: BigInt(RAM_UVA), mmapOffset: 0n });
+    return encode(MemoryRegionDesc, { guestPhysAddr: 0n, memorySize: BigInt(RAM_SIZE), userspaceAddr: BigInt(RAM_UVA), mmapOffset: 0n });
   }
 
   /** The handshake in the order QEMU sends it. */
@@ -113,7 +122,7 @@ class Templates {
     this.queue = this.rng.below(QUEUES);
     this.size = 1 << this.rng.int(0, 8);
     this.kickFd = this.pool.eventfd();
-    const table = Buffer.concat([MemoryTableHeader.encode({ nregions: 1, padding: 0 }), this.region()]);
+    const table = Buffer.concat([encode(MemoryTableHeader, { nregions: 1 }), this.region()]);
     return [
       m(FrontendRequest.GET_FEATURES),
       m(FrontendRequest.SET_FEATURES, u64(FEATURES)),
@@ -133,7 +142,7 @@ class Templates {
   }
 
   private vringAddr(): Buffer {
-    return VringAddr.encode({
+    return encode(VringAddr, {
       index: this.queue,
       flags: 0,
       descUserAddr: BigInt(RAM_UVA + DESC_GPA),
@@ -158,10 +167,7 @@ class Templates {
         return m(FrontendRequest.SET_PROTOCOL_FEATURES, u64(r.chance(0.8) ? PROTOCOL_FEATURES : r.u64()));
       case 3: {
         const n = r.int(1, 3);
-        const table = Buffer.concat([
-          MemoryTableHeader.encode({ nregions: n, padding: 0 }),
-          ...Array.from({ length: n }, () => this.region()),
-        ]);
+        const table = Buffer.concat([encode(MemoryTableHeader, { nregions: n }), ...Array.from({ length: n }, () => this.region())]);
         return m(
           FrontendRequest.SET_MEM_TABLE,
           table,
@@ -169,11 +175,9 @@ class Templates {
         );
       }
       case 4:
-        return m(FrontendRequest.ADD_MEM_REG, SingleMemoryRegion.encode({ padding: 0n, ...MemoryRegionDesc.decode(this.region()) }), [
-          this.ram(),
-        ]);
+        return m(FrontendRequest.ADD_MEM_REG, encode(SingleMemoryRegion, { ...decode(MemoryRegionDesc, this.region()) }), [this.ram()]);
       case 5:
-        return m(FrontendRequest.REM_MEM_REG, SingleMemoryRegion.encode({ padding: 0n, ...MemoryRegionDesc.decode(this.region()) }));
+        return m(FrontendRequest.REM_MEM_REG, encode(SingleMemoryRegion, { ...decode(MemoryRegionDesc, this.region()) }));
       case 6:
         return m(FrontendRequest.SET_VRING_NUM, state(q, r.chance(0.8) ? 1 << r.int(0, 15) : r.u32()));
       case 7:

@@ -3,7 +3,7 @@ import { DaxWindow } from '../../src/guest/dax-window';
 import { UnixStreamSocket, close } from '../../src/sys';
 import { BackendChannel } from '../../src/vhost-user/backend-channel';
 import { Connection } from '../../src/vhost-user/connection';
-import { U64 } from '../../src/vhost-user/messages';
+import { U64, encode } from '../../src/vhost-user/messages';
 import { VHOST_USER_REPLY_MASK } from '../../src/vhost-user/protocol';
 
 /**
@@ -18,7 +18,7 @@ export function daxPair(windowSize: number, options: { refuse?: boolean } = {}) 
     (msg) => {
       const status = options.refuse ? 1n : window.handleBackendRequest(msg);
       for (const fd of msg.fds.splice(0)) close(fd);
-      frontend.send(msg.request, VHOST_USER_REPLY_MASK, U64.encode({ value: status }));
+      frontend.send(msg.request, VHOST_USER_REPLY_MASK, encode(U64, { value: status }));
     },
     () => undefined,
   );

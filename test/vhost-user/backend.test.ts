@@ -7,7 +7,7 @@ import { UnixListener } from '../../src/sys';
 import { VhostUserBackend } from '../../src/vhost-user/backend';
 import { FrontendRequest, ProtocolFeature, VHOST_USER_NEED_REPLY_MASK } from '../../src/vhost-user/protocol';
 import { MFD_CLOEXEC, close, ftruncate, memfdCreate } from '../../src/sys';
-import { MemoryRegionDesc, MemoryTableHeader, SingleMemoryRegion, U64 } from '../../src/vhost-user/messages';
+import { MemoryRegionDesc, MemoryTableHeader, SingleMemoryRegion, U64, encode } from '../../src/vhost-user/messages';
 import { VIRTQ_DESC_F_INDIRECT } from '../../src/vhost-user/virtqueue';
 import { EchoDevice } from './echo-backend';
 
@@ -112,7 +112,7 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
   it('survives a call fd it cannot write and keeps serving', async () => {
     const { frontend, disconnected } = await start();
     const readOnly = fs.openSync('/etc/hostname', 'r');
-    await frontend.send(FrontendRequest.SET_VRING_CALL, U64.encode({ value: 2n }), [readOnly]);
+    await frontend.send(FrontendRequest.SET_VRING_CALL, encode(U64, { value: 2n }), [readOnly]);
     fs.closeSync(readOnly);
     const b = frontend.ram.alloc(16);
     // No signal can come back on queue 2: look at its used ring instead.
@@ -127,7 +127,7 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
   it('refuses a memory table it cannot use without unmapping the one in use', async () => {
     const { frontend, disconnected, logs } = await start();
     const table = Buffer.alloc(MemoryTableHeader.size + MemoryRegionDesc.size);
-    MemoryTableHeader.encode({ nregions: 1, padding: 0 }, table);
+    MemoryTableHeader.encode({ nregions: 1 }, table, 0);
     MemoryRegionDesc.encode({ guestPhysAddr: 0n, memorySize: 0n, userspaceAddr: 0n, mmapOffset: 0n }, table, MemoryTableHeader.size);
     await expect(frontend.send(FrontendRequest.SET_MEM_TABLE, table, [frontend.ram.regions[0].fd])).rejects.toThrow(/status 1/);
     expect(logs.join('\n')).toMatch(/unusable region/);
@@ -140,8 +140,7 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
     const { frontend } = await start();
     const fd = memfdCreate('small', MFD_CLOEXEC);
     ftruncate(fd, 4096);
-    const region = SingleMemoryRegion.encode({
-      padding: 0n,
+    const region = encode(SingleMemoryRegion, {
       guestPhysAddr: 0x300000000n,
       memorySize: 1n << 20n,
       userspaceAddr: 0x700000000000n,
@@ -154,8 +153,7 @@ describe('VhostUserBackend with the TypeScript front-end', () => {
   it('refuses to remove the memory region that holds a running ring', async () => {
     const { frontend, disconnected, logs } = await start();
     const r = frontend.ram.regions[1]; // queue 1's rings live in region 1
-    const region = SingleMemoryRegion.encode({
-      padding: 0n,
+    const region = encode(SingleMemoryRegion, {
       guestPhysAddr: BigInt(r.guestPhysAddr),
       memorySize: BigInt(r.size),
       userspaceAddr: BigInt(r.userspaceAddr),

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { VhostUserFrontend } from '../../src/guest/frontend';
 import { MFD_CLOEXEC, UnixListener, close, ftruncate, memfdCreate } from '../../src/sys';
 import { BackendOptions, VhostUserBackend } from '../../src/vhost-user/backend';
-import { ConfigHeader, SingleMemoryRegion, U64, encodeVirtioFsConfig } from '../../src/vhost-user/messages';
+import { ConfigHeader, SingleMemoryRegion, U64, decode, encode, encodeVirtioFsConfig } from '../../src/vhost-user/messages';
 import { FrontendRequest, MAX_MEM_SLOTS, ProtocolFeature } from '../../src/vhost-user/protocol';
 import { EchoDevice } from './echo-backend';
 
@@ -63,7 +63,7 @@ async function echo(frontend: VhostUserFrontend, text: string): Promise<string> 
 
 /** GET_CONFIG as QEMU sends it: the header and `size` bytes (zeros). */
 function getConfig(frontend: VhostUserFrontend, offset: number, size: number) {
-  const payload = Buffer.concat([ConfigHeader.encode({ offset, size, flags: 0 }), Buffer.alloc(size)]);
+  const payload = Buffer.concat([encode(ConfigHeader, { offset, size, flags: 0 }), Buffer.alloc(size)]);
   return frontend.call(FrontendRequest.GET_CONFIG, payload);
 }
 
@@ -74,8 +74,7 @@ function memfd(size = 1 << 16): number {
   return fd;
 }
 const slot = (i: number) =>
-  SingleMemoryRegion.encode({
-    padding: 0n,
+  encode(SingleMemoryRegion, {
     guestPhysAddr: BigInt(0x200000000 + i * 0x100000),
     memorySize: 1n << 16n,
     userspaceAddr: BigInt(0x7f0000000000 + i * 0x100000),
@@ -99,7 +98,7 @@ describe('device config (VHOST_USER_PROTOCOL_F_CONFIG)', () => {
     const { frontend } = await start({ deviceConfig: config });
     expect((frontend.backendProtocolFeatures & (1n << BigInt(ProtocolFeature.CONFIG))) !== 0n).toBe(true);
     const whole = await getConfig(frontend, 0, 40);
-    expect(ConfigHeader.decode(whole.payload)).toMatchObject({ offset: 0, size: 40 });
+    expect(decode(ConfigHeader, whole.payload)).toMatchObject({ offset: 0, size: 40 });
     expect(whole.payload.subarray(ConfigHeader.size)).toEqual(config);
     const tagOnly = await getConfig(frontend, 36, 4);
     expect(tagOnly.payload.subarray(ConfigHeader.size).readUInt32LE(0)).toBe(1);
@@ -111,7 +110,7 @@ describe('device config (VHOST_USER_PROTOCOL_F_CONFIG)', () => {
     ]) {
       const r = await getConfig(frontend, offset, Math.min(size, 64));
       expect(r.payload.length).toBe(ConfigHeader.size);
-      expect(ConfigHeader.decode(r.payload).size).toBe(0);
+      expect(decode(ConfigHeader, r.payload).size).toBe(0);
     }
     expect(await echo(frontend, 'still here')).toBe('still here');
   });
@@ -120,11 +119,11 @@ describe('device config (VHOST_USER_PROTOCOL_F_CONFIG)', () => {
     const { frontend } = await start();
     expect((frontend.backendProtocolFeatures & (1n << BigInt(ProtocolFeature.CONFIG))) !== 0n).toBe(false);
     const r = await getConfig(frontend, 0, 40);
-    expect(ConfigHeader.decode(r.payload).size).toBe(0);
+    expect(decode(ConfigHeader, r.payload).size).toBe(0);
   });
 
   it('refuses SET_CONFIG (virtio-fs config is read-only) and keeps the connection, with or without REPLY_ACK', async () => {
-    const payload = Buffer.concat([ConfigHeader.encode({ offset: 0, size: 40, flags: 0 }), Buffer.alloc(40)]);
+    const payload = Buffer.concat([encode(ConfigHeader, { offset: 0, size: 40, flags: 0 }), Buffer.alloc(40)]);
     const withAck = await start({ deviceConfig: encodeVirtioFsConfig('myfs', 1) });
     await expect(withAck.frontend.send(FrontendRequest.SET_CONFIG, payload)).rejects.toThrow(/status 1/);
     expect(withAck.logs.join('\n')).toMatch(/SET_CONFIG refused: the device config is read-only/);
@@ -140,7 +139,7 @@ describe('device config (VHOST_USER_PROTOCOL_F_CONFIG)', () => {
 describe('memory slots', () => {
   it(`offers QEMU's ${MAX_MEM_SLOTS} slots`, async () => {
     const { frontend } = await start();
-    expect(U64.decode((await frontend.call(FrontendRequest.GET_MAX_MEM_SLOTS)).payload).value).toBe(512n);
+    expect(decode(U64, (await frontend.call(FrontendRequest.GET_MAX_MEM_SLOTS)).payload).value).toBe(512n);
   });
 
   it('refuses an ADD_MEM_REG past the last slot, and a REM_MEM_REG of that region, without disconnecting a front-end that asked no reply', async () => {

@@ -29,7 +29,7 @@ import {
   syscall,
 } from '../../src/sys';
 import { VhostUserBackend } from '../../src/vhost-user/backend';
-import { MemoryRegionDesc, MemoryTableHeader, SingleMemoryRegion, U64, VringAddr, VringState } from '../../src/vhost-user/messages';
+import { MemoryRegionDesc, MemoryTableHeader, SingleMemoryRegion, U64, VringAddr, VringState, encode } from '../../src/vhost-user/messages';
 import { FrontendRequest, MAX_MEM_SLOTS, VHOST_USER_NEED_REPLY_MASK } from '../../src/vhost-user/protocol';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/vhost-user/virtqueue';
 import { listenEcho } from './echo-backend';
@@ -110,12 +110,12 @@ const until = async (cond: () => unknown, ms = 2000) => {
 };
 
 function region(gpa: bigint, size: bigint, uva: bigint, offset = 0n): Buffer {
-  return SingleMemoryRegion.encode({ padding: 0n, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uva, mmapOffset: offset });
+  return encode(SingleMemoryRegion, { guestPhysAddr: gpa, memorySize: size, userspaceAddr: uva, mmapOffset: offset });
 }
 
 function memTable(regions: { gpa: number; size: number; uva: number; offset: number }[], nregions = regions.length): Buffer {
   const table = Buffer.alloc(MemoryTableHeader.size + 8 * MemoryRegionDesc.size);
-  MemoryTableHeader.encode({ nregions, padding: 0 }, table);
+  MemoryTableHeader.encode({ nregions }, table, 0);
   regions.forEach((r, i) =>
     MemoryRegionDesc.encode(
       { guestPhysAddr: BigInt(r.gpa), memorySize: BigInt(r.size), userspaceAddr: BigInt(r.uva), mmapOffset: BigInt(r.offset) },
@@ -171,7 +171,7 @@ describe('memory tables from a hostile front-end', () => {
     const { frontend, log } = await start();
     // Queue 1 runs with 128 entries in region 1; its used ring ends at 4096 + 1030 there.
     expect(frontend.queues[1].used.addr - frontend.ram.regions[1].guestPhysAddr).toBe(4096);
-    await frontend.send(FrontendRequest.SET_VRING_NUM, VringState.encode({ index: 1, num: 2 }));
+    await frontend.send(FrontendRequest.SET_VRING_NUM, encode(VringState, { index: 1, num: 2 }));
     const table = currentTable(frontend);
     table[1] = { ...table[1], size: 4096 + 512 }; // room for 2 entries' rings, not for 128
     await expect(
@@ -333,13 +333,13 @@ describe('memory tables from a hostile front-end', () => {
 describe('vring set-up from a hostile front-end', () => {
   it.each([0, 3, 65536])('disconnects cleanly on a queue size of %i', async (num) => {
     const { frontend, disconnected } = await start();
-    await expect(frontend.send(FrontendRequest.SET_VRING_NUM, VringState.encode({ index: 1, num }))).rejects.toThrow();
+    await expect(frontend.send(FrontendRequest.SET_VRING_NUM, encode(VringState, { index: 1, num }))).rejects.toThrow();
     await until(disconnected);
     expect(disconnected()?.err?.message).toMatch(new RegExp(`bad queue size ${num}`));
   });
 
   const ringAddr = (f: Frontend, q: GuestQueue, change: Partial<Record<'desc' | 'avail' | 'used', number>>) =>
-    VringAddr.encode({
+    encode(VringAddr, {
       index: q.index,
       flags: 0,
       descUserAddr: BigInt(change.desc ?? f.ram.userAddr(q.desc.addr)),
@@ -372,7 +372,7 @@ describe('vring set-up from a hostile front-end', () => {
   it('refuses ring addresses that do not hold the whole ring already at SET_VRING_ADDR on a stopped ring', async () => {
     const { frontend } = await start();
     const q = frontend.queues[2];
-    await frontend.call(FrontendRequest.GET_VRING_BASE, VringState.encode({ index: 2, num: 0 }));
+    await frontend.call(FrontendRequest.GET_VRING_BASE, encode(VringState, { index: 2, num: 0 }));
     const r = frontend.ram.regions[0];
     await expect(
       frontend.send(FrontendRequest.SET_VRING_ADDR, ringAddr(frontend, q, { used: r.userspaceAddr + r.size - 64 })),
@@ -389,7 +389,7 @@ describe('vring set-up from a hostile front-end', () => {
     const rep = frontend.ram.alloc(64, 1);
     const len = await q.submit([{ addr: req.addr, len: 6 }], [{ addr: rep.addr, len: 64 }]);
     req.view.write('AGAIN!'); // a chain served again would echo this
-    await frontend.send(FrontendRequest.SET_VRING_KICK, U64.encode({ value: 2n }), [q.kickFd]);
+    await frontend.send(FrontendRequest.SET_VRING_KICK, encode(U64, { value: 2n }), [q.kickFd]);
     await new Promise((r) => setTimeout(r, 20));
     expect(rep.view.subarray(0, len).toString()).toBe('second');
     expect(await echo(frontend, 2, 'third')).toBe('third');
@@ -528,20 +528,20 @@ describe('file descriptors that are not eventfds', () => {
   it.each(kinds)('refuses %s as a kick fd, and takes an eventfd for the ring afterwards', async (_, open) => {
     const { frontend, log, disconnected } = await start();
     const fd = open();
-    await expect(frontend.send(FrontendRequest.SET_VRING_KICK, U64.encode({ value: 2n }), [fd])).rejects.toThrow(/status 1/);
+    await expect(frontend.send(FrontendRequest.SET_VRING_KICK, encode(U64, { value: 2n }), [fd])).rejects.toThrow(/status 1/);
     fs.closeSync(fd);
     expect(log()).toMatch(/queue 2: kick fd cannot be polled/);
     expect(disconnected()).toBeNull();
     expect(await echo(frontend, 1, 'other queue')).toBe('other queue');
-    await frontend.send(FrontendRequest.SET_VRING_KICK, U64.encode({ value: 2n }), [frontend.queues[2].kickFd]);
-    await frontend.send(FrontendRequest.SET_VRING_ENABLE, VringState.encode({ index: 2, num: 1 }));
+    await frontend.send(FrontendRequest.SET_VRING_KICK, encode(U64, { value: 2n }), [frontend.queues[2].kickFd]);
+    await frontend.send(FrontendRequest.SET_VRING_ENABLE, encode(VringState, { index: 2, num: 1 }));
     expect(await echo(frontend, 2, 'queue 2 back')).toBe('queue 2 back');
   });
 
   it.each(kinds)('survives %s as a call fd', async (_, open) => {
     const { frontend, disconnected } = await start();
     const fd = open();
-    await frontend.send(FrontendRequest.SET_VRING_CALL, U64.encode({ value: 2n }), [fd]);
+    await frontend.send(FrontendRequest.SET_VRING_CALL, encode(U64, { value: 2n }), [fd]);
     fs.closeSync(fd);
     const q = frontend.queues[2];
     const b = frontend.ram.alloc(16);
@@ -555,7 +555,7 @@ describe('file descriptors that are not eventfds', () => {
   it.each(kinds)('accepts %s as an err fd (never written) and keeps serving', async (_, open) => {
     const { frontend } = await start();
     const fd = open();
-    await frontend.send(FrontendRequest.SET_VRING_ERR, U64.encode({ value: 1n }), [fd]);
+    await frontend.send(FrontendRequest.SET_VRING_ERR, encode(U64, { value: 1n }), [fd]);
     fs.closeSync(fd);
     await stillServes(frontend);
   });
@@ -598,7 +598,7 @@ describe('file descriptors that are not eventfds', () => {
   it.each(deadKicks)('stops watching %s as a kick fd instead of spinning, and serves the other queues', async (_, open) => {
     const { frontend, log } = await start();
     const fd = open();
-    await frontend.send(FrontendRequest.SET_VRING_KICK, U64.encode({ value: 2n }), [fd]);
+    await frontend.send(FrontendRequest.SET_VRING_KICK, encode(U64, { value: 2n }), [fd]);
     close(fd);
     await new Promise((r) => setTimeout(r, 50));
     const cpu = process.cpuUsage();
@@ -629,7 +629,7 @@ describe('file descriptors that are not eventfds', () => {
       // EMFILE: the table is full.
     }
     try {
-      await frontend.send(FrontendRequest.SET_VRING_CALL, U64.encode({ value: 1n }), [efd]);
+      await frontend.send(FrontendRequest.SET_VRING_CALL, encode(U64, { value: 1n }), [efd]);
     } catch (err) {
       refused = err;
     } finally {
@@ -710,7 +710,7 @@ describe('call fds nobody reads, with the daemon in a process of its own', () =>
       cleanups.push(() => frontend.close());
       const [callFd, release] = make();
       cleanups.push(release);
-      await frontend.send(FrontendRequest.SET_VRING_CALL, U64.encode({ value: 1n }), [callFd]);
+      await frontend.send(FrontendRequest.SET_VRING_CALL, encode(U64, { value: 1n }), [callFd]);
       const q = frontend.queues[1];
       for (let i = 0; i < 2000; i++) await request(frontend, q, i);
       expect(await echo(frontend, 2, 'still answering')).toBe('still answering');

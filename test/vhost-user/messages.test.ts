@@ -6,12 +6,23 @@ import {
   ProtocolError,
   VringAddr,
   decodeHeader,
-  decodeShmemMap,
+  ShmemConfig,
+  ShmemMap,
+  VirtioFsConfig,
+  decode,
+  decodeShmemConfig,
   encodeHeader,
   encodeMessage,
-  encodeShmemMap,
+  encode,
+  encodeShmemConfig,
 } from '../../src/vhost-user/messages';
-import { FrontendRequest, HEADER_SIZE, VHOST_USER_NEED_REPLY_MASK, VHOST_USER_VERSION } from '../../src/vhost-user/protocol';
+import {
+  FrontendRequest,
+  HEADER_SIZE,
+  VHOST_USER_NEED_REPLY_MASK,
+  VHOST_USER_VERSION,
+  VIRTIO_FS_CONFIG_SIZE,
+} from '../../src/vhost-user/protocol';
 
 const opened: { close(): void }[] = [];
 afterEach(() => opened.splice(0).forEach((s) => s.close()));
@@ -30,20 +41,41 @@ describe('vhost-user message codec', () => {
 
   it('derives struct encode/decode from one layout', () => {
     const addr = { index: 1, flags: 0, descUserAddr: 0x1000n, usedUserAddr: 0x3000n, availUserAddr: 0x2000n, logGuestAddr: 0n };
-    const buf = VringAddr.encode(addr);
+    const buf = encode(VringAddr, addr);
     expect(buf.length).toBe(40);
     expect(buf.readBigUInt64LE(8)).toBe(0x1000n);
-    expect(VringAddr.decode(buf)).toEqual(addr);
+    expect(decode(VringAddr, buf)).toEqual(addr);
     expect(MemoryRegionDesc.size).toBe(32);
-    expect(() => VringAddr.decode(Buffer.alloc(39))).toThrow(/need 40/);
+    expect(() => decode(VringAddr, Buffer.alloc(39))).toThrow(/need 40/);
   });
 
   it('packs the 40-byte SHMEM_MAP body with shmid in the first byte', () => {
     const body = { shmid: 0, fdOffset: 0x200000n, shmOffset: 0x400000n, len: 0x200000n, flags: 1n };
-    const buf = encodeShmemMap(body);
+    const buf = encode(ShmemMap, { ...body, shmid: 3 });
     expect(buf.length).toBe(40);
+    expect(buf[0]).toBe(3);
+    expect(buf.subarray(1, 8)).toEqual(Buffer.alloc(7));
     expect(buf.readBigUInt64LE(8)).toBe(0x200000n);
-    expect(decodeShmemMap(buf)).toEqual(body);
+    expect(decode(ShmemMap, encode(ShmemMap, body))).toEqual(body);
+    expect(() => decode(ShmemMap, Buffer.alloc(39))).toThrow(ProtocolError);
+  });
+
+  it('lays out GET_SHMEM_CONFIG as u32 nregions, u32 padding, u64 sizes[256]', () => {
+    const buf = encodeShmemConfig([0x1000n, 1n << 40n]);
+    expect(buf.length).toBe(ShmemConfig.size);
+    expect(buf.length).toBe(8 + 8 * 256);
+    expect(buf.readUInt32LE(0)).toBe(2);
+    expect(buf.readBigUInt64LE(8)).toBe(0x1000n);
+    expect(buf.readBigUInt64LE(16)).toBe(1n << 40n);
+    expect(buf.subarray(24).equals(Buffer.alloc(buf.length - 24))).toBe(true);
+    expect(decodeShmemConfig(buf)).toEqual([0x1000n, 1n << 40n]);
+    buf.writeUInt32LE(257, 0);
+    expect(() => decodeShmemConfig(buf)).toThrow(ProtocolError);
+    expect(() => encodeShmemConfig(Array.from({ length: 257 }, () => 0n))).toThrow(RangeError);
+  });
+
+  it('declares struct virtio_fs_config as the 40 bytes of the spec', () => {
+    expect(VirtioFsConfig.size).toBe(VIRTIO_FS_CONFIG_SIZE);
   });
 });
 
