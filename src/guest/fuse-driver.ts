@@ -1,7 +1,7 @@
 /**
  * The guest kernel's FUSE client with a file-like, promise-based API: one
  * method per FUSE operation, arguments encoded from the layouts of
- * linux/fuse.h, replies decoded, error replies thrown as FuseError (errno and
+ * linux/fuse.h, replies decoded, error replies thrown as FuseRequestError (errno and
  * code). Framing and queues live in fuse-transport.ts.
  */
 import {
@@ -25,6 +25,7 @@ import {
   FUSE_BIG_WRITES,
   FUSE_CACHE_SYMLINKS,
   FUSE_DO_READDIRPLUS,
+  FUSE_DONT_MASK,
   FUSE_EXPLICIT_INVAL_DATA,
   FUSE_EXPORT_SUPPORT,
   FUSE_FLOCK_LOCKS,
@@ -85,19 +86,24 @@ import {
   fuse_setxattr_in,
   fuse_setxattr_in_compat,
   fuse_statfs_out,
+  fuse_statx_in,
+  fuse_statx_out,
+  fuse_syncfs_in,
   fuse_write_in,
   fuse_write_out,
   fuseRecAlign,
 } from '../fuse-server/protocol';
-import type { Layout, ValueOfLayout } from '../fuse-server/layout';
+import { type Fill, type Layout, type ValueOfLayout, encode, struct } from '../layout';
+import type { SetattrArgs } from '../fuse-server/filesystem';
 import { Errno } from '../sys/errno';
+import type { TimeSpec } from '../sys/fs';
 import { VIRTIO_RING_F_INDIRECT_DESC, bit } from '../vhost-user/protocol';
 import { type FrontendOptions, VhostUserFrontend } from './frontend';
-import { type CallOptions, FuseError, type FuseReply, FuseTransport } from './fuse-transport';
+import { type CallOptions, type FuseChannel, FuseRequestError, type FuseReply, FuseTransport } from './fuse-transport';
 
-export { FuseError, type CallOptions, type FuseReply } from './fuse-transport';
+export { FuseRequestError, type CallOptions, type FuseChannel, type FuseReply } from './fuse-transport';
 export type { EntryOut, FuseAttr, InitOut } from '../fuse-server/protocol';
-export type { FileLock };
+export type { FileLock, TimeSpec };
 export { FUSE_ROOT_ID };
 
 /* Flags and modes the methods take, beside the FUSE_* ones of src/fuse-server/protocol.ts. */
@@ -118,6 +124,7 @@ export const XATTR_REPLACE = 2;
 export type AttrOut = ValueOfLayout<typeof fuse_attr_out>;
 export type OpenOut = ValueOfLayout<typeof fuse_open_out>;
 export type Kstatfs = ValueOfLayout<typeof fuse_kstatfs>;
+export type StatxOut = ValueOfLayout<typeof fuse_statx_out>;
 
 /** What a Linux virtio-fs guest offers in INIT, minus features that change request formats or caching duties. */
 export const DEFAULT_INIT_FLAGS =
@@ -166,23 +173,10 @@ export interface InitOptions {
   flags2?: number;
 }
 
-export interface TimeSpec {
-  sec: number;
-  nsec: number;
-}
-
-/** Attributes SETATTR changes; absent fields are left alone. */
-export interface SetattrChanges {
-  fh?: number;
-  mode?: number;
-  uid?: number;
-  gid?: number;
-  size?: number;
-  atime?: TimeSpec | 'now';
-  mtime?: TimeSpec | 'now';
+/** Attributes SETATTR changes, as the server's file-system interface takes them, plus the two only the wire carries. */
+export interface SetattrChanges extends SetattrArgs {
   ctime?: TimeSpec;
   lockOwner?: bigint;
-  killSuidgid?: boolean;
 }
 
 export interface Dirent {
@@ -199,10 +193,8 @@ export interface DirentPlus extends Dirent {
   entry: EntryOut;
 }
 
-export interface CreateOut {
-  entry: EntryOut;
-  open: OpenOut;
-}
+/** CREATE's and TMPFILE's reply: the new entry and its open handle. */
+export type CreateOut = ValueOfLayout<typeof fuse_create_out>;
 
 /** A file range of an open handle, for copyFileRange(). */
 export interface FileRange {
@@ -214,9 +206,10 @@ export interface FileRange {
 /** A lock to test, take or release; `pid` defaults to 0, which is what the kernel sends. */
 export type LockRequest = Omit<FileLock, 'pid'> & { pid?: number };
 
+/** u64 fields: a number, or a bigint for values beyond 2^53. */
 export interface MappingRange {
-  moffset: number;
-  len: number;
+  moffset: number | bigint;
+  len: number | bigint;
 }
 
 export type Name = string | Buffer;
@@ -227,17 +220,13 @@ export function cstr(name: Name): Buffer {
   return Buffer.concat([body, Buffer.alloc(1)]);
 }
 
-/** A request argument: `value` encoded as `layout` in a Buffer of its own. */
-export function encode<T>(layout: Layout<T>, value: T): Buffer {
-  const b = Buffer.alloc(layout.size);
-  layout.encode(value, b, 0);
-  return b;
-}
+/** A request argument: `value` encoded as `layout` in a Buffer of its own, absent fields zero. */
+export { encode };
 
 /** Decodes a reply struct; a reply shorter than the layout is a protocol error, not a crash. */
 function decode<T>(opcode: number, layout: Layout<T>, payload: Buffer, offset = 0): T {
   if (payload.length < offset + layout.size) {
-    throw new FuseError(opcode, Errno.EPROTO, 'protocol', `reply of ${payload.length} bytes is shorter than ${layout.name}`);
+    throw new FuseRequestError(opcode, Errno.EPROTO, 'protocol', `reply of ${payload.length} bytes is shorter than ${layout.name}`);
   }
   return layout.decode(payload, offset);
 }
@@ -247,44 +236,97 @@ function time(t: TimeSpec | 'now' | undefined): TimeSpec {
 }
 
 /**
- * A FUSE session over a vhost-user-fs front-end. Call init() first. Methods
- * reject with FuseError when the back-end answers an errno.
+ * One FUSE operation as linux/fuse.h defines it: its opcode, the struct that
+ * follows fuse_in_header (null: only names or nothing), and the struct that
+ * follows fuse_out_header (null: no body, or raw bytes such as READ data).
  */
-export class FuseDriver {
-  readonly transport: FuseTransport;
+export interface FuseOp<I, O extends Layout<unknown> | null> {
+  readonly opcode: Opcode;
+  readonly in: Layout<I> | null;
+  readonly out: O;
+}
+
+function op<I, O extends Layout<unknown> | null>(opcode: Opcode, inLayout: Layout<I> | null, out: O): FuseOp<I, O> {
+  return { opcode, in: inLayout, out };
+}
+
+/** CREATE answers a fuse_entry_out followed by a fuse_open_out. */
+const fuse_create_out = struct('fuse_create_out', { entry: fuse_entry_out, open: fuse_open_out });
+
+/** Every operation the driver sends, by method: the one place an opcode meets its argument and reply layouts. */
+export const FUSE_OPS = {
+  init: op(Opcode.FUSE_INIT, fuse_init_in, fuse_init_out),
+  destroy: op(Opcode.FUSE_DESTROY, null, null),
+  lookup: op(Opcode.FUSE_LOOKUP, null, fuse_entry_out),
+  forget: op(Opcode.FUSE_FORGET, fuse_forget_in, null),
+  batchForget: op(Opcode.FUSE_BATCH_FORGET, fuse_batch_forget_in, null),
+  getattr: op(Opcode.FUSE_GETATTR, fuse_getattr_in, fuse_attr_out),
+  statx: op(Opcode.FUSE_STATX, fuse_statx_in, fuse_statx_out),
+  setattr: op(Opcode.FUSE_SETATTR, fuse_setattr_in, fuse_attr_out),
+  access: op(Opcode.FUSE_ACCESS, fuse_access_in, null),
+  statfs: op(Opcode.FUSE_STATFS, null, fuse_statfs_out),
+  mkdir: op(Opcode.FUSE_MKDIR, fuse_mkdir_in, fuse_entry_out),
+  mknod: op(Opcode.FUSE_MKNOD, fuse_mknod_in, fuse_entry_out),
+  symlink: op(Opcode.FUSE_SYMLINK, null, fuse_entry_out),
+  link: op(Opcode.FUSE_LINK, fuse_link_in, fuse_entry_out),
+  readlink: op(Opcode.FUSE_READLINK, null, null),
+  unlink: op(Opcode.FUSE_UNLINK, null, null),
+  rmdir: op(Opcode.FUSE_RMDIR, null, null),
+  rename: op(Opcode.FUSE_RENAME, fuse_rename_in, null),
+  rename2: op(Opcode.FUSE_RENAME2, fuse_rename2_in, null),
+  open: op(Opcode.FUSE_OPEN, fuse_open_in, fuse_open_out),
+  create: op(Opcode.FUSE_CREATE, fuse_create_in, fuse_create_out),
+  tmpfile: op(Opcode.FUSE_TMPFILE, fuse_create_in, fuse_create_out),
+  read: op(Opcode.FUSE_READ, fuse_read_in, null),
+  write: op(Opcode.FUSE_WRITE, fuse_write_in, fuse_write_out),
+  flush: op(Opcode.FUSE_FLUSH, fuse_flush_in, null),
+  fsync: op(Opcode.FUSE_FSYNC, fuse_fsync_in, null),
+  release: op(Opcode.FUSE_RELEASE, fuse_release_in, null),
+  fallocate: op(Opcode.FUSE_FALLOCATE, fuse_fallocate_in, null),
+  lseek: op(Opcode.FUSE_LSEEK, fuse_lseek_in, fuse_lseek_out),
+  copyFileRange: op(Opcode.FUSE_COPY_FILE_RANGE, fuse_copy_file_range_in, fuse_write_out),
+  opendir: op(Opcode.FUSE_OPENDIR, fuse_open_in, fuse_open_out),
+  releasedir: op(Opcode.FUSE_RELEASEDIR, fuse_release_in, null),
+  fsyncdir: op(Opcode.FUSE_FSYNCDIR, fuse_fsync_in, null),
+  syncfs: op(Opcode.FUSE_SYNCFS, fuse_syncfs_in, null),
+  readdir: op(Opcode.FUSE_READDIR, fuse_readdir_in, null),
+  readdirplus: op(Opcode.FUSE_READDIRPLUS, fuse_readdir_in, null),
+  setxattr: op(Opcode.FUSE_SETXATTR, fuse_setxattr_in, null),
+  /** SETXATTR as sent without FUSE_SETXATTR_EXT: the 8-byte compat struct. */
+  setxattrCompat: op(Opcode.FUSE_SETXATTR, fuse_setxattr_in_compat, null),
+  getxattr: op(Opcode.FUSE_GETXATTR, fuse_getxattr_in, null),
+  /** GETXATTR with size 0: the value's length. */
+  getxattrSize: op(Opcode.FUSE_GETXATTR, fuse_getxattr_in, fuse_getxattr_out),
+  listxattr: op(Opcode.FUSE_LISTXATTR, fuse_getxattr_in, null),
+  /** LISTXATTR with size 0: the list's length. */
+  listxattrSize: op(Opcode.FUSE_LISTXATTR, fuse_getxattr_in, fuse_getxattr_out),
+  removexattr: op(Opcode.FUSE_REMOVEXATTR, null, null),
+  getlk: op(Opcode.FUSE_GETLK, fuse_lk_in, fuse_lk_out),
+  setlk: op(Opcode.FUSE_SETLK, fuse_lk_in, null),
+  setlkw: op(Opcode.FUSE_SETLKW, fuse_lk_in, null),
+  setupMapping: op(Opcode.FUSE_SETUPMAPPING, fuse_setupmapping_in, null),
+  removeMapping: op(Opcode.FUSE_REMOVEMAPPING, fuse_removemapping_in, null),
+} as const;
+
+/** How a request of `op` is sent beside its in-struct: names after it, WRITE data, reply room, per-call options. */
+interface Send {
+  tail?: Buffer[];
+  data?: Buffer;
+  /** Reply room when the op has no out layout (raw bytes); default 0. */
+  replySize?: number;
+  opts?: CallOptions;
+}
+
+/**
+ * The FUSE operations over any FuseChannel: the vhost-user transport (FuseDriver)
+ * or a direct one in tests. Call init() first. Methods reject with FuseRequestError
+ * when the back-end answers an errno.
+ */
+export class FuseClient<C extends FuseChannel = FuseChannel> {
   /** The INIT reply, once init() succeeded. */
   initReply: InitOut | null = null;
-  private ownsFrontend = false;
 
-  constructor(
-    readonly frontend: VhostUserFrontend,
-    options: FuseDriverOptions = {},
-  ) {
-    const indirect = options.indirectRequests ?? false;
-    if (indirect && !(frontend.features & bit(VIRTIO_RING_F_INDIRECT_DESC))) {
-      throw new Error('indirect descriptors asked for but VIRTIO_RING_F_INDIRECT_DESC was not negotiated');
-    }
-    this.transport = new FuseTransport(frontend, {
-      indirect,
-      uid: options.uid ?? process.getuid?.() ?? 0,
-      gid: options.gid ?? process.getgid?.() ?? 0,
-      pid: options.pid ?? process.pid,
-      timeoutMs: options.timeoutMs ?? 0,
-    });
-  }
-
-  /** Connects a front-end to `socketPath` and wraps it; close() then closes the front-end too. */
-  static async connect(socketPath: string, options: FuseDriverOptions & FrontendOptions = {}): Promise<FuseDriver> {
-    const frontend = await VhostUserFrontend.connect(socketPath, options);
-    try {
-      const driver = new FuseDriver(frontend, options);
-      driver.ownsFrontend = true;
-      return driver;
-    } catch (err) {
-      frontend.close();
-      throw err;
-    }
-  }
+  constructor(readonly channel: C) {}
 
   /** Flags both sides agreed on in INIT (0 before init()). */
   get flags(): number {
@@ -296,12 +338,6 @@ export class FuseDriver {
     return this.initReply?.max_write ?? 4096;
   }
 
-  /** Closes the front-end if connect() made it (once); a front-end passed in stays the caller's. */
-  close(): void {
-    if (this.ownsFrontend) this.frontend.close();
-    this.ownsFrontend = false;
-  }
-
   /* ---------------- raw requests ---------------- */
 
   /**
@@ -309,85 +345,84 @@ export class FuseDriver {
    * for tests that need malformed input.
    */
   request(opcode: number, nodeid: number, payload: Buffer | Buffer[], replyCapacity: number, opts: CallOptions = {}): Promise<FuseReply> {
-    return this.transport.call({ opcode, nodeid, args: Array.isArray(payload) ? payload : [payload], replySize: replyCapacity }, opts);
+    return this.channel.call({ opcode, nodeid, args: Array.isArray(payload) ? payload : [payload], replySize: replyCapacity }, opts);
   }
 
-  /** Sends a request and returns its reply body; an error reply rejects. */
-  private async call(
-    opcode: number,
-    nodeid: number,
-    args: Buffer[],
-    replySize: number,
-    data?: Buffer,
-    opts?: CallOptions,
-  ): Promise<Buffer> {
-    const reply = await this.transport.call({ opcode, nodeid, args, data, replySize }, opts);
-    if (reply.error !== 0) throw new FuseError(opcode, -reply.error);
+  /** Sends `o` with its in-struct `value` and returns the reply body (raw); an error reply rejects. */
+  private async send<I>(o: FuseOp<I, Layout<unknown> | null>, nodeid: number, value: Fill<I> | null, s: Send = {}): Promise<Buffer> {
+    const args = o.in && value !== null ? [encode(o.in, value), ...(s.tail ?? [])] : (s.tail ?? []);
+    const replySize = o.out ? o.out.size : (s.replySize ?? 0);
+    const reply = await this.channel.call({ opcode: o.opcode, nodeid, args, data: s.data, replySize }, s.opts);
+    if (reply.error !== 0) throw new FuseRequestError(o.opcode, -reply.error);
     return reply.payload;
   }
 
-  private async entry(opcode: number, nodeid: number, args: Buffer[]): Promise<EntryOut> {
-    return decode(opcode, fuse_entry_out, await this.call(opcode, nodeid, args, fuse_entry_out.size));
+  /** Sends `o` and decodes its reply through the op's out layout. */
+  private async reply<I, O>(o: FuseOp<I, Layout<O>>, nodeid: number, value: Fill<I> | null, s: Send = {}): Promise<O> {
+    return decode(o.opcode, o.out, await this.send(o, nodeid, value, s));
   }
 
-  private async attr(opcode: number, nodeid: number, args: Buffer[]): Promise<AttrOut> {
-    return decode(opcode, fuse_attr_out, await this.call(opcode, nodeid, args, fuse_attr_out.size));
+  /** Sends `o`, which answers no body. */
+  private async done<I>(o: FuseOp<I, null>, nodeid: number, value: Fill<I> | null, s: Send = {}): Promise<void> {
+    await this.send(o, nodeid, value, s);
+  }
+
+  /** Sends `o` on the hiprio queue: the back-end answers nothing. */
+  private post<I>(o: FuseOp<I, null>, nodeid: number, value: Fill<I>, tail: Buffer[] = []): Promise<void> {
+    return this.channel.post({ opcode: o.opcode, nodeid, args: o.in ? [encode(o.in, value), ...tail] : tail });
   }
 
   /* ---------------- session ---------------- */
 
   /** FUSE_INIT: negotiates the protocol; the reply is kept in `initReply`. */
   async init(options: InitOptions = {}): Promise<InitOut> {
-    const body = await this.call(
-      Opcode.FUSE_INIT,
-      0,
-      [
-        encode(fuse_init_in, {
-          major: options.major ?? FUSE_KERNEL_VERSION,
-          minor: options.minor ?? FUSE_KERNEL_MINOR_VERSION,
-          max_readahead: options.maxReadahead ?? 128 * 1024,
-          flags: options.flags ?? DEFAULT_INIT_FLAGS,
-          flags2: options.flags2 ?? 0,
-        }),
-      ],
-      fuse_init_out.size,
-    );
+    const o = FUSE_OPS.init;
+    const body = await this.send(o, 0, {
+      major: options.major ?? FUSE_KERNEL_VERSION,
+      minor: options.minor ?? FUSE_KERNEL_MINOR_VERSION,
+      max_readahead: options.maxReadahead ?? 128 * 1024,
+      flags: options.flags ?? DEFAULT_INIT_FLAGS,
+      flags2: options.flags2 ?? 0,
+    });
     // Older protocols answer a shorter fuse_init_out: the missing tail reads as zeros.
-    const full = Buffer.alloc(fuse_init_out.size);
+    const full = Buffer.alloc(o.out.size);
     body.copy(full);
-    const reply = fuse_init_out.decode(full, 0);
+    const reply = o.out.decode(full, 0);
     if (reply.major === FUSE_KERNEL_VERSION) this.initReply = reply;
     return reply;
   }
 
   /** FUSE_DESTROY: the session ends; the back-end drops every inode and handle. */
-  async destroy(): Promise<void> {
-    await this.call(Opcode.FUSE_DESTROY, 0, [], 0);
+  destroy(): Promise<void> {
+    return this.done(FUSE_OPS.destroy, 0, null);
   }
 
   /* ---------------- names and attributes ---------------- */
 
   lookup(parent: number, name: Name): Promise<EntryOut> {
-    return this.entry(Opcode.FUSE_LOOKUP, parent, [cstr(name)]);
+    return this.reply(FUSE_OPS.lookup, parent, null, { tail: [cstr(name)] });
   }
 
   /** Drops `nlookup` references to `nodeid` (hiprio queue, no reply). */
   forget(nodeid: number, nlookup: number): Promise<void> {
-    return this.transport.post({ opcode: Opcode.FUSE_FORGET, nodeid, args: [encode(fuse_forget_in, { nlookup })] });
+    return this.post(FUSE_OPS.forget, nodeid, { nlookup });
   }
 
   /** Drops references to many inodes in one request (hiprio queue, no reply). */
   batchForget(items: { nodeid: number; nlookup: number }[]): Promise<void> {
-    const body = Buffer.alloc(fuse_batch_forget_in.size + items.length * fuse_forget_one.size);
-    fuse_batch_forget_in.encode({ count: items.length }, body, 0);
-    items.forEach((it, i) => fuse_forget_one.encode(it, body, fuse_batch_forget_in.size + i * fuse_forget_one.size));
-    return this.transport.post({ opcode: Opcode.FUSE_BATCH_FORGET, nodeid: 0, args: [body] });
+    const tail = Buffer.alloc(items.length * fuse_forget_one.size);
+    items.forEach((it, i) => fuse_forget_one.encode(it, tail, i * fuse_forget_one.size));
+    return this.post(FUSE_OPS.batchForget, 0, { count: items.length }, [tail]);
   }
 
   getattr(nodeid: number, fh?: number): Promise<AttrOut> {
-    return this.attr(Opcode.FUSE_GETATTR, nodeid, [
-      encode(fuse_getattr_in, { getattr_flags: fh === undefined ? 0 : FUSE_GETATTR_FH, fh: fh ?? 0 }),
-    ]);
+    return this.reply(FUSE_OPS.getattr, nodeid, fh === undefined ? {} : { getattr_flags: FUSE_GETATTR_FH, fh });
+  }
+
+  /** FUSE_STATX: the STATX_* fields of `mask` (through the handle `fh` if given). */
+  statx(nodeid: number, mask: number, fh?: number, sxFlags = 0): Promise<StatxOut> {
+    const value = { ...(fh === undefined ? {} : { getattr_flags: FUSE_GETATTR_FH, fh }), sx_flags: sxFlags, sx_mask: mask };
+    return this.reply(FUSE_OPS.statx, nodeid, value);
   }
 
   setattr(nodeid: number, c: SetattrChanges): Promise<AttrOut> {
@@ -406,207 +441,177 @@ export class FuseDriver {
     const atime = time(c.atime);
     const mtime = time(c.mtime);
     const ctime = time(c.ctime);
-    const args = encode(fuse_setattr_in, {
+    return this.reply(FUSE_OPS.setattr, nodeid, {
       valid,
-      fh: c.fh ?? 0,
-      size: c.size ?? 0,
-      lock_owner: c.lockOwner ?? 0n,
+      fh: c.fh,
+      size: c.size,
+      lock_owner: c.lockOwner,
       atime: atime.sec,
       mtime: mtime.sec,
       ctime: ctime.sec,
       atimensec: atime.nsec,
       mtimensec: mtime.nsec,
       ctimensec: ctime.nsec,
-      mode: c.mode ?? 0,
-      uid: c.uid ?? 0,
-      gid: c.gid ?? 0,
+      mode: c.mode,
+      uid: c.uid,
+      gid: c.gid,
     });
-    return this.attr(Opcode.FUSE_SETATTR, nodeid, [args]);
   }
 
   access(nodeid: number, mask: number): Promise<void> {
-    return this.call(Opcode.FUSE_ACCESS, nodeid, [encode(fuse_access_in, { mask })], 0).then(() => undefined);
+    return this.done(FUSE_OPS.access, nodeid, { mask });
   }
 
   async statfs(nodeid: number = FUSE_ROOT_ID): Promise<Kstatfs> {
-    return decode(Opcode.FUSE_STATFS, fuse_statfs_out, await this.call(Opcode.FUSE_STATFS, nodeid, [], fuse_statfs_out.size)).st;
+    return (await this.reply(FUSE_OPS.statfs, nodeid, null)).st;
+  }
+
+  /** FUSE_SYNCFS: syncs the file system `nodeid` lives on. */
+  syncfs(nodeid: number): Promise<void> {
+    return this.done(FUSE_OPS.syncfs, nodeid, {});
   }
 
   /* ---------------- directory entries ---------------- */
 
-  /** `mode` is the permission bits (and S_IFDIR, optional); `umask` is applied here, as the kernel does without FUSE_DONT_MASK. */
-  mkdir(parent: number, name: Name, mode: number, umask = 0): Promise<EntryOut> {
-    return this.entry(Opcode.FUSE_MKDIR, parent, [encode(fuse_mkdir_in, { mode: mode & ~umask, umask }), cstr(name)]);
+  /** `mode` with `umask` applied here, as the kernel does unless FUSE_DONT_MASK was agreed (then the server applies it). */
+  private masked(mode: number, umask: number): number {
+    return this.flags & FUSE_DONT_MASK ? mode : mode & ~umask;
+  }
+
+  /** `mode` is the permission bits (and S_IFDIR, optional). */
+  mkdir(parent: number, name: Name, mode: number, umask = 0, opts?: CallOptions): Promise<EntryOut> {
+    return this.reply(FUSE_OPS.mkdir, parent, { mode: this.masked(mode, umask), umask }, { tail: [cstr(name)], opts });
   }
 
   /** `mode` includes the file type (S_IFREG, S_IFIFO, ...). */
-  mknod(parent: number, name: Name, mode: number, rdev = 0, umask = 0): Promise<EntryOut> {
-    return this.entry(Opcode.FUSE_MKNOD, parent, [encode(fuse_mknod_in, { mode: mode & ~umask, rdev, umask }), cstr(name)]);
+  mknod(parent: number, name: Name, mode: number, rdev = 0, umask = 0, opts?: CallOptions): Promise<EntryOut> {
+    return this.reply(FUSE_OPS.mknod, parent, { mode: this.masked(mode, umask), rdev, umask }, { tail: [cstr(name)], opts });
   }
 
-  symlink(parent: number, name: Name, target: Name): Promise<EntryOut> {
-    return this.entry(Opcode.FUSE_SYMLINK, parent, [cstr(name), cstr(target)]);
+  symlink(parent: number, name: Name, target: Name, opts?: CallOptions): Promise<EntryOut> {
+    return this.reply(FUSE_OPS.symlink, parent, null, { tail: [cstr(name), cstr(target)], opts });
   }
 
   /** A new name `newName` in `newParent` for the inode `nodeid`. */
   link(nodeid: number, newParent: number, newName: Name): Promise<EntryOut> {
-    return this.entry(Opcode.FUSE_LINK, newParent, [encode(fuse_link_in, { oldnodeid: nodeid }), cstr(newName)]);
+    return this.reply(FUSE_OPS.link, newParent, { oldnodeid: nodeid }, { tail: [cstr(newName)] });
   }
 
-  async readlink(nodeid: number): Promise<Buffer> {
-    return this.call(Opcode.FUSE_READLINK, nodeid, [], 4096);
+  readlink(nodeid: number): Promise<Buffer> {
+    return this.send(FUSE_OPS.readlink, nodeid, null, { replySize: 4096 });
   }
 
-  async unlink(parent: number, name: Name): Promise<void> {
-    await this.call(Opcode.FUSE_UNLINK, parent, [cstr(name)], 0);
+  unlink(parent: number, name: Name): Promise<void> {
+    return this.done(FUSE_OPS.unlink, parent, null, { tail: [cstr(name)] });
   }
 
-  async rmdir(parent: number, name: Name): Promise<void> {
-    await this.call(Opcode.FUSE_RMDIR, parent, [cstr(name)], 0);
+  rmdir(parent: number, name: Name): Promise<void> {
+    return this.done(FUSE_OPS.rmdir, parent, null, { tail: [cstr(name)] });
   }
 
   /** RENAME without flags, RENAME2 with RENAME_NOREPLACE / RENAME_EXCHANGE / RENAME_WHITEOUT. */
-  async rename(parent: number, name: Name, newParent: number, newName: Name, flags = 0): Promise<void> {
-    if (flags === 0) {
-      await this.call(Opcode.FUSE_RENAME, parent, [encode(fuse_rename_in, { newdir: newParent }), cstr(name), cstr(newName)], 0);
-    } else {
-      await this.call(Opcode.FUSE_RENAME2, parent, [encode(fuse_rename2_in, { newdir: newParent, flags }), cstr(name), cstr(newName)], 0);
-    }
+  rename(parent: number, name: Name, newParent: number, newName: Name, flags = 0): Promise<void> {
+    const tail = [cstr(name), cstr(newName)];
+    return flags === 0
+      ? this.done(FUSE_OPS.rename, parent, { newdir: newParent }, { tail })
+      : this.done(FUSE_OPS.rename2, parent, { newdir: newParent, flags }, { tail });
   }
 
   /* ---------------- files ---------------- */
 
-  async open(nodeid: number, flags: number): Promise<OpenOut> {
-    return decode(
-      Opcode.FUSE_OPEN,
-      fuse_open_out,
-      await this.call(Opcode.FUSE_OPEN, nodeid, [encode(fuse_open_in, { flags, open_flags: 0 })], fuse_open_out.size),
-    );
+  /** `openFlags` is FUSE_OPEN_KILL_SUIDGID or 0. */
+  open(nodeid: number, flags: number, openFlags = 0): Promise<OpenOut> {
+    return this.reply(FUSE_OPS.open, nodeid, { flags, open_flags: openFlags });
   }
 
   /** Creates and opens `name`; `mode` is the permission bits (S_IFREG is added). */
-  async create(parent: number, name: Name, flags: number, mode: number, umask = 0): Promise<CreateOut> {
+  create(parent: number, name: Name, flags: number, mode: number, umask = 0, opts?: CallOptions): Promise<CreateOut> {
     const S_IFREG = 0o100000;
-    const body = await this.call(
-      Opcode.FUSE_CREATE,
-      parent,
-      [encode(fuse_create_in, { flags, mode: (S_IFREG | mode) & ~umask, umask, open_flags: 0 }), cstr(name)],
-      fuse_entry_out.size + fuse_open_out.size,
-    );
-    return {
-      entry: decode(Opcode.FUSE_CREATE, fuse_entry_out, body),
-      open: decode(Opcode.FUSE_CREATE, fuse_open_out, body, fuse_entry_out.size),
-    };
+    const value = { flags, mode: this.masked(S_IFREG | mode, umask), umask };
+    return this.reply(FUSE_OPS.create, parent, value, { tail: [cstr(name)], opts });
+  }
+
+  /** An unnamed file in the directory `parent` (O_TMPFILE), opened; LINK gives it a name. `mode` as for create(). */
+  tmpfile(parent: number, flags: number, mode: number, umask = 0): Promise<CreateOut> {
+    const S_IFREG = 0o100000;
+    const value = { flags, mode: this.masked(S_IFREG | mode, umask), umask };
+    // The kernel names no file: the argument is "/".
+    return this.reply(FUSE_OPS.tmpfile, parent, value, { tail: [cstr('/')] });
   }
 
   /** Reads up to `size` bytes; the device writes them into guest RAM, copied out once into the result. */
   read(nodeid: number, fh: number, offset: number, size: number, opts?: CallOptions): Promise<Buffer> {
-    return this.call(
-      Opcode.FUSE_READ,
-      nodeid,
-      [encode(fuse_read_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })],
-      size,
-      undefined,
-      opts,
-    );
+    return this.send(FUSE_OPS.read, nodeid, { fh, offset, size }, { replySize: size, opts });
   }
 
-  /** Writes `data` at `offset` in one request (at most `maxWrite` bytes); returns the bytes written. */
-  async write(nodeid: number, fh: number, offset: number, data: Buffer, writeFlags = 0, opts?: CallOptions): Promise<number> {
-    const body = await this.call(
-      Opcode.FUSE_WRITE,
-      nodeid,
-      [encode(fuse_write_in, { fh, offset, size: data.length, write_flags: writeFlags, lock_owner: 0n, flags: 0 })],
-      fuse_write_out.size,
-      data,
-      opts,
-    );
-    return decode(Opcode.FUSE_WRITE, fuse_write_out, body).size;
+  /**
+   * Writes `data` at `offset` in one request (at most `maxWrite` bytes); returns the bytes written.
+   * `fileFlags` is the open file's O_* flags, which the kernel sends in fuse_write_in.flags.
+   */
+  async write(
+    nodeid: number,
+    fh: number,
+    offset: number,
+    data: Buffer,
+    writeFlags = 0,
+    fileFlags = 0,
+    opts?: CallOptions,
+  ): Promise<number> {
+    const value = { fh, offset, size: data.length, write_flags: writeFlags, flags: fileFlags };
+    return (await this.reply(FUSE_OPS.write, nodeid, value, { data, opts })).size;
   }
 
-  async flush(nodeid: number, fh: number, lockOwner = 0n): Promise<void> {
-    await this.call(Opcode.FUSE_FLUSH, nodeid, [encode(fuse_flush_in, { fh, lock_owner: lockOwner })], 0);
+  flush(nodeid: number, fh: number, lockOwner = 0n): Promise<void> {
+    return this.done(FUSE_OPS.flush, nodeid, { fh, lock_owner: lockOwner });
   }
 
-  async fsync(nodeid: number, fh: number, datasync = false): Promise<void> {
-    await this.call(Opcode.FUSE_FSYNC, nodeid, [encode(fuse_fsync_in, { fh, fsync_flags: datasync ? FUSE_FSYNC_FDATASYNC : 0 })], 0);
+  fsync(nodeid: number, fh: number, datasync = false): Promise<void> {
+    return this.done(FUSE_OPS.fsync, nodeid, { fh, fsync_flags: datasync ? FUSE_FSYNC_FDATASYNC : 0 });
   }
 
-  async release(nodeid: number, fh: number, flags = 0, releaseFlags = 0, lockOwner = 0n): Promise<void> {
-    await this.call(
-      Opcode.FUSE_RELEASE,
-      nodeid,
-      [encode(fuse_release_in, { fh, flags, release_flags: releaseFlags, lock_owner: lockOwner })],
-      0,
-    );
+  release(nodeid: number, fh: number, flags = 0, releaseFlags = 0, lockOwner = 0n): Promise<void> {
+    return this.done(FUSE_OPS.release, nodeid, { fh, flags, release_flags: releaseFlags, lock_owner: lockOwner });
   }
 
-  async fallocate(nodeid: number, fh: number, offset: number, length: number, mode = 0): Promise<void> {
-    await this.call(Opcode.FUSE_FALLOCATE, nodeid, [encode(fuse_fallocate_in, { fh, offset, length, mode })], 0);
+  fallocate(nodeid: number, fh: number, offset: number, length: number, mode = 0): Promise<void> {
+    return this.done(FUSE_OPS.fallocate, nodeid, { fh, offset, length, mode });
   }
 
   /** Offsets are bigint: a u64 file position, exact beyond 2^53. */
   async lseek(nodeid: number, fh: number, offset: bigint, whence: number): Promise<bigint> {
-    const body = await this.call(Opcode.FUSE_LSEEK, nodeid, [encode(fuse_lseek_in, { fh, offset, whence })], fuse_lseek_out.size);
-    return decode(Opcode.FUSE_LSEEK, fuse_lseek_out, body).offset;
+    return (await this.reply(FUSE_OPS.lseek, nodeid, { fh, offset, whence })).offset;
   }
 
   /** Copies `len` bytes between two open files on the back-end; returns the bytes copied. */
   async copyFileRange(from: FileRange, to: FileRange, len: number, flags = 0): Promise<number> {
-    const args = encode(fuse_copy_file_range_in, {
-      fh_in: from.fh,
-      off_in: from.offset,
-      nodeid_out: to.nodeid,
-      fh_out: to.fh,
-      off_out: to.offset,
-      len,
-      flags,
-    });
-    return decode(
-      Opcode.FUSE_COPY_FILE_RANGE,
-      fuse_write_out,
-      await this.call(Opcode.FUSE_COPY_FILE_RANGE, from.nodeid, [args], fuse_write_out.size),
-    ).size;
+    const value = { fh_in: from.fh, off_in: from.offset, nodeid_out: to.nodeid, fh_out: to.fh, off_out: to.offset, len, flags };
+    return (await this.reply(FUSE_OPS.copyFileRange, from.nodeid, value)).size;
   }
 
   /* ---------------- directories ---------------- */
 
-  async opendir(nodeid: number, flags = 0): Promise<OpenOut> {
-    return decode(
-      Opcode.FUSE_OPENDIR,
-      fuse_open_out,
-      await this.call(Opcode.FUSE_OPENDIR, nodeid, [encode(fuse_open_in, { flags, open_flags: 0 })], fuse_open_out.size),
-    );
+  opendir(nodeid: number, flags = 0): Promise<OpenOut> {
+    return this.reply(FUSE_OPS.opendir, nodeid, { flags });
   }
 
-  async releasedir(nodeid: number, fh: number): Promise<void> {
-    await this.call(Opcode.FUSE_RELEASEDIR, nodeid, [encode(fuse_release_in, { fh, flags: 0, release_flags: 0, lock_owner: 0n })], 0);
+  releasedir(nodeid: number, fh: number): Promise<void> {
+    return this.done(FUSE_OPS.releasedir, nodeid, { fh });
   }
 
-  async fsyncdir(nodeid: number, fh: number, datasync = false): Promise<void> {
-    await this.call(Opcode.FUSE_FSYNCDIR, nodeid, [encode(fuse_fsync_in, { fh, fsync_flags: datasync ? FUSE_FSYNC_FDATASYNC : 0 })], 0);
+  fsyncdir(nodeid: number, fh: number, datasync = false): Promise<void> {
+    return this.done(FUSE_OPS.fsyncdir, nodeid, { fh, fsync_flags: datasync ? FUSE_FSYNC_FDATASYNC : 0 });
   }
 
   /** One READDIR reply of at most `size` bytes from cookie `offset` (0n: the start). Empty at the end. */
   async readdir(nodeid: number, fh: number, offset = 0n, size = 4096): Promise<Dirent[]> {
-    const body = await this.call(
-      Opcode.FUSE_READDIR,
-      nodeid,
-      [encode(fuse_readdir_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })],
-      size,
-    );
-    return parseDirents(body, false);
+    const value = { fh, offset, size };
+    return parseDirents(await this.send(FUSE_OPS.readdir, nodeid, value, { replySize: size }), false);
   }
 
   /** One READDIRPLUS reply; every entry with a nodeid holds a lookup reference the caller must forget. */
   async readdirplus(nodeid: number, fh: number, offset = 0n, size = 4096): Promise<DirentPlus[]> {
-    const body = await this.call(
-      Opcode.FUSE_READDIRPLUS,
-      nodeid,
-      [encode(fuse_readdir_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 })],
-      size,
-    );
-    return parseDirents(body, true);
+    const value = { fh, offset, size };
+    return parseDirents(await this.send(FUSE_OPS.readdirplus, nodeid, value, { replySize: size }), true);
   }
 
   /** Lists a whole open directory, resuming from each reply's last cookie, until an empty reply. */
@@ -619,37 +624,37 @@ export class FuseDriver {
       all.push(...batch);
       const next = batch[batch.length - 1].off;
       // A back-end that hands back the cookie it was given would list forever.
-      if (next === cookie) throw new FuseError(Opcode.FUSE_READDIR, Errno.EPROTO, 'protocol', `cookie ${cookie} does not advance`);
+      if (next === cookie)
+        throw new FuseRequestError(FUSE_OPS.readdir.opcode, Errno.EPROTO, 'protocol', `cookie ${cookie} does not advance`);
       cookie = next;
     }
   }
 
   /* ---------------- extended attributes ---------------- */
 
-  async setxattr(nodeid: number, name: Name, value: Buffer | string, flags = 0): Promise<void> {
+  /** `setxattrFlags` (FUSE_SETXATTR_ACL_KILL_SGID) needs FUSE_SETXATTR_EXT. */
+  setxattr(nodeid: number, name: Name, value: Buffer | string, flags = 0, setxattrFlags = 0): Promise<void> {
     const v = Buffer.isBuffer(value) ? value : Buffer.from(value);
+    const tail = [cstr(name), v];
     // Without FUSE_SETXATTR_EXT the back-end expects the 8-byte compat struct.
-    const args =
-      this.flags & FUSE_SETXATTR_EXT
-        ? encode(fuse_setxattr_in, { size: v.length, flags, setxattr_flags: 0 })
-        : encode(fuse_setxattr_in_compat, { size: v.length, flags });
-    await this.call(Opcode.FUSE_SETXATTR, nodeid, [args, cstr(name), v], 0);
+    return this.flags & FUSE_SETXATTR_EXT
+      ? this.done(FUSE_OPS.setxattr, nodeid, { size: v.length, flags, setxattr_flags: setxattrFlags }, { tail })
+      : this.done(FUSE_OPS.setxattrCompat, nodeid, { size: v.length, flags }, { tail });
   }
 
   /** The value of `name`; ERANGE when it is longer than `size`. */
   getxattr(nodeid: number, name: Name, size = DEFAULT_LIST_SIZE): Promise<Buffer> {
-    return this.call(Opcode.FUSE_GETXATTR, nodeid, [encode(fuse_getxattr_in, { size }), cstr(name)], size);
+    return this.send(FUSE_OPS.getxattr, nodeid, { size }, { tail: [cstr(name)], replySize: size });
   }
 
   /** The length of the value of `name` (a size-0 probe). */
   async getxattrSize(nodeid: number, name: Name): Promise<number> {
-    const body = await this.call(Opcode.FUSE_GETXATTR, nodeid, [encode(fuse_getxattr_in, { size: 0 }), cstr(name)], fuse_getxattr_out.size);
-    return decode(Opcode.FUSE_GETXATTR, fuse_getxattr_out, body).size;
+    return (await this.reply(FUSE_OPS.getxattrSize, nodeid, {}, { tail: [cstr(name)] })).size;
   }
 
   /** The attribute names of `nodeid`; ERANGE when the list is longer than `size`. */
   async listxattr(nodeid: number, size = DEFAULT_LIST_SIZE): Promise<string[]> {
-    const body = await this.call(Opcode.FUSE_LISTXATTR, nodeid, [encode(fuse_getxattr_in, { size })], size);
+    const body = await this.send(FUSE_OPS.listxattr, nodeid, { size }, { replySize: size });
     const names: string[] = [];
     for (let start = 0; start < body.length;) {
       const nul = body.indexOf(0, start);
@@ -662,61 +667,114 @@ export class FuseDriver {
 
   /** The byte length of the name list (a size-0 probe). */
   async listxattrSize(nodeid: number): Promise<number> {
-    const body = await this.call(Opcode.FUSE_LISTXATTR, nodeid, [encode(fuse_getxattr_in, { size: 0 })], fuse_getxattr_out.size);
-    return decode(Opcode.FUSE_LISTXATTR, fuse_getxattr_out, body).size;
+    return (await this.reply(FUSE_OPS.listxattrSize, nodeid, {})).size;
   }
 
-  async removexattr(nodeid: number, name: Name): Promise<void> {
-    await this.call(Opcode.FUSE_REMOVEXATTR, nodeid, [cstr(name)], 0);
+  removexattr(nodeid: number, name: Name): Promise<void> {
+    return this.done(FUSE_OPS.removexattr, nodeid, null, { tail: [cstr(name)] });
   }
 
   /* ---------------- locks ---------------- */
 
   /** The first lock that would conflict with `lock` (type F_UNLCK when none). */
   async getlk(nodeid: number, fh: number, owner: bigint, lock: LockRequest): Promise<FileLock> {
-    const body = await this.call(Opcode.FUSE_GETLK, nodeid, [this.lkIn(fh, owner, lock, false)], fuse_lk_out.size);
-    return decode(Opcode.FUSE_GETLK, fuse_lk_out, body).lk;
+    return (await this.reply(FUSE_OPS.getlk, nodeid, lkIn(fh, owner, lock, false))).lk;
   }
 
   /** Takes or releases a POSIX lock (or a BSD flock with `flock`) without waiting: EAGAIN on conflict. */
-  async setlk(nodeid: number, fh: number, owner: bigint, lock: LockRequest, flock = false): Promise<void> {
-    await this.call(Opcode.FUSE_SETLK, nodeid, [this.lkIn(fh, owner, lock, flock)], 0);
+  setlk(nodeid: number, fh: number, owner: bigint, lock: LockRequest, flock = false): Promise<void> {
+    return this.done(FUSE_OPS.setlk, nodeid, lkIn(fh, owner, lock, flock));
   }
 
   /** Like setlk() but the back-end waits until the lock can be taken. */
-  async setlkw(nodeid: number, fh: number, owner: bigint, lock: LockRequest, flock = false, opts?: CallOptions): Promise<void> {
-    await this.call(Opcode.FUSE_SETLKW, nodeid, [this.lkIn(fh, owner, lock, flock)], 0, undefined, opts);
-  }
-
-  private lkIn(fh: number, owner: bigint, lock: LockRequest, flock: boolean): Buffer {
-    return encode(fuse_lk_in, { fh, owner, lk: { ...lock, pid: lock.pid ?? 0 }, lk_flags: flock ? FUSE_LK_FLOCK : 0 });
+  setlkw(nodeid: number, fh: number, owner: bigint, lock: LockRequest, flock = false, opts?: CallOptions): Promise<void> {
+    return this.done(FUSE_OPS.setlkw, nodeid, lkIn(fh, owner, lock, flock), { opts });
   }
 
   /* ---------------- DAX ---------------- */
 
   /** Maps [foffset, foffset+len) of an open file at `moffset` of the DAX window (FUSE_SETUPMAPPING_FLAG_*); fh -1 is "no handle". */
-  async setupMapping(nodeid: number, fh: number, m: { foffset: number; len: number; moffset: number; flags: number }): Promise<void> {
-    const args = encode(fuse_setupmapping_in, {
-      fh: BigInt(fh),
-      foffset: BigInt(m.foffset),
-      len: BigInt(m.len),
-      moffset: BigInt(m.moffset),
-      flags: BigInt(m.flags),
-    });
-    await this.call(Opcode.FUSE_SETUPMAPPING, nodeid, [args], 0);
+  setupMapping(
+    nodeid: number,
+    fh: number | bigint,
+    m: { foffset: number | bigint; len: number | bigint; moffset: number | bigint; flags: number | bigint },
+    opts?: CallOptions,
+  ): Promise<void> {
+    return this.done(
+      FUSE_OPS.setupMapping,
+      nodeid,
+      {
+        fh: BigInt.asUintN(64, BigInt(fh)), // -1: no handle
+        foffset: BigInt(m.foffset),
+        len: BigInt(m.len),
+        moffset: BigInt(m.moffset),
+        flags: BigInt(m.flags),
+      },
+      { opts },
+    );
   }
 
-  async removeMapping(nodeid: number, ranges: MappingRange[]): Promise<void> {
-    const body = Buffer.alloc(fuse_removemapping_in.size + ranges.length * fuse_removemapping_one.size);
-    fuse_removemapping_in.encode({ count: ranges.length }, body, 0);
+  removeMapping(nodeid: number, ranges: MappingRange[]): Promise<void> {
+    const tail = Buffer.alloc(ranges.length * fuse_removemapping_one.size);
     ranges.forEach((r, i) =>
-      fuse_removemapping_one.encode(
-        { moffset: BigInt(r.moffset), len: BigInt(r.len) },
-        body,
-        fuse_removemapping_in.size + i * fuse_removemapping_one.size,
-      ),
+      fuse_removemapping_one.encode({ moffset: BigInt(r.moffset), len: BigInt(r.len) }, tail, i * fuse_removemapping_one.size),
     );
-    await this.call(Opcode.FUSE_REMOVEMAPPING, nodeid, [body], 0);
+    return this.done(FUSE_OPS.removeMapping, nodeid, { count: ranges.length }, { tail: [tail] });
+  }
+}
+
+function lkIn(fh: number, owner: bigint, lock: LockRequest, flock: boolean): ValueOfLayout<typeof fuse_lk_in> {
+  return { fh, owner, lk: { ...lock, pid: lock.pid ?? 0 }, lk_flags: flock ? FUSE_LK_FLOCK : 0 };
+}
+
+/**
+ * A FUSE session over a vhost-user-fs front-end: FuseClient on a FuseTransport.
+ * Call init() first.
+ */
+export class FuseDriver extends FuseClient<FuseTransport> {
+  private ownsFrontend = false;
+
+  constructor(
+    readonly frontend: VhostUserFrontend,
+    options: FuseDriverOptions = {},
+  ) {
+    const indirect = options.indirectRequests ?? false;
+    if (indirect && !(frontend.features & bit(VIRTIO_RING_F_INDIRECT_DESC))) {
+      throw new Error('indirect descriptors asked for but VIRTIO_RING_F_INDIRECT_DESC was not negotiated');
+    }
+    super(
+      new FuseTransport(frontend, {
+        indirect,
+        uid: options.uid ?? process.getuid?.() ?? 0,
+        gid: options.gid ?? process.getgid?.() ?? 0,
+        pid: options.pid ?? process.pid,
+        timeoutMs: options.timeoutMs ?? 0,
+      }),
+    );
+  }
+
+  /** The vhost-user transport (in-flight requests, raw calls). */
+  get transport(): FuseTransport {
+    return this.channel;
+  }
+
+  /** Connects a front-end to `socketPath` and wraps it; close() then closes the front-end too. */
+  static async connect(socketPath: string, options: FuseDriverOptions & FrontendOptions = {}): Promise<FuseDriver> {
+    const frontend = await VhostUserFrontend.connect(socketPath, options);
+    try {
+      const driver = new FuseDriver(frontend, options);
+      driver.ownsFrontend = true;
+      return driver;
+    } catch (err) {
+      frontend.close();
+      throw err;
+    }
+  }
+
+  /** Closes the front-end if connect() made it (once); a front-end passed in stays the caller's. */
+  close(): void {
+    if (this.ownsFrontend) this.frontend.close();
+    this.ownsFrontend = false;
   }
 }
 
@@ -732,7 +790,7 @@ export function parseDirents(body: Buffer, plus: boolean): (Dirent & { entry?: E
   const out: (Dirent & { entry?: EntryOut })[] = [];
   const header = plus ? fuse_direntplus.size : fuse_dirent.size;
   for (let pos = 0; pos < body.length;) {
-    if (pos + header > body.length) throw new FuseError(opcode, Errno.EPROTO, 'protocol', `truncated dirent at ${pos}`);
+    if (pos + header > body.length) throw new FuseRequestError(opcode, Errno.EPROTO, 'protocol', `truncated dirent at ${pos}`);
     let entry: EntryOut | undefined;
     let d: ValueOfLayout<typeof fuse_dirent>;
     if (plus) {
@@ -743,7 +801,7 @@ export function parseDirents(body: Buffer, plus: boolean): (Dirent & { entry?: E
       d = fuse_dirent.decode(body, pos);
     }
     if (pos + header + d.namelen > body.length)
-      throw new FuseError(opcode, Errno.EPROTO, 'protocol', `dirent name overruns the reply at ${pos}`);
+      throw new FuseRequestError(opcode, Errno.EPROTO, 'protocol', `dirent name overruns the reply at ${pos}`);
     const name = body.subarray(pos + header, pos + header + d.namelen).toString();
     out.push(entry ? { ino: d.ino, off: d.off, type: d.type, name, entry } : { ino: d.ino, off: d.off, type: d.type, name });
     pos += fuseRecAlign(header + d.namelen);

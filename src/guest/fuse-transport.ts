@@ -4,7 +4,7 @@
  * back into a reply. It knows framing (in/out headers, `unique` ids) but not
  * what any opcode means; fuse-driver.ts does.
  */
-import type { ValueOfLayout } from '../fuse-server/layout';
+import type { ValueOfLayout } from '../layout';
 import { Opcode, fuse_in_header, fuse_out_header } from '../fuse-server/protocol';
 import { Errno, errnoCode } from '../sys/errno';
 import type { VhostUserFrontend } from './frontend';
@@ -18,9 +18,14 @@ const OUT_HEADER = fuse_out_header.size;
 /** Why a request failed: the back-end answered an errno, sent no (sensible) reply, or none in time. */
 export type FuseErrorKind = 'reply' | 'protocol' | 'timeout';
 
-/** A failed FUSE request. `errno` is positive, `code` its name ('ENOENT'). */
-export class FuseError extends Error {
-  override name = 'FuseError';
+/**
+ * A failed FUSE request as the client sees it: the opcode, why (an errno reply,
+ * a broken reply, none in time), `errno` positive and `code` its name
+ * ('ENOENT'). Not src/fuse-server/errors.ts FuseError, the errno a server
+ * handler throws to become its reply: that one has no opcode and no failure kind.
+ */
+export class FuseRequestError extends Error {
+  override name = 'FuseRequestError';
   readonly code: string;
   constructor(
     readonly opcode: number,
@@ -48,7 +53,9 @@ export interface CallOptions {
   pid?: number;
   /** Overrides fuse_in_header.len (tests of malformed input). */
   len?: number;
-  /** Rejects with a 'timeout' FuseError when no reply came in this many ms (0: wait forever). */
+  /** Request extensions (a multiple of 8 bytes, linux/fuse.h fuse_ext_header), appended and counted in total_extlen. */
+  extensions?: Buffer;
+  /** Rejects with a 'timeout' FuseRequestError when no reply came in this many ms (0: wait forever). */
   timeoutMs?: number;
 }
 
@@ -83,12 +90,20 @@ export interface FuseReply {
   unique: bigint;
 }
 
+/** What carries requests to a FUSE server: the vhost-user FuseTransport, or a direct one in tests. */
+export interface FuseChannel {
+  /** Sends a request and waits for its reply; an error reply resolves too (see FuseReply.error). */
+  call(req: FuseCall, opts?: CallOptions): Promise<FuseReply>;
+  /** Sends a request the server does not answer (FORGET, BATCH_FORGET). */
+  post(req: Omit<FuseCall, 'replySize'>, opts?: CallOptions): Promise<void>;
+}
+
 /**
  * Builds and completes FUSE requests on a front-end's queues. Many requests may
  * be in flight at once: each owns its blocks of guest RAM until the device
  * returns its chain (even past a timeout, since the device may still write).
  */
-export class FuseTransport {
+export class FuseTransport implements FuseChannel {
   private nextUnique = 1n;
   private nextQueue = 0;
   private readonly pending = new Map<bigint, number>();
@@ -135,7 +150,7 @@ export class FuseTransport {
       },
     );
     const fail = (detail: string): never => {
-      throw new FuseError(req.opcode, Errno.EPROTO, 'protocol', detail);
+      throw new FuseRequestError(req.opcode, Errno.EPROTO, 'protocol', detail);
     };
     if (!used.out) return fail(`no reply (used length ${used.len})`);
     if (used.out.unique !== unique) fail(`reply carries unique ${used.out.unique}, request had ${unique}`);
@@ -166,6 +181,7 @@ export class FuseTransport {
     opts: CallOptions,
   ): { unique: bigint; readable: GuestBuffer[]; blocks: RamBlock[] } {
     const { ram } = this.frontend;
+    const ext = opts.extensions ?? Buffer.alloc(0);
     const args = (req.args ?? []).filter((a) => a.length > 0);
     const argsLen = args.reduce((n, a) => n + a.length, 0);
     const dataLen = req.data?.length ?? 0;
@@ -174,14 +190,14 @@ export class FuseTransport {
     const head = ram.alloc(IN_HEADER + argsLen);
     fuse_in_header.encode(
       {
-        len: opts.len ?? IN_HEADER + argsLen + dataLen,
+        len: opts.len ?? IN_HEADER + argsLen + dataLen + ext.length,
         opcode: req.opcode,
         unique,
         nodeid: req.nodeid,
         uid: opts.uid ?? this.defaults.uid,
         gid: opts.gid ?? this.defaults.gid,
         pid: opts.pid ?? this.defaults.pid,
-        total_extlen: 0,
+        total_extlen: ext.length / 8,
       },
       head.view,
       0,
@@ -201,6 +217,13 @@ export class FuseTransport {
       req.data.copy(data.view);
       readable.push({ addr: data.addr, len: dataLen });
       blocks.push(data);
+    }
+    if (ext.length > 0) {
+      // Extensions close the request, after any data (the kernel appends them last).
+      const block = ram.alloc(ext.length);
+      ext.copy(block.view);
+      readable.push({ addr: block.addr, len: ext.length });
+      blocks.push(block);
     }
     return { unique, readable, blocks };
   }
@@ -227,7 +250,7 @@ export class FuseTransport {
     if (timeoutMs <= 0) return done;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new FuseError(opcode, Errno.ETIMEDOUT, 'timeout', `no reply within ${timeoutMs} ms`)),
+        () => reject(new FuseRequestError(opcode, Errno.ETIMEDOUT, 'timeout', `no reply within ${timeoutMs} ms`)),
         timeoutMs,
       );
       done.then(

@@ -4,7 +4,7 @@
  */
 import { constants } from 'node:fs';
 import { afterEach, expect } from 'vitest';
-import { FuseError } from '../../src/guest/fuse-driver';
+import { FuseRequestError } from '../../src/guest/fuse-driver';
 import type { Backend } from '../helpers/backends';
 import { type Session, type SessionOptions, openSession } from '../helpers/fuse-session';
 
@@ -30,8 +30,8 @@ export async function expectErrno(p: Promise<unknown>, ...codes: string[]): Prom
     () => null,
     (e: unknown) => e,
   );
-  expect(err, `expected ${codes.join(' or ')}, got success`).toBeInstanceOf(FuseError);
-  const fe = err as FuseError;
+  expect(err, `expected ${codes.join(' or ')}, got success`).toBeInstanceOf(FuseRequestError);
+  const fe = err as FuseRequestError;
   expect(fe.kind, fe.message).toBe('reply');
   expect(codes, fe.message).toContain(fe.code);
 }

@@ -8,8 +8,8 @@ import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys';
 import { daxPair } from '../helpers/dax-pair';
-import type { Reply } from './fuse-driver';
-import { encode, openFdCount } from './fuse-driver';
+import type { CallOptions } from '../../src/guest/fuse-driver';
+import { encode, openFdCount, replyError } from './fuse-driver';
 import { Harness, LINUX_FLAGS, LINUX_FLAGS2 } from './harness';
 
 const MiB = 1024 * 1024;
@@ -47,15 +47,30 @@ function daxHarness(policy: DaxPolicy = 'always', options: ConstructorParameters
 function setupIn(foffset: bigint, len: bigint, moffset: bigint, flags: bigint): Buffer {
   return encode(P.fuse_setupmapping_in, { fh: NO_FH, foffset, len, flags, moffset });
 }
-function removeIn(ranges: [bigint, bigint][], count = ranges.length): Buffer {
+/** SETUPMAPPING by nodeid (no handle): the error it answers. */
+function setup(
+  h: Harness,
+  nodeid: number,
+  foffset: bigint,
+  len: bigint,
+  moffset: bigint,
+  flags = READ,
+  opts?: CallOptions,
+): Promise<number> {
+  return replyError(h.client.setupMapping(nodeid, NO_FH, { foffset, len, moffset, flags }, opts));
+}
+/** REMOVEMAPPING of `ranges` (with `count` in its header, which may lie): the error it answers. */
+async function remove(h: Harness, ranges: [bigint, bigint][], count = ranges.length): Promise<number> {
+  if (count === ranges.length)
+    return replyError(
+      h.client.removeMapping(
+        1,
+        ranges.map(([moffset, len]) => ({ moffset, len })),
+      ),
+    );
   const head = encode(P.fuse_removemapping_in, { count });
-  return Buffer.concat([head, ...ranges.map(([moffset, len]) => encode(P.fuse_removemapping_one, { moffset, len }))]);
-}
-async function setup(h: Harness, nodeid: number, foffset: bigint, len: bigint, moffset: bigint, flags = READ): Promise<Reply> {
-  return h.fuse.requestAsync(Opcode.FUSE_SETUPMAPPING, nodeid, [setupIn(foffset, len, moffset, flags)]);
-}
-async function remove(h: Harness, ranges: [bigint, bigint][], count?: number): Promise<Reply> {
-  return h.fuse.requestAsync(Opcode.FUSE_REMOVEMAPPING, 1, [removeIn(ranges, count)]);
+  const entries = ranges.map(([moffset, len]) => encode(P.fuse_removemapping_one, { moffset, len }));
+  return (await h.client.request(Opcode.FUSE_REMOVEMAPPING, 1, [head, ...entries], 0)).error;
 }
 const settle = () => new Promise((r) => setTimeout(r, 20));
 
@@ -63,20 +78,20 @@ describe('without --dax-window', () => {
   it('offers no map alignment and answers SETUPMAPPING/REMOVEMAPPING with ENOSYS, like the reference daemon', async () => {
     const h = Harness.create({}, (d) => fs.writeFileSync(`${d}/f`, 'x'));
     cleanups.push(() => h.close());
-    const out = h.init();
+    const out = await h.start();
     expect(out.flags & P.FUSE_MAP_ALIGNMENT).toBe(0);
     expect(out.flags2 & P.FUSE_HAS_INODE_DAX_FLAGS2).toBe(0);
-    const f = h.lookup(1, 'f').nodeid;
-    expect((await setup(h, f, 0n, 2n * 1024n * 1024n, 0n)).error).toBe(-Errno.ENOSYS);
-    expect((await remove(h, [[0n, 4096n]])).error).toBe(-Errno.ENOSYS);
-    expect(h.lookup(1, 'f').attr.flags & P.FUSE_ATTR_DAX).toBe(0);
+    const f = (await h.client.lookup(1, 'f')).nodeid;
+    expect(await setup(h, f, 0n, 2n * 1024n * 1024n, 0n)).toBe(-Errno.ENOSYS);
+    expect(await remove(h, [[0n, 4096n]])).toBe(-Errno.ENOSYS);
+    expect((await h.client.lookup(1, 'f')).attr.flags & P.FUSE_ATTR_DAX).toBe(0);
   });
 });
 
 describe('--dax-window', () => {
-  it('INIT offers FUSE_MAP_ALIGNMENT with the mapper alignment and per-inode DAX', () => {
+  it('INIT offers FUSE_MAP_ALIGNMENT with the mapper alignment and per-inode DAX', async () => {
     const { h } = daxHarness();
-    const out = h.init();
+    const out = await h.start();
     expect(out.flags & P.FUSE_MAP_ALIGNMENT).toBe(P.FUSE_MAP_ALIGNMENT);
     expect(out.map_alignment).toBe(MAP_ALIGNMENT_LOG2);
     expect(out.flags2 & P.FUSE_HAS_INODE_DAX_FLAGS2).toBe(P.FUSE_HAS_INODE_DAX_FLAGS2);
@@ -84,151 +99,149 @@ describe('--dax-window', () => {
 
   it('maps a file range read-only into the window and unmaps it', async () => {
     const { h, window, mapper, content } = daxHarness();
-    h.init();
-    const big = h.lookup(1, 'big').nodeid;
+    await h.start();
+    const big = (await h.client.lookup(1, 'big')).nodeid;
     const fds = openFdCount();
-    const r = await setup(h, big, BigInt(MiB), BigInt(2 * MiB), BigInt(4 * MiB));
+    // Raw, with room for a body: the reply must carry none.
+    const r = await h.client.request(Opcode.FUSE_SETUPMAPPING, big, [setupIn(BigInt(MiB), BigInt(2 * MiB), BigInt(4 * MiB), READ)], 4096);
     expect(r.error).toBe(0);
-    expect(r.body.length).toBe(0);
+    expect(r.payload.length).toBe(0);
     expect(window.view(4 * MiB, 64)).toEqual(content.subarray(MiB, MiB + 64));
     expect(mapper.list()).toEqual([
       { moffset: BigInt(4 * MiB), len: BigInt(2 * MiB), foffset: BigInt(MiB), nodeid: BigInt(big), writable: false },
     ]);
     // Only the mapper's own duplicate stays open: ours was closed.
     expect(openFdCount()).toBe(fds + 1);
-    expect((await remove(h, [[BigInt(4 * MiB), BigInt(2 * MiB)]])).error).toBe(0);
+    expect(await remove(h, [[BigInt(4 * MiB), BigInt(2 * MiB)]])).toBe(0);
     expect(window.mappingCount).toBe(0);
     expect(openFdCount()).toBe(fds);
   });
 
   it('maps writable ranges: guest stores reach the host file', async () => {
     const { h, window } = daxHarness();
-    h.init();
-    const big = h.lookup(1, 'big').nodeid;
-    expect((await setup(h, big, 0n, BigInt(2 * MiB), 0n, READ | WRITE)).error).toBe(0);
+    await h.start();
+    const big = (await h.client.lookup(1, 'big')).nodeid;
+    expect(await setup(h, big, 0n, BigInt(2 * MiB), 0n, READ | WRITE)).toBe(0);
     window.view(0, 16).write('through the DAX');
     expect(fs.readFileSync(h.p('big')).subarray(0, 15).toString()).toBe('through the DAX');
   });
 
   it('removes several ranges in one request', async () => {
     const { h, window } = daxHarness();
-    h.init();
-    const big = h.lookup(1, 'big').nodeid;
-    expect((await setup(h, big, 0n, BigInt(2 * MiB), 0n)).error).toBe(0);
-    expect((await setup(h, big, BigInt(2 * MiB), BigInt(2 * MiB), BigInt(2 * MiB))).error).toBe(0);
+    await h.start();
+    const big = (await h.client.lookup(1, 'big')).nodeid;
+    expect(await setup(h, big, 0n, BigInt(2 * MiB), 0n)).toBe(0);
+    expect(await setup(h, big, BigInt(2 * MiB), BigInt(2 * MiB), BigInt(2 * MiB))).toBe(0);
     expect(window.mappingCount).toBe(2);
     expect(
-      (
-        await remove(h, [
-          [0n, BigInt(2 * MiB)],
-          [BigInt(2 * MiB), BigInt(2 * MiB)],
-        ])
-      ).error,
+      await remove(h, [
+        [0n, BigInt(2 * MiB)],
+        [BigInt(2 * MiB), BigInt(2 * MiB)],
+      ]),
     ).toBe(0);
     expect(window.mappingCount).toBe(0);
   });
 
   it('refuses bad mappings: alignment, bounds, non-files, unknown inodes, malformed removals', async () => {
     const { h, window } = daxHarness();
-    h.init();
-    const big = h.lookup(1, 'big').nodeid;
-    const dir = h.lookup(1, 'dir').nodeid;
-    expect((await setup(h, big, 100n, 4096n, 0n)).error).toBe(-Errno.EINVAL);
-    expect((await setup(h, big, 0n, 4096n, BigInt(WINDOW))).error).toBe(-Errno.EINVAL);
-    expect((await setup(h, big, 0n, 0n, 0n)).error).toBe(-Errno.EINVAL);
-    expect((await setup(h, dir, 0n, 4096n, 0n)).error).toBe(-Errno.EISDIR);
-    expect((await setup(h, 999, 0n, 4096n, 0n)).error).toBe(-Errno.EBADF);
-    expect((await remove(h, [[BigInt(WINDOW), 4096n]])).error).toBe(-Errno.EINVAL);
+    await h.start();
+    const big = (await h.client.lookup(1, 'big')).nodeid;
+    const dir = (await h.client.lookup(1, 'dir')).nodeid;
+    expect(await setup(h, big, 100n, 4096n, 0n)).toBe(-Errno.EINVAL);
+    expect(await setup(h, big, 0n, 4096n, BigInt(WINDOW))).toBe(-Errno.EINVAL);
+    expect(await setup(h, big, 0n, 0n, 0n)).toBe(-Errno.EINVAL);
+    expect(await setup(h, dir, 0n, 4096n, 0n)).toBe(-Errno.EISDIR);
+    expect(await setup(h, 999, 0n, 4096n, 0n)).toBe(-Errno.EBADF);
+    expect(await remove(h, [[BigInt(WINDOW), 4096n]])).toBe(-Errno.EINVAL);
     // The count must match the ranges present; zero ranges is no request at all.
-    expect((await remove(h, [[0n, 4096n]], 2)).error).toBe(-Errno.EINVAL);
-    expect((await remove(h, [], 0)).error).toBe(-Errno.EINVAL);
-    expect(h.fuse.request(Opcode.FUSE_SETUPMAPPING, big, [Buffer.alloc(16)]).error).toBe(-Errno.EINVAL);
+    expect(await remove(h, [[0n, 4096n]], 2)).toBe(-Errno.EINVAL);
+    expect(await remove(h, [], 0)).toBe(-Errno.EINVAL);
+    expect((await h.client.request(Opcode.FUSE_SETUPMAPPING, big, [Buffer.alloc(16)], 0)).error).toBe(-Errno.EINVAL);
     expect(window.mappingCount).toBe(0);
   });
 
   it('maps writable only for a caller who may write the file', async () => {
     const { h, window } = daxHarness();
-    h.init();
+    await h.start();
     fs.chmodSync(h.p('big'), 0o644);
-    const big = h.lookup(1, 'big').nodeid;
-    const as = (uid: number, flags: bigint) =>
-      h.fuse.requestAsync(Opcode.FUSE_SETUPMAPPING, big, [setupIn(0n, BigInt(2 * MiB), 0n, flags)], { uid, gid: uid });
-    expect((await as(1000, READ | WRITE)).error).toBe(-Errno.EACCES);
+    const big = (await h.client.lookup(1, 'big')).nodeid;
+    const as = (uid: number, flags: bigint) => setup(h, big, 0n, BigInt(2 * MiB), 0n, flags, { uid, gid: uid });
+    expect(await as(1000, READ | WRITE)).toBe(-Errno.EACCES);
     expect(window.mappingCount).toBe(0);
-    expect((await as(1000, READ)).error).toBe(0);
-    expect((await as(0, READ | WRITE)).error).toBe(0);
+    expect(await as(1000, READ)).toBe(0);
+    expect(await as(0, READ | WRITE)).toBe(0);
   });
 
   it('on a read-only share, maps for reading only', async () => {
     const { h, window } = daxHarness('always', { readonly: true });
-    h.init();
-    const big = h.lookup(1, 'big').nodeid;
-    expect((await setup(h, big, 0n, BigInt(2 * MiB), 0n, READ | WRITE)).error).toBe(-Errno.EROFS);
+    await h.start();
+    const big = (await h.client.lookup(1, 'big')).nodeid;
+    expect(await setup(h, big, 0n, BigInt(2 * MiB), 0n, READ | WRITE)).toBe(-Errno.EROFS);
     expect(window.mappingCount).toBe(0);
-    expect((await setup(h, big, 0n, BigInt(2 * MiB), 0n, READ)).error).toBe(0);
+    expect(await setup(h, big, 0n, BigInt(2 * MiB), 0n, READ)).toBe(0);
     expect(window.mappingCount).toBe(1);
   });
 
   it('unmaps an inode the guest forgets, and everything at DESTROY', async () => {
     const { h, window } = daxHarness();
-    h.init();
-    const big = h.lookup(1, 'big').nodeid;
-    expect((await setup(h, big, 0n, BigInt(2 * MiB), 0n)).error).toBe(0);
-    h.forget(big, 1);
+    await h.start();
+    const big = (await h.client.lookup(1, 'big')).nodeid;
+    expect(await setup(h, big, 0n, BigInt(2 * MiB), 0n)).toBe(0);
+    await h.client.forget(big, 1);
     await settle();
     expect(window.mappingCount).toBe(0);
-    const again = h.lookup(1, 'big').nodeid;
-    expect((await setup(h, again, 0n, BigInt(2 * MiB), BigInt(2 * MiB))).error).toBe(0);
-    h.fuse.ok(Opcode.FUSE_DESTROY, 0);
+    const again = (await h.client.lookup(1, 'big')).nodeid;
+    expect(await setup(h, again, 0n, BigInt(2 * MiB), BigInt(2 * MiB))).toBe(0);
+    await h.client.destroy();
     await settle();
     expect(window.mappingCount).toBe(0);
   });
 });
 
 describe('--dax-policy', () => {
-  const flagsOf = (h: Harness, name: string) => h.lookup(1, name).attr.flags & P.FUSE_ATTR_DAX;
+  const flagsOf = async (h: Harness, name: string) => (await h.client.lookup(1, name)).attr.flags & P.FUSE_ATTR_DAX;
 
-  it('always: every regular file carries FUSE_ATTR_DAX', () => {
+  it('always: every regular file carries FUSE_ATTR_DAX', async () => {
     const { h } = daxHarness('always');
-    h.init();
-    expect([flagsOf(h, 'big'), flagsOf(h, 'small'), flagsOf(h, 'dir')]).toEqual([P.FUSE_ATTR_DAX, P.FUSE_ATTR_DAX, 0]);
-    expect(h.getattr(h.lookup(1, 'small').nodeid).flags & P.FUSE_ATTR_DAX).toBe(P.FUSE_ATTR_DAX);
+    await h.start();
+    expect([await flagsOf(h, 'big'), await flagsOf(h, 'small'), await flagsOf(h, 'dir')]).toEqual([P.FUSE_ATTR_DAX, P.FUSE_ATTR_DAX, 0]);
+    expect((await h.client.getattr((await h.client.lookup(1, 'small')).nodeid)).attr.flags & P.FUSE_ATTR_DAX).toBe(P.FUSE_ATTR_DAX);
   });
 
-  it('large: only files of at least 32 KiB', () => {
+  it('large: only files of at least 32 KiB', async () => {
     const { h } = daxHarness('large');
-    h.init();
-    expect([flagsOf(h, 'big'), flagsOf(h, 'small')]).toEqual([P.FUSE_ATTR_DAX, 0]);
+    await h.start();
+    expect([await flagsOf(h, 'big'), await flagsOf(h, 'small')]).toEqual([P.FUSE_ATTR_DAX, 0]);
   });
 
-  it('inode (the default): only files whose every 2 MiB chunk QEMU 11.1 can map, on a writable share', () => {
+  it('inode (the default): only files whose every 2 MiB chunk QEMU 11.1 can map, on a writable share', async () => {
     expect(DEFAULT_DAX_POLICY).toBe('inode');
     const { h } = daxHarness('inode');
     fs.writeFileSync(`${h.dir}/tail`, Buffer.alloc(3 * MiB));
     fs.writeFileSync(`${h.dir}/empty`, '');
-    h.init();
-    expect(['big', 'small', 'tail', 'empty', 'dir'].map((n) => flagsOf(h, n))).toEqual([P.FUSE_ATTR_DAX, 0, 0, 0, 0]);
+    await h.start();
+    expect(await Promise.all(['big', 'small', 'tail', 'empty', 'dir'].map((n) => flagsOf(h, n)))).toEqual([P.FUSE_ATTR_DAX, 0, 0, 0, 0]);
     // The flag follows the size: once big is no longer whole chunks, its attributes drop it.
     fs.appendFileSync(`${h.dir}/big`, 'x');
-    expect(h.getattr(h.lookup(1, 'big').nodeid).flags & P.FUSE_ATTR_DAX).toBe(0);
+    expect((await h.client.getattr((await h.client.lookup(1, 'big')).nodeid)).attr.flags & P.FUSE_ATTR_DAX).toBe(0);
     const ro = daxHarness('inode', { readonly: true }).h;
-    ro.init();
-    expect(flagsOf(ro, 'big')).toBe(0);
+    await ro.start();
+    expect(await flagsOf(ro, 'big')).toBe(0);
   });
 
   it('never: no per-inode DAX, but the window still serves guests mounted with dax=always', async () => {
     const { h } = daxHarness('never');
-    const out = h.init();
+    const out = await h.start();
     expect(out.flags2 & P.FUSE_HAS_INODE_DAX_FLAGS2).toBe(0);
     expect(out.flags & P.FUSE_MAP_ALIGNMENT).toBe(P.FUSE_MAP_ALIGNMENT);
-    expect(flagsOf(h, 'big')).toBe(0);
-    expect((await setup(h, h.lookup(1, 'big').nodeid, 0n, BigInt(2 * MiB), 0n)).error).toBe(0);
+    expect(await flagsOf(h, 'big')).toBe(0);
+    expect(await setup(h, (await h.client.lookup(1, 'big')).nodeid, 0n, BigInt(2 * MiB), 0n)).toBe(0);
   });
 
-  it('sets no DAX flags for a guest that did not offer FUSE_HAS_INODE_DAX', () => {
+  it('sets no DAX flags for a guest that did not offer FUSE_HAS_INODE_DAX', async () => {
     const { h } = daxHarness('always');
-    h.init(LINUX_FLAGS, LINUX_FLAGS2 & ~P.FUSE_HAS_INODE_DAX_FLAGS2);
-    expect(flagsOf(h, 'big')).toBe(0);
+    await h.start(LINUX_FLAGS, LINUX_FLAGS2 & ~P.FUSE_HAS_INODE_DAX_FLAGS2);
+    expect(await flagsOf(h, 'big')).toBe(0);
   });
 });
 

@@ -5,8 +5,8 @@ import { Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys/errno';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../src/guest/fuse-driver';
 import { O_DIRECT, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, STATX_BTIME } from '../../src/sys/fs';
-import { cstr, encode } from './fuse-driver';
-import { Harness, LINUX_FLAGS, O_APPEND, O_NOATIME, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY } from './harness';
+import { replyError } from './fuse-driver';
+import { Harness, LINUX_FLAGS, O_APPEND, O_CREAT, O_NOATIME, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY } from './harness';
 
 let h: Harness;
 afterEach(() => h?.close());
@@ -32,114 +32,108 @@ function hostOpenFlags(file: string): number[] {
   return out;
 }
 
-function fileNode(name: string, content: string | Buffer = ''): { node: number } {
+async function fileNode(name: string, content: string | Buffer = ''): Promise<{ node: number }> {
   fs.writeFileSync(h.p(name), content);
-  return { node: h.lookup(1, name).nodeid };
+  return { node: (await h.client.lookup(1, name)).nodeid };
 }
 
 describe('file operations', () => {
-  it('FALLOCATE allocates, keeps the size, and punches holes', () => {
+  it('FALLOCATE allocates, keeps the size, and punches holes', async () => {
     h = Harness.create();
-    h.init();
-    const { node } = fileNode('f', Buffer.alloc(64 * 1024, 0x61));
-    const fh = h.open(node, O_RDWR);
-    const fallocate = (offset: number, length: number, mode: number) =>
-      h.fuse.request(Opcode.FUSE_FALLOCATE, node, [encode(P.fuse_fallocate_in, { fh, offset, length, mode })]);
-    expect(fallocate(0, MiB, FALLOC_FL_KEEP_SIZE).error).toBe(0);
+    await h.start();
+    const { node } = await fileNode('f', Buffer.alloc(64 * 1024, 0x61));
+    const fh = (await h.client.open(node, O_RDWR)).fh;
+    const fallocate = (offset: number, length: number, mode: number) => replyError(h.client.fallocate(node, fh, offset, length, mode));
+    expect(await fallocate(0, MiB, FALLOC_FL_KEEP_SIZE)).toBe(0);
     expect(fs.statSync(h.p('f')).size).toBe(64 * 1024);
-    expect(fallocate(0, 2 * MiB, 0).error).toBe(0);
+    expect(await fallocate(0, 2 * MiB, 0)).toBe(0);
     expect(fs.statSync(h.p('f')).size).toBe(2 * MiB);
-    expect(fallocate(4096, 8192, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).error).toBe(0);
-    expect(h.read(node, fh, 4096, 8192).equals(Buffer.alloc(8192))).toBe(true);
-    expect(h.read(node, fh, 0, 4).toString()).toBe('aaaa');
+    expect(await fallocate(4096, 8192, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)).toBe(0);
+    expect((await h.client.read(node, fh, 4096, 8192)).equals(Buffer.alloc(8192))).toBe(true);
+    expect((await h.client.read(node, fh, 0, 4)).toString()).toBe('aaaa');
     // PUNCH_HOLE without KEEP_SIZE is refused by the host, and the errno passes through.
-    expect(fallocate(0, 4096, FALLOC_FL_PUNCH_HOLE).error).toBe(-Errno.EOPNOTSUPP);
-    expect(fallocate(0, 4096, 0).error).toBe(0);
+    expect(await fallocate(0, 4096, FALLOC_FL_PUNCH_HOLE)).toBe(-Errno.EOPNOTSUPP);
+    expect(await fallocate(0, 4096, 0)).toBe(0);
   });
 
-  it('LSEEK finds data and holes', () => {
+  it('LSEEK finds data and holes', async () => {
     h = Harness.create();
-    h.init();
+    await h.start();
     const fd = fs.openSync(h.p('sparse'), 'w');
     fs.writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 0);
     fs.writeSync(fd, Buffer.alloc(4096, 2), 0, 4096, 4 * MiB);
     fs.closeSync(fd);
-    const node = h.lookup(1, 'sparse').nodeid;
-    const fh = h.open(node, O_RDONLY);
-    const lseek = (offset: bigint, whence: number) =>
-      h.fuse.request(Opcode.FUSE_LSEEK, node, [encode(P.fuse_lseek_in, { fh, offset, whence })]);
-    const at = (offset: bigint, whence: number) => P.fuse_lseek_out.decode(lseek(offset, whence).body, 0).offset;
-    expect(at(0n, SEEK_HOLE)).toBe(4096n);
-    expect(at(8192n, SEEK_DATA)).toBe(BigInt(4 * MiB));
-    expect(lseek(BigInt(8 * MiB), SEEK_DATA).error).toBe(-Errno.ENXIO);
+    const node = (await h.client.lookup(1, 'sparse')).nodeid;
+    const fh = (await h.client.open(node, O_RDONLY)).fh;
+    const lseek = (offset: bigint, whence: number) => h.client.lseek(node, fh, offset, whence);
+    expect(await lseek(0n, SEEK_HOLE)).toBe(4096n);
+    expect(await lseek(8192n, SEEK_DATA)).toBe(BigInt(4 * MiB));
+    expect(await replyError(lseek(BigInt(8 * MiB), SEEK_DATA))).toBe(-Errno.ENXIO);
   });
 
-  it('COPY_FILE_RANGE copies between two open files', () => {
+  it('COPY_FILE_RANGE copies between two open files', async () => {
     h = Harness.create();
-    h.init();
-    const a = fileNode('a', '0123456789abcdef').node;
-    const b = fileNode('b', '----------------').node;
-    const fa = h.open(a, O_RDONLY);
-    const fb = h.open(b, O_RDWR);
+    await h.start();
+    const a = (await fileNode('a', '0123456789abcdef')).node;
+    const b = (await fileNode('b', '----------------')).node;
+    const fa = (await h.client.open(a, O_RDONLY)).fh;
+    const fb = (await h.client.open(b, O_RDWR)).fh;
     const copy = (fhIn: number, fhOut: number, len: number) =>
-      h.fuse.request(Opcode.FUSE_COPY_FILE_RANGE, a, [
-        encode(P.fuse_copy_file_range_in, { fh_in: fhIn, off_in: 4, nodeid_out: b, fh_out: fhOut, off_out: 2, len, flags: 0 }),
-      ]);
-    const r = copy(fa, fb, 6);
-    expect(r.error).toBe(0);
-    expect(P.fuse_write_out.decode(r.body, 0).size).toBe(6);
+      h.client.copyFileRange({ nodeid: a, fh: fhIn, offset: 4 }, { nodeid: b, fh: fhOut, offset: 2 }, len);
+    let copied = 0;
+    expect(await replyError(copy(fa, fb, 6).then((n) => (copied = n)))).toBe(0);
+    expect(copied).toBe(6);
     expect(fs.readFileSync(h.p('b'), 'utf8')).toBe('--456789--------');
-    expect(copy(fa, 999, 6).error).toBe(-Errno.EBADF);
+    expect(await replyError(copy(fa, 999, 6))).toBe(-Errno.EBADF);
   });
 
-  it('SYNCFS syncs the file system of the root', () => {
+  it('SYNCFS syncs the file system of the root', async () => {
     h = Harness.create();
-    h.init();
-    expect(h.fuse.request(Opcode.FUSE_SYNCFS, 1, [encode(P.fuse_syncfs_in, {})]).error).toBe(0);
-    expect(h.fuse.request(Opcode.FUSE_SYNCFS, 1, []).error).toBe(-Errno.EINVAL);
+    await h.start();
+    expect(await replyError(h.client.syncfs(1))).toBe(0);
+    expect((await h.client.request(Opcode.FUSE_SYNCFS, 1, [], 0)).error).toBe(-Errno.EINVAL);
   });
 
-  it('TMPFILE makes an unnamed open file that LINK can name', () => {
+  it('TMPFILE makes an unnamed open file that LINK can name', async () => {
     h = Harness.create();
-    h.init();
-    const a = encode(P.fuse_create_in, { flags: O_RDWR, mode: 0o100600, umask: 0, open_flags: 0 });
-    const body = h.fuse.ok(Opcode.FUSE_TMPFILE, 1, [a, cstr('/')]);
-    const entry = P.fuse_entry_out.decode(body, 0);
-    const fh = P.fuse_open_out.decode(body, P.fuse_entry_out.size).fh;
+    await h.start();
+    const {
+      entry,
+      open: { fh },
+    } = await h.client.tmpfile(1, O_RDWR, 0o600);
     expect(entry.attr.nlink).toBe(0);
     expect(fs.readdirSync(h.dir)).toEqual([]);
-    expect(h.write(entry.nodeid, fh, 0, 'temporary').error).toBe(0);
-    h.fuse.ok(Opcode.FUSE_LINK, 1, [encode(P.fuse_link_in, { oldnodeid: entry.nodeid }), cstr('named')]);
+    expect(await replyError(h.client.write(entry.nodeid, fh, 0, Buffer.from('temporary')))).toBe(0);
+    await h.client.link(entry.nodeid, 1, 'named');
     expect(fs.readFileSync(h.p('named'), 'utf8')).toBe('temporary');
-    expect(h.getattr(entry.nodeid).nlink).toBe(1);
+    expect((await h.client.getattr(entry.nodeid)).attr.nlink).toBe(1);
   });
 
-  it('RENAME2 honours NOREPLACE, EXCHANGE and WHITEOUT', () => {
+  it('RENAME2 honours NOREPLACE, EXCHANGE and WHITEOUT', async () => {
     h = Harness.create({}, (d) => {
       fs.writeFileSync(`${d}/a`, 'A');
       fs.writeFileSync(`${d}/b`, 'B');
     });
-    h.init();
-    h.lookup(1, 'a');
-    h.lookup(1, 'b');
-    const rename2 = (from: string, to: string, flags: number) =>
-      h.fuse.request(Opcode.FUSE_RENAME2, 1, [encode(P.fuse_rename2_in, { newdir: 1, flags }), cstr(from), cstr(to)]);
-    expect(rename2('a', 'b', RENAME_NOREPLACE).error).toBe(-Errno.EEXIST);
-    expect(rename2('a', 'b', RENAME_EXCHANGE).error).toBe(0);
+    await h.start();
+    await h.client.lookup(1, 'a');
+    await h.client.lookup(1, 'b');
+    // Non-zero flags: the client sends RENAME2.
+    const rename2 = (from: string, to: string, flags: number) => replyError(h.client.rename(1, from, 1, to, flags));
+    expect(await rename2('a', 'b', RENAME_NOREPLACE)).toBe(-Errno.EEXIST);
+    expect(await rename2('a', 'b', RENAME_EXCHANGE)).toBe(0);
     expect(fs.readFileSync(h.p('a'), 'utf8')).toBe('B');
-    expect(rename2('a', 'c', RENAME_WHITEOUT).error).toBe(0);
+    expect(await rename2('a', 'c', RENAME_WHITEOUT)).toBe(0);
     // The whiteout is a 0:0 character device left at the old name.
     const st = fs.statSync(h.p('a'));
     expect(st.isCharacterDevice() && st.rdev === 0).toBe(true);
-    expect(rename2('b', 'd', RENAME_NOREPLACE | RENAME_EXCHANGE).error).toBe(-Errno.EINVAL);
+    expect(await rename2('b', 'd', RENAME_NOREPLACE | RENAME_EXCHANGE)).toBe(-Errno.EINVAL);
   });
 
-  it('STATX reports the birth time along with the basic stats', () => {
+  it('STATX reports the birth time along with the basic stats', async () => {
     h = Harness.create({}, (d) => fs.writeFileSync(`${d}/f`, 'hello'));
-    h.init();
-    const node = h.lookup(1, 'f').nodeid;
-    const body = h.fuse.ok(Opcode.FUSE_STATX, node, [encode(P.fuse_statx_in, { getattr_flags: 0, fh: 0, sx_flags: 0, sx_mask: 0xfff })]);
-    const out = P.fuse_statx_out.decode(body, 0);
+    await h.start();
+    const node = (await h.client.lookup(1, 'f')).nodeid;
+    const out = await h.client.statx(node, 0xfff);
     const st = fs.statSync(h.p('f'), { bigint: true });
     expect(out.stat.mask & 0x7ff).toBe(0x7ff);
     expect(out.stat.mask & STATX_BTIME).toBe(STATX_BTIME);
@@ -152,138 +146,139 @@ describe('file operations', () => {
 });
 
 describe('open files whose names change', () => {
-  it('keep working after unlink: I/O, SETATTR and GETATTR through the handle', () => {
+  it('keep working after unlink: I/O, SETATTR and GETATTR through the handle', async () => {
     h = Harness.create();
-    h.init();
-    const { entry, fh } = h.create(1, 'gone');
-    h.fuse.ok(Opcode.FUSE_UNLINK, 1, [cstr('gone')]);
-    expect(h.write(entry.nodeid, fh, 0, 'still here').error).toBe(0);
-    expect(h.read(entry.nodeid, fh, 0, 100).toString()).toBe('still here');
+    await h.start();
+    const {
+      entry,
+      open: { fh },
+    } = await h.client.create(1, 'gone', O_RDWR | O_CREAT, 0o644, 0o022);
+    await h.client.unlink(1, 'gone');
+    expect(await replyError(h.client.write(entry.nodeid, fh, 0, Buffer.from('still here')))).toBe(0);
+    expect((await h.client.read(entry.nodeid, fh, 0, 100)).toString()).toBe('still here');
     // What ftruncate(2) sends with a write-back cache: size and times, through the handle.
-    const valid = P.FATTR_FH | P.FATTR_SIZE | P.FATTR_MODE | P.FATTR_MTIME | P.FATTR_CTIME | P.FATTR_LOCKOWNER;
-    expect(h.setattr(entry.nodeid, { valid, fh, size: 5, mode: 0o600, mtime: 1_700_000_000, mtimensec: 42 }).error).toBe(0);
-    const attr = h.getattr(entry.nodeid, fh);
+    // FATTR_FH | FATTR_SIZE | FATTR_MODE | FATTR_MTIME | FATTR_CTIME | FATTR_LOCKOWNER, ctime and lock owner 0.
+    const changes = { fh, size: 5, mode: 0o600, mtime: { sec: 1_700_000_000, nsec: 42 }, ctime: { sec: 0, nsec: 0 }, lockOwner: 0n };
+    expect(await replyError(h.client.setattr(entry.nodeid, changes))).toBe(0);
+    const { attr } = await h.client.getattr(entry.nodeid, fh);
     expect([attr.size, attr.mode & 0o777, attr.nlink, attr.mtime, attr.mtimensec]).toEqual([5, 0o600, 0, 1_700_000_000, 42]);
   });
 
-  it('survive renames on the host', () => {
+  it('survive renames on the host', async () => {
     h = Harness.create({}, (d) => {
       fs.mkdirSync(`${d}/dir`);
       fs.writeFileSync(`${d}/dir/f`, 'content');
     });
-    h.init();
-    const dir = h.lookup(1, 'dir').nodeid;
-    const f = h.lookup(dir, 'f').nodeid;
-    const fh = h.open(f, O_RDONLY);
+    await h.start();
+    const dir = (await h.client.lookup(1, 'dir')).nodeid;
+    const f = (await h.client.lookup(dir, 'f')).nodeid;
+    const fh = (await h.client.open(f, O_RDONLY)).fh;
     fs.renameSync(h.p('dir'), h.p('moved'));
     fs.renameSync(h.p('moved/f'), h.p('moved/g'));
-    expect(h.read(f, fh, 0, 100).toString()).toBe('content');
-    expect(h.getattr(f).size).toBe(7);
+    expect((await h.client.read(f, fh, 0, 100)).toString()).toBe('content');
+    expect((await h.client.getattr(f)).attr.size).toBe(7);
     // The directory's nodeid still reaches it: lookups in it see the new name.
-    expect(h.lookup(dir, 'g').nodeid).toBe(f);
-    expect(h.fuse.request(Opcode.FUSE_LOOKUP, dir, [cstr('f')]).error).toBe(-Errno.ENOENT);
+    expect((await h.client.lookup(dir, 'g')).nodeid).toBe(f);
+    expect(await replyError(h.client.lookup(dir, 'f'))).toBe(-Errno.ENOENT);
   });
 });
 
 describe('--killpriv-v2', () => {
-  function suidFile(): number {
+  async function suidFile(): Promise<number> {
     fs.writeFileSync(h.p('prog'), 'binary');
     fs.chmodSync(h.p('prog'), 0o6755);
-    return h.lookup(1, 'prog').nodeid;
+    return (await h.client.lookup(1, 'prog')).nodeid;
   }
   const isSetId = () => (fs.statSync(h.p('prog')).mode & 0o6000) !== 0;
 
-  it('is offered only when enabled', () => {
+  it('is offered only when enabled', async () => {
     h = Harness.create();
-    expect(h.init().flags & P.FUSE_HANDLE_KILLPRIV_V2).toBe(0);
+    expect((await h.start()).flags & P.FUSE_HANDLE_KILLPRIV_V2).toBe(0);
     h.close();
     h = Harness.create({ killprivV2: true });
-    expect(h.init().flags & P.FUSE_HANDLE_KILLPRIV_V2).toBeTruthy();
+    expect((await h.start()).flags & P.FUSE_HANDLE_KILLPRIV_V2).toBeTruthy();
   });
 
-  it('drops set-id bits on WRITE, truncating SETATTR and truncating OPEN when the guest asks', () => {
+  it('drops set-id bits on WRITE, truncating SETATTR and truncating OPEN when the guest asks', async () => {
     h = Harness.create({ killprivV2: true });
-    h.init();
-    let node = suidFile();
-    let fh = h.open(node, O_RDWR);
-    expect(h.write(node, fh, 0, 'x').error).toBe(0);
+    await h.start();
+    let node = await suidFile();
+    let fh = (await h.client.open(node, O_RDWR)).fh;
+    expect(await replyError(h.client.write(node, fh, 0, Buffer.from('x')))).toBe(0);
     expect(isSetId()).toBe(true); // no FUSE_WRITE_KILL_SUIDGID: a privileged writer
-    expect(h.write(node, fh, 0, 'x', P.FUSE_WRITE_KILL_SUIDGID).error).toBe(0);
+    expect(await replyError(h.client.write(node, fh, 0, Buffer.from('x'), P.FUSE_WRITE_KILL_SUIDGID))).toBe(0);
     expect(isSetId()).toBe(false);
 
     fs.chmodSync(h.p('prog'), 0o6755);
-    expect(h.setattr(node, { valid: P.FATTR_SIZE | P.FATTR_KILL_SUIDGID, size: 2 }).error).toBe(0);
+    expect(await replyError(h.client.setattr(node, { size: 2, killSuidgid: true }))).toBe(0);
     expect(isSetId()).toBe(false);
 
     fs.chmodSync(h.p('prog'), 0o6755);
-    fh = h.open(node, O_RDWR | O_TRUNC, P.FUSE_OPEN_KILL_SUIDGID);
+    fh = (await h.client.open(node, O_RDWR | O_TRUNC, P.FUSE_OPEN_KILL_SUIDGID)).fh;
     expect(isSetId()).toBe(false);
     node = 0;
   });
 
-  it('leaves set-id bits alone when not negotiated, whatever the request says', () => {
+  it('leaves set-id bits alone when not negotiated, whatever the request says', async () => {
     h = Harness.create();
-    h.init();
-    const node = suidFile();
-    const fh = h.open(node, O_RDWR);
-    expect(h.write(node, fh, 0, 'x', P.FUSE_WRITE_KILL_SUIDGID).error).toBe(0);
+    await h.start();
+    const node = await suidFile();
+    const fh = (await h.client.open(node, O_RDWR)).fh;
+    expect(await replyError(h.client.write(node, fh, 0, Buffer.from('x'), P.FUSE_WRITE_KILL_SUIDGID))).toBe(0);
     expect(isSetId()).toBe(true);
   });
 });
 
 describe('open flags', () => {
-  it('--writeback: negotiated on request; write-only opens widened to read-write', () => {
+  it('--writeback: negotiated on request; write-only opens widened to read-write', async () => {
     h = Harness.create();
-    expect(h.init().flags & P.FUSE_WRITEBACK_CACHE).toBe(0);
-    let node = fileNode('f', 'data').node;
-    let fh = h.open(node, O_WRONLY);
-    expect(
-      h.fuse.request(Opcode.FUSE_READ, node, [encode(P.fuse_read_in, { fh, offset: 0, size: 4, read_flags: 0, lock_owner: 0n, flags: 0 })])
-        .error,
-    ).toBe(-Errno.EBADF);
+    expect((await h.start()).flags & P.FUSE_WRITEBACK_CACHE).toBe(0);
+    let node = (await fileNode('f', 'data')).node;
+    let fh = (await h.client.open(node, O_WRONLY)).fh;
+    expect(await replyError(h.client.read(node, fh, 0, 4))).toBe(-Errno.EBADF);
     h.close();
 
     h = Harness.create({ writeback: true });
-    expect(h.init().flags & P.FUSE_WRITEBACK_CACHE).toBeTruthy();
-    node = fileNode('f', 'data').node;
-    fh = h.open(node, O_WRONLY | O_APPEND);
-    expect(h.read(node, fh, 0, 4).toString()).toBe('data');
+    expect((await h.start()).flags & P.FUSE_WRITEBACK_CACHE).toBeTruthy();
+    node = (await fileNode('f', 'data')).node;
+    fh = (await h.client.open(node, O_WRONLY | O_APPEND)).fh;
+    expect((await h.client.read(node, fh, 0, 4)).toString()).toBe('data');
     // The kernel owns append positions: the write lands where it says.
-    expect(h.write(node, fh, 1, 'X', 0, O_WRONLY | O_APPEND).error).toBe(0);
+    expect(await replyError(h.client.write(node, fh, 1, Buffer.from('X'), 0, O_WRONLY | O_APPEND))).toBe(0);
     expect(fs.readFileSync(h.p('f'), 'utf8')).toBe('dXta');
     expect(hostOpenFlags(h.p('f')).every((f) => (f & 3) === O_RDWR && !(f & O_APPEND))).toBe(true);
   });
 
-  it('O_APPEND: the guest appends at the host end of file; cached write-back keeps its offsets', () => {
+  it('O_APPEND: the guest appends at the host end of file; cached write-back keeps its offsets', async () => {
     h = Harness.create();
-    h.init();
-    const node = fileNode('log', 'one\n').node;
-    const fh = h.open(node, O_WRONLY | O_APPEND);
+    await h.start();
+    const node = (await fileNode('log', 'one\n')).node;
+    const fh = (await h.client.open(node, O_WRONLY | O_APPEND)).fh;
     fs.appendFileSync(h.p('log'), 'host\n');
-    expect(h.write(node, fh, 4, 'two\n', 0, O_WRONLY | O_APPEND).error).toBe(0);
+    expect(await replyError(h.client.write(node, fh, 4, Buffer.from('two\n'), 0, O_WRONLY | O_APPEND))).toBe(0);
     expect(fs.readFileSync(h.p('log'), 'utf8')).toBe('one\nhost\ntwo\n');
-    expect(h.write(node, fh, 0, 'ONE', P.FUSE_WRITE_CACHE, O_WRONLY | O_APPEND).error).toBe(0);
+    expect(await replyError(h.client.write(node, fh, 0, Buffer.from('ONE'), P.FUSE_WRITE_CACHE, O_WRONLY | O_APPEND))).toBe(0);
     expect(fs.readFileSync(h.p('log'), 'utf8')).toBe('ONE\nhost\ntwo\n');
   });
 
-  it('drops O_NOATIME unless --preserve-noatime, and O_DIRECT unless --allow-direct-io', () => {
+  it('drops O_NOATIME unless --preserve-noatime, and O_DIRECT unless --allow-direct-io', async () => {
     h = Harness.create();
-    h.init();
-    let node = fileNode('f', 'x').node;
-    h.open(node, O_RDONLY | O_NOATIME | O_DIRECT);
+    await h.start();
+    let node = (await fileNode('f', 'x')).node;
+    await h.client.open(node, O_RDONLY | O_NOATIME | O_DIRECT);
     expect(hostOpenFlags(h.p('f')).map((f) => f & (O_NOATIME | O_DIRECT))).toEqual([0]);
     h.close();
 
     h = Harness.create({ preserveNoatime: true, allowDirectIo: true });
-    h.init();
-    node = fileNode('f', 'x').node;
-    h.open(node, O_RDONLY | O_NOATIME | O_DIRECT);
+    await h.start();
+    node = (await fileNode('f', 'x')).node;
+    await h.client.open(node, O_RDONLY | O_NOATIME | O_DIRECT);
     expect(hostOpenFlags(h.p('f')).map((f) => f & (O_NOATIME | O_DIRECT))).toEqual([O_NOATIME | O_DIRECT]);
   });
 
-  it('INIT with everything a Linux guest offers grants only what is configured', () => {
+  it('INIT with everything a Linux guest offers grants only what is configured', async () => {
     h = Harness.create();
-    const out = h.init(LINUX_FLAGS);
+    const out = await h.start(LINUX_FLAGS);
     const optional =
       P.FUSE_WRITEBACK_CACHE |
       P.FUSE_POSIX_LOCKS |

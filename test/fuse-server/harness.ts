@@ -1,5 +1,6 @@
 /**
- * A FuseSession on a fresh shared directory with a FuseDriver in front of it,
+ * A FuseSession on a fresh shared directory with the guest driver's FuseClient
+ * (`client`, over a DirectTransport) and the raw shim (`fuse`) in front of it,
  * and the request builders the option and opcode tests share. `init()` offers
  * every flag a Linux 6.x virtio-fs guest offers, so what comes back is what
  * the session chose.
@@ -11,7 +12,8 @@ import { FuseSession, type FuseSessionOptions } from '../../src/fuse-server/sess
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
 import { O_CREAT, O_RDWR, S_IFREG } from '../../src/sys/fs';
-import { FuseDriver, type Reply, type RequestOptions, cstr, encode } from './fuse-driver';
+import type { FuseClient } from '../../src/guest/fuse-driver';
+import { type DirectTransport, FuseDriver, type Reply, type RequestOptions, cstr, directClient, encode } from './fuse-driver';
 
 export {
   F_RDLCK,
@@ -64,26 +66,15 @@ export const LINUX_FLAGS2 =
 
 /** A fuse_setattr_in changing `fields` (as `valid` says), every other field 0. */
 export function setattrIn(fields: Partial<P.SetattrIn> & { valid: number }): Buffer {
-  return encode(P.fuse_setattr_in, {
-    fh: 0,
-    size: 0,
-    lock_owner: 0n,
-    atime: 0,
-    mtime: 0,
-    ctime: 0,
-    atimensec: 0,
-    mtimensec: 0,
-    ctimensec: 0,
-    mode: 0,
-    uid: 0,
-    gid: 0,
-    ...fields,
-  });
+  return encode(P.fuse_setattr_in, fields);
 }
 
 export class Harness {
   readonly session: FuseSession;
+  /** Raw requests (malformed input, replies inspected as bytes); numbers its requests with `client`. */
   readonly fuse: FuseDriver;
+  /** The guest driver's API: decoded replies, error replies thrown as FuseRequestError. */
+  readonly client: FuseClient<DirectTransport>;
   private closed = false;
 
   constructor(
@@ -91,7 +82,8 @@ export class Harness {
     options: Partial<FuseSessionOptions> = {},
   ) {
     this.session = new FuseSession({ sharedDir: dir, cache: 'auto', readonly: false, ...options });
-    this.fuse = new FuseDriver(this.session);
+    this.client = directClient(this.session);
+    this.fuse = new FuseDriver(this.session, this.client.channel);
   }
 
   /** A harness on a new temporary directory, prepared by `populate`. */
@@ -117,6 +109,11 @@ export class Harness {
   /** INIT with the Linux offer (or `flags`/`flags2`); returns the decoded reply. */
   init(flags = LINUX_FLAGS, flags2 = LINUX_FLAGS2, minor = 38): P.InitOut {
     return P.fuse_init_out.decode(this.fuse.init(minor, flags, flags2), 0);
+  }
+
+  /** INIT through `client` (which then knows what was agreed, as the kernel does); the decoded reply. */
+  start(flags = LINUX_FLAGS, flags2 = LINUX_FLAGS2, minor = 38): Promise<P.InitOut> {
+    return this.client.init({ flags, flags2, minor });
   }
 
   p(name: string): string {

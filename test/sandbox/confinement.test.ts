@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FuseDriver } from '../../src/guest/fuse-driver';
-import type { FuseError } from '../../src/guest/fuse-transport';
+import type { FuseRequestError } from '../../src/guest/fuse-transport';
 import { CLI } from '../helpers/backends';
 
 const O_RDONLY = 0;
@@ -262,7 +262,7 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
       const code = (p: Promise<unknown>) =>
         p.then(
           () => 'ok',
-          (e: FuseError) => e.code,
+          (e: FuseRequestError) => e.code,
         );
       try {
         await fuse.init();
