@@ -48,6 +48,9 @@ import {
   utimensat,
   type StatVfs,
   type TimeSpec,
+  R_OK,
+  W_OK,
+  X_OK,
 } from '../sys/fs';
 import type { Reader, Writer } from './chain-io';
 import { Errno, errnoOf, fail } from './errors';
@@ -93,16 +96,13 @@ import {
   FUSE_SETXATTR_EXT,
   FUSE_SUBMOUNTS,
   FUSE_WRITEBACK_CACHE,
+  PATH_MAX,
 } from './protocol';
 
 export type { PassthroughOptions } from './passthrough-options';
 
 /** getdents64 batch: enough for a full READDIR page of long names. */
 const DIRENT_BUFFER_SIZE = 32 * 1024;
-const PATH_MAX = 4096;
-const R_OK = 4;
-const W_OK = 2;
-const X_OK = 1;
 /** chown's "leave unchanged". */
 const NO_ID = 0xffffffff;
 

@@ -5,7 +5,7 @@
  * truncation. Locks pass: they change no data.
  */
 import type { StatVfs } from '../sys/fs';
-import { O_ACCMODE, O_RDONLY, O_TRUNC } from '../sys/fs';
+import { O_ACCMODE, O_RDONLY, O_TRUNC, W_OK } from '../sys/fs';
 import type { Writer } from './chain-io';
 import { Errno, fail } from './errors';
 import {
@@ -22,8 +22,6 @@ import {
   type WindowRange,
 } from './filesystem';
 import { FUSE_SETUPMAPPING_FLAG_WRITE, FUSE_WRITEBACK_CACHE } from './protocol';
-
-const W_OK = 2;
 
 export class ReadOnlyFs extends FileSystem {
   constructor(private readonly inner: FileSystem) {

@@ -36,7 +36,8 @@ import {
 import { ReadOnlyFs } from './read-only';
 import { XattrMap } from './xattr-map';
 
-export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+export type { LogLevel } from '../log';
+import type { LogLevel } from '../log';
 
 /** The share's settings; every field but the first three is optional and off by default. */
 export interface FuseSessionOptions extends Omit<PassthroughOptions, 'xattrmap' | 'uidMap' | 'gidMap' | 'dax' | 'log'> {

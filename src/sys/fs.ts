@@ -45,6 +45,11 @@ export const S_ISUID = 0o4000;
 export const S_ISGID = 0o2000;
 export const S_IXGRP = 0o010;
 
+/** access(2) modes. */
+export const R_OK = 4;
+export const W_OK = 2;
+export const X_OK = 1;
+
 export const SEEK_SET = 0;
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
