@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 #define MAX_FDS 64
 
@@ -554,6 +555,114 @@ static napi_value js_copy_guarded(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* ---------------- blocking file calls on libuv's thread pool ---------------- */
+
+// Calls that may wait for a disk or a slow file system, run on libuv's pool so
+// that the event loop (every other queue, the control socket) goes on. Node's
+// fs has no copy_file_range with offsets, no fallocate and no syncfs. The fds
+// must stay open until the callback: the caller passes private dups.
+enum { IO_COPY_FILE_RANGE = 0, IO_FALLOCATE = 1, IO_SYNCFS = 2 };
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  int op;
+  int64_t a[6];
+  int64_t ret;
+  int err;
+} io_job_t;
+
+static void io_execute(napi_env env, void *data) {
+  (void)env;
+  io_job_t *j = data;
+  int64_t r;
+  switch (j->op) {
+    case IO_COPY_FILE_RANGE: {
+      loff_t in = (loff_t)j->a[1], out = (loff_t)j->a[3];
+      r = copy_file_range((int)j->a[0], &in, (int)j->a[2], &out, (size_t)j->a[4], (unsigned)j->a[5]);
+      break;
+    }
+    case IO_FALLOCATE:
+      r = fallocate((int)j->a[0], (int)j->a[1], (off_t)j->a[2], (off_t)j->a[3]);
+      break;
+    case IO_SYNCFS:
+      r = syncfs((int)j->a[0]);
+      break;
+    default:
+      r = -1;
+      errno = EINVAL;
+  }
+  j->ret = r;
+  j->err = r < 0 ? errno : 0;
+}
+
+// Calls back (errno, result): errno 0 on success. Never throws into the loop.
+static void io_complete(napi_env env, napi_status status, void *data) {
+  io_job_t *j = data;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) == napi_ok) {
+    napi_value cb, recv, argv[2], result;
+    if (napi_get_reference_value(env, j->callback, &cb) == napi_ok && napi_get_undefined(env, &recv) == napi_ok &&
+        napi_create_int32(env, status == napi_ok ? j->err : ECANCELED, &argv[0]) == napi_ok &&
+        napi_create_int64(env, j->ret, &argv[1]) == napi_ok) {
+      if (napi_call_function(env, recv, cb, 2, argv, &result) == napi_pending_exception) {
+        napi_value ex;
+        napi_get_and_clear_last_exception(env, &ex);
+      }
+    }
+    napi_close_handle_scope(env, scope);
+  }
+  napi_delete_reference(env, j->callback);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+// asyncIo(op, a0, a1, a2, a3, a4, a5, callback(errno, result))
+static napi_value js_async_io(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8], name;
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 8) return throw_errno(env, EINVAL, "asyncIo");
+  int32_t op;
+  if (!arg_i32_checked(env, argv[0], &op)) return NULL;
+  if (op < IO_COPY_FILE_RANGE || op > IO_SYNCFS) return throw_errno(env, EINVAL, "asyncIo");
+  int64_t a[6];
+  for (int i = 0; i < 6; i++) {
+    if (napi_get_value_int64(env, argv[1 + i], &a[i]) != napi_ok) {
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "asyncIo: expected numbers");
+      return NULL;
+    }
+  }
+  napi_valuetype t;
+  NAPI_CHECK(env, napi_typeof(env, argv[7], &t));
+  if (t != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "asyncIo: expected a callback");
+    return NULL;
+  }
+  io_job_t *j = calloc(1, sizeof *j);
+  if (!j) return throw_errno(env, ENOMEM, "asyncIo");
+  j->op = op;
+  memcpy(j->a, a, sizeof a);
+  if (napi_create_reference(env, argv[7], 1, &j->callback) != napi_ok) {
+    free(j);
+    return throw_napi_failure(env, napi_generic_failure, "asyncIo: napi_create_reference");
+  }
+  if (napi_create_string_utf8(env, "virtiofsd-ts:io", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, io_execute, io_complete, j, &j->work) != napi_ok) {
+    napi_delete_reference(env, j->callback);
+    free(j);
+    return throw_napi_failure(env, napi_generic_failure, "asyncIo: napi_create_async_work");
+  }
+  if (napi_queue_async_work(env, j->work) != napi_ok) {
+    napi_delete_async_work(env, j->work);
+    napi_delete_reference(env, j->callback);
+    free(j);
+    return throw_napi_failure(env, napi_generic_failure, "asyncIo: napi_queue_async_work");
+  }
+  return NULL;
+}
+
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
@@ -564,6 +673,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"munmap", NULL, js_munmap, NULL, NULL, NULL, napi_default, NULL},
       {"view", NULL, js_view, NULL, NULL, NULL, napi_default, NULL},
       {"copyGuarded", NULL, js_copy_guarded, NULL, NULL, NULL, napi_default, NULL},
+      {"asyncIo", NULL, js_async_io, NULL, NULL, NULL, napi_default, NULL},
       {"guardRange", NULL, js_guard_range, NULL, NULL, NULL, napi_default, NULL},
       {"unguardRange", NULL, js_unguard_range, NULL, NULL, NULL, napi_default, NULL},
       {"guardFaults", NULL, js_guard_faults, NULL, NULL, NULL, napi_default, NULL},

@@ -29,11 +29,11 @@ import {
   S_IFLNK,
   S_IFMT,
   closeQuietly,
-  copyFileRange,
-  fallocate,
+  copyFileRangeAsync,
+  fallocateAsync,
   lseek,
   openat,
-  syncfs,
+  syncfsAsync,
   unlinkat,
   type Stat,
 } from '../sys/fs';
@@ -56,9 +56,10 @@ import {
 
 const DOT = Buffer.from('.\0');
 /**
- * One COPY_FILE_RANGE copies at most this much: the reply's size is a u32, and
- * the copy runs on the event loop. The guest's copy_file_range(2) caller sees
- * a short copy and continues, as the call allows.
+ * One COPY_FILE_RANGE copies at most this much (on the thread pool): the
+ * reply's size is a u32, and one request should not hold a pool thread for
+ * long. The guest's copy_file_range(2) caller sees a short copy and
+ * continues, as the call allows.
  */
 const MAX_COPY_CHUNK = 64 * 1024 * 1024;
 /**
@@ -209,8 +210,9 @@ export class FileOps {
     else truncate();
   }
 
-  fallocate(nodeid: number, fh: number, offset: number, length: number, mode: number): void {
-    fallocate(this.core.handles.get(fh, nodeid, 'file').fd, mode, offset, length);
+  /** fallocate(2) may wait for the disk (zeroing a range, a slow file system): on the pool. */
+  fallocate(nodeid: number, fh: number, offset: number, length: number, mode: number): Promise<void> {
+    return onPool(this.core.handles.get(fh, nodeid, 'file').fd, (own) => fallocateAsync(own, mode, offset, length));
   }
 
   lseek(nodeid: number, fh: number, offset: bigint, whence: number): bigint {
@@ -227,23 +229,26 @@ export class FileOps {
     offOut: number,
     len: number,
     flags: number,
-  ): number {
+  ): Promise<number> {
     const from = this.core.handles.get(fhIn, nodeidIn, 'file');
     const to = this.core.handles.get(fhOut, nodeidOut, 'file');
-    return copyFileRange(from.fd, offIn, to.fd, offOut, Math.min(len, MAX_COPY_CHUNK), flags);
+    // Up to 64 MiB of copying: on the pool, over dups of both handles' fds.
+    return onPool(from.fd, (ownIn) =>
+      onPool(to.fd, (ownOut) => copyFileRangeAsync(ownIn, offIn, ownOut, offOut, Math.min(len, MAX_COPY_CHUNK), flags)),
+    );
   }
 
-  syncfs(inode: Inode): void {
+  syncfs(inode: Inode): Promise<void> {
     // syncfs(2) wants a real fd (not O_PATH). Only directories are opened for it: the guest names
     // the root of the file system it syncs, and for anything else the share's root stands in, so a
     // device node or FIFO is never opened.
     const dir = inode.type === S_IFDIR ? inode : this.core.inodes.root;
     const fd = this.core.reopen(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK);
-    try {
-      syncfs(fd);
-    } finally {
-      closeQuietly(fd);
-    }
+    // A whole file system's writeback: on the pool, and the fd closed there once it is done.
+    const done = syncfsAsync(fd);
+    const release = (): void => nodefs.close(fd, () => undefined);
+    done.then(release, release);
+    return done;
   }
 
   /** Guest open flags -> host open flags, per the options (see PASSED_OPEN_FLAGS). */

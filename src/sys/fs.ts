@@ -1,5 +1,7 @@
 import { type ValueOfLayout, pad, struct } from '../layout';
+import { SysError } from './errno';
 import { close, libc, syscall } from './libc';
+import { addon } from './native';
 export { O_NONBLOCK } from './libc';
 
 /**
@@ -314,6 +316,39 @@ export function copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut
   a.writeBigInt64LE(BigInt(offIn));
   b.writeBigInt64LE(BigInt(offOut));
   return rawCopyFileRange(fdIn, a, fdOut, b, len, flags);
+}
+
+/** The addon's operation numbers (native/sys_addon.c, "blocking file calls on libuv's thread pool"). */
+const IO_COPY_FILE_RANGE = 0;
+const IO_FALLOCATE = 1;
+const IO_SYNCFS = 2;
+
+function onThreadPool(name: string, op: number, args: [number, number, number, number, number, number]): Promise<number> {
+  return new Promise((resolve, reject) =>
+    addon.asyncIo(op, ...args, (errno, result) => (errno ? reject(new SysError(name, errno)) : resolve(result))),
+  );
+}
+
+/**
+ * The calls that may wait for a disk or a slow file system, on libuv's thread
+ * pool: the event loop goes on meanwhile. The fds must stay open until the
+ * promise settles (pass private dups).
+ */
+export function copyFileRangeAsync(
+  fdIn: number,
+  offIn: number,
+  fdOut: number,
+  offOut: number,
+  len: number,
+  flags: number,
+): Promise<number> {
+  return onThreadPool('copy_file_range', IO_COPY_FILE_RANGE, [fdIn, offIn, fdOut, offOut, len, flags]);
+}
+export function fallocateAsync(fd: number, mode: number, offset: number, len: number): Promise<void> {
+  return onThreadPool('fallocate', IO_FALLOCATE, [fd, mode, offset, len, 0, 0]).then(() => undefined);
+}
+export function syncfsAsync(fd: number): Promise<void> {
+  return onThreadPool('syncfs', IO_SYNCFS, [fd, 0, 0, 0, 0, 0]).then(() => undefined);
 }
 
 /** lseek; offsets are bigint so directory cookies (63-bit hashes on ext4) stay exact. */

@@ -16,6 +16,17 @@ export interface SysAddon {
   view(addr: bigint, length: number): ArrayBuffer;
   /** memcpy(dst, src, min(len)) that returns -1 instead of dying if the memory raises SIGBUS. */
   copyGuarded(dst: Buffer, src: Buffer): number;
+  /** Runs a blocking file call (copy_file_range 0, fallocate 1, syncfs 2) on libuv's pool; calls back (errno, result). */
+  asyncIo(
+    op: number,
+    a0: number,
+    a1: number,
+    a2: number,
+    a3: number,
+    a4: number,
+    a5: number,
+    done: (errno: number, result: number) => void,
+  ): void;
   /**
    * Registers [addr, addr+length) of a mapping made by mmap as guarded: a
    * SIGBUS/SIGSEGV inside it replaces the page with a zero page and is counted

@@ -64,6 +64,37 @@ function pooled(files: Record<string, Buffer>): Harness {
   return harness;
 }
 
+describe('blocking file calls off the event loop', () => {
+  it('COPY_FILE_RANGE, FALLOCATE and SYNCFS wait on the thread pool while other requests are answered', async () => {
+    h = pooled({ a: Buffer.alloc(MiB, 0xaa), b: Buffer.alloc(0) });
+    const a = h.lookup(1, 'a');
+    const b = h.lookup(1, 'b');
+    const fhA = h.open(a.nodeid, fs.constants.O_RDONLY);
+    const fhB = h.open(b.nodeid, fs.constants.O_RDWR);
+    unblock = blockPool(h.dir);
+    // Each is queued behind the blocked pool: none may be answered on the event loop now.
+    const copy = h.fuse.start(Opcode.FUSE_COPY_FILE_RANGE, a.nodeid, [
+      encode(P.fuse_copy_file_range_in, { fh_in: fhA, off_in: 0, nodeid_out: b.nodeid, fh_out: fhB, off_out: 0, len: MiB, flags: 0 }),
+    ]);
+    expect(copy).toBeInstanceOf(Promise);
+    const falloc = h.fuse.start(Opcode.FUSE_FALLOCATE, b.nodeid, [
+      encode(P.fuse_fallocate_in, { fh: fhB, offset: 0, length: 2 * MiB, mode: 0 }),
+    ]);
+    expect(falloc).toBeInstanceOf(Promise);
+    const sync = h.fuse.start(Opcode.FUSE_SYNCFS, 1, [encode(P.fuse_syncfs_in, {})]);
+    expect(sync).toBeInstanceOf(Promise);
+    // The event loop is free meanwhile.
+    expect(h.fuse.request(Opcode.FUSE_GETATTR, a.nodeid, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })]).error).toBe(0);
+    await unblock();
+    unblock = null;
+    const [c, f, y] = await Promise.all([copy, falloc, sync]);
+    expect([c.error, f.error, y.error]).toEqual([0, 0, 0]);
+    expect(c.body.readUInt32LE(0)).toBe(MiB);
+    expect(fs.readFileSync(path.join(h.dir, 'b')).subarray(0, MiB).equals(Buffer.alloc(MiB, 0xaa))).toBe(true);
+    expect(fs.statSync(path.join(h.dir, 'b')).size).toBe(2 * MiB);
+  });
+});
+
 describe('requests that finish later', () => {
   it('answer into their own chains, in the order they finish, while later requests are answered at once', async () => {
     h = pooled({ a: Buffer.alloc(MiB, 0xaa) });
