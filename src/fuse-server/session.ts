@@ -79,8 +79,11 @@ export class FuseSession implements SessionControl {
   private readonly log: (level: LogLevel, msg: string) => void;
   /** Requests that wait (SETLKW ...), by unique, so FUSE_INTERRUPT and DESTROY can cancel them. */
   private readonly waiting = new Map<bigint, AbortController>();
-  /** Every waiting request's controller, also those whose unique a later request reused (DESTROY cancels them all). */
-  private readonly live = new Set<AbortController>();
+  /**
+   * Every waiting request's controller, also those whose unique a later request reused (DESTROY cancels
+   * them all), with the queue it came from (a queue being stopped cancels its own).
+   */
+  private readonly live = new Map<AbortController, number>();
   /** The controller the handler now running asked for (interruptSignal), taken by serve() once it returns. */
   private asked: AbortController | null = null;
   private initialized = false;
@@ -111,10 +114,11 @@ export class FuseSession implements SessionControl {
    * device-writable buffers, in order. Returns the bytes written into `writable`,
    * 0 for requests without a reply or too malformed to answer, or a promise of
    * that for requests that finish later. Never throws; the promise never rejects.
+   * `queue` is the request queue it came from (`cancelWaits` names it).
    */
-  handle(readable: Buffer[], writable: Buffer[]): number | Promise<number> {
+  handle(readable: Buffer[], writable: Buffer[], queue = 1): number | Promise<number> {
     try {
-      return this.serve(readable, writable);
+      return this.serve(readable, writable, queue);
     } catch (err) {
       // Only a bug gets here (serve() answers every guest error itself): drop the request, keep the daemon.
       this.log('error', `FUSE request dropped: ${describe(err)}`);
@@ -137,7 +141,16 @@ export class FuseSession implements SessionControl {
     this.passthrough.close();
   }
 
-  private serve(readable: Buffer[], writable: Buffer[]): number | Promise<number> {
+  /**
+   * The queue `queue` is being stopped (GET_VRING_BASE): its waiting requests
+   * answer EINTR now, so that it can drain. Work already running (pool I/O)
+   * is left to finish.
+   */
+  cancelWaits(queue: number): void {
+    for (const [controller, q] of this.live) if (q === queue) controller.abort();
+  }
+
+  private serve(readable: Buffer[], writable: Buffer[], queue: number): number | Promise<number> {
     const t0 = process.hrtime.bigint();
     const r = new Reader().reset(readable);
     if (r.remaining < fuse_in_header.size) {
@@ -194,7 +207,7 @@ export class FuseSession implements SessionControl {
       }
       if (result instanceof Promise) {
         // A request that asked for an interrupt signal and waits can be interrupted until it settles.
-        if (controller) this.register(header.unique, controller, result);
+        if (controller) this.register(header.unique, controller, result, queue);
         return this.answerLater(result, w, writable, header, t0);
       }
       if (noReply) return this.noReply(header, t0);
@@ -299,9 +312,9 @@ export class FuseSession implements SessionControl {
    * guest may reuse a unique while a request with it still waits: INTERRUPT
    * then reaches the newest, DESTROY every one, and each removes only itself.
    */
-  private register(unique: bigint, controller: AbortController, result: Promise<void>): void {
+  private register(unique: bigint, controller: AbortController, result: Promise<void>, queue: number): void {
     this.waiting.set(unique, controller);
-    this.live.add(controller);
+    this.live.set(controller, queue);
     const forget = (): void => {
       this.live.delete(controller);
       if (this.waiting.get(unique) === controller) this.waiting.delete(unique);
@@ -311,7 +324,7 @@ export class FuseSession implements SessionControl {
 
   /** Every waiting request answers EINTR. */
   private cancelWaiting(): void {
-    for (const controller of this.live) controller.abort();
+    for (const controller of this.live.keys()) controller.abort();
     this.live.clear();
     this.waiting.clear();
   }

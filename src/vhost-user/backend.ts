@@ -141,29 +141,52 @@ export class VhostUserBackend {
       if (needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) this.reply(msg.request, encode(U64, { value: 1n }));
       return;
     }
-    let reply: Buffer | undefined;
+    let reply: Buffer | Promise<Buffer> | undefined;
     try {
       reply = this.handle(msg);
     } catch (err) {
-      const malformed = err instanceof ProtocolError;
-      const refused = err instanceof Refused;
-      this.log(refused ? 'warn' : 'error', `vhost-user: ${name} ${refused ? 'refused' : 'failed'}: ${(err as Error).message}`);
-      if (refused && !(needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK))) return;
-      if (malformed || !(needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK))) {
-        // The front-end cannot learn of the failure any other way: end the connection cleanly.
-        this.teardown(err as Error);
-        return;
-      }
-      this.reply(msg.request, encode(U64, { value: 1n }));
+      this.failed(msg, err as Error);
       return;
     } finally {
       // Handlers take the fds they keep out of msg.fds; whatever is left is ours to close.
       for (const fd of msg.fds.splice(0)) close(fd);
     }
+    if (reply instanceof Promise) {
+      // The reply waits (GET_VRING_BASE draining its queue): so does every later message.
+      this.connection.pause();
+      reply
+        .then(
+          (payload) => {
+            if (!this.closed) this.reply(msg.request, payload);
+          },
+          (err: Error) => {
+            if (!this.closed) this.failed(msg, err);
+          },
+        )
+        .finally(() => {
+          if (!this.closed) this.connection.resume();
+        });
+      return;
+    }
     if (reply) this.reply(msg.request, reply);
     else if (needsReply(msg.flags) && !HAS_OWN_REPLY.has(msg.request) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) {
       this.reply(msg.request, encode(U64, { value: 0n }));
     }
+  }
+
+  /** A message that could not be carried out: refused (the connection stays) or fatal. */
+  private failed(msg: Message, err: Error): void {
+    const name = FrontendRequest[msg.request] ?? `#${msg.request}`;
+    const malformed = err instanceof ProtocolError;
+    const refused = err instanceof Refused;
+    this.log(refused ? 'warn' : 'error', `vhost-user: ${name} ${refused ? 'refused' : 'failed'}: ${err.message}`);
+    if (refused && !(needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK))) return;
+    if (malformed || !(needsReply(msg.flags) && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK))) {
+      // The front-end cannot learn of the failure any other way: end the connection cleanly.
+      this.teardown(err);
+      return;
+    }
+    this.reply(msg.request, encode(U64, { value: 1n }));
   }
 
   private reply(request: number, payload: Buffer): void {
@@ -176,8 +199,8 @@ export class VhostUserBackend {
     return vring;
   }
 
-  /** Handles one message; returns the reply payload for messages that have one. */
-  private handle(msg: Message): Buffer | undefined {
+  /** Handles one message; returns the reply payload for messages that have one (or its promise). */
+  private handle(msg: Message): Buffer | Promise<Buffer> | undefined {
     const p = msg.payload;
     switch (msg.request) {
       case FrontendRequest.GET_FEATURES:
@@ -264,11 +287,17 @@ export class VhostUserBackend {
       case FrontendRequest.GET_VRING_BASE: {
         const s = decode(VringState, p);
         const vring = this.vring(s.index);
-        const next = vring.stop();
-        vring.base = next;
-        // After GET_VRING_BASE the ring is stopped; a new SET_VRING_ENABLE is needed to restart it.
-        vring.enabled = !this.hasFeature(VHOST_USER_F_PROTOCOL_FEATURES) && vring.enabled;
-        return encode(VringState, { index: s.index, num: next });
+        const stopped = (): Buffer => {
+          const next = vring.stop();
+          vring.base = next;
+          // After GET_VRING_BASE the ring is stopped; a new SET_VRING_ENABLE is needed to restart it.
+          vring.enabled = !this.hasFeature(VHOST_USER_F_PROTOCOL_FEATURES) && vring.enabled;
+          return encode(VringState, { index: s.index, num: next });
+        };
+        // Requests still in flight must be used before the base is taken, or a resumed ring loses them.
+        vring.draining = vring.started;
+        const drained = vring.started ? this.device.drainQueue(vring) : null;
+        return drained ? drained.then(stopped) : stopped();
       }
       case FrontendRequest.SET_VRING_KICK:
         this.setVringFd(msg, 'kickFd');
@@ -430,7 +459,7 @@ export class VhostUserBackend {
   }
 
   private kicked(vring: Vring): void {
-    if (!vring.enabled || !vring.queue) return;
+    if (!vring.enabled || !vring.queue || vring.draining) return;
     try {
       this.device.processQueue(vring);
     } catch (err) {

@@ -16,6 +16,8 @@ export class Connection {
   /** Whether the message `receive` returned last lost fds on the way. */
   lastFdsLost = false;
   private closed = false;
+  private paused = false;
+  private onReadable: (() => void) | null = null;
 
   constructor(readonly socket: UnixStreamSocket) {}
 
@@ -25,9 +27,9 @@ export class Connection {
    * error (with the error).
    */
   start(onMessage: (msg: Message, fdsLost: boolean) => void, onClose: (err?: Error) => void): void {
-    this.socket.watch(() => {
+    this.onReadable = () => {
       try {
-        for (;;) {
+        while (!this.paused) {
           const msg = this.receive();
           if (msg === null) return;
           if (msg === 'eof') {
@@ -42,7 +44,24 @@ export class Connection {
         this.close();
         onClose(err as Error);
       }
-    });
+    };
+    this.socket.watch(this.onReadable);
+  }
+
+  /**
+   * Takes no message until `resume` (a reply that has to wait): what the
+   * front-end sends meanwhile stays in the kernel's socket buffer, in order.
+   */
+  pause(): void {
+    if (this.paused || this.closed) return;
+    this.paused = true;
+    this.socket.unwatch();
+  }
+
+  resume(): void {
+    if (!this.paused || this.closed || !this.onReadable) return;
+    this.paused = false;
+    this.socket.watch(this.onReadable);
   }
 
   /** Reads what is available; a whole message, null when incomplete, 'eof' when the peer left. */

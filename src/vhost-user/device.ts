@@ -18,6 +18,12 @@ export interface VhostUserDevice {
   shmemRegions(): bigint[];
   /** The front-end gave (or took away, with null) the back-end channel. */
   setBackendChannel(channel: BackendChannel | null): void;
+  /**
+   * GET_VRING_BASE: the ring takes no more chains; settles once the requests
+   * it has in flight are done (null: none are), so that the base returned
+   * leaves none behind.
+   */
+  drainQueue(vring: Vring): Promise<void> | null;
   /** Requests the device is still working on (memory must stay mapped until 0). */
   inflight(): number;
   /** Runs `callback` once no request is in flight (at once if none is). */

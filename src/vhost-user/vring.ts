@@ -22,6 +22,8 @@ export class Vring {
   callFd = -1;
   errFd = -1;
   queue: SplitVirtqueue | null = null;
+  /** Being stopped (GET_VRING_BASE waits for its requests): no chain is taken from it any more. */
+  draining = false;
   private kickWatcher: FdWatcher | null = null;
 
   constructor(readonly index: number) {}
@@ -108,6 +110,7 @@ export class Vring {
 
   /** Stops processing (GET_VRING_BASE): returns the next available index to resume from. */
   stop(): number {
+    this.draining = false;
     this.kickWatcher?.close();
     this.kickWatcher = null;
     const next = this.queue ? this.queue.lastAvailIdx : this.base;

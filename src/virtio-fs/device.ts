@@ -11,9 +11,18 @@ export const MAX_REQUEST_QUEUES = 16;
 
 /** Handles one FUSE request from a chain: returns the reply length, or a promise of it. */
 export interface FuseRequestHandler {
-  handle(readable: Buffer[], writable: Buffer[]): number | Promise<number>;
+  handle(readable: Buffer[], writable: Buffer[], queue: number): number | Promise<number>;
+  /** Requests of `queue` that wait (SETLKW) give up now (the queue is being stopped). */
+  cancelWaits(queue: number): void;
   reset(): void;
 }
+
+/**
+ * How long GET_VRING_BASE waits for a stopping queue's requests (pool I/O on
+ * a slow host file system) before it answers anyway; what finishes later is
+ * then never published.
+ */
+export const QUEUE_DRAIN_TIMEOUT_MS = 10_000;
 
 /** Extra capabilities the device offers (the DAX window hooks in here). */
 export interface VirtioFsExtensions {
@@ -47,6 +56,7 @@ export class VirtioFsDevice implements VhostUserDevice {
     private readonly server: FuseRequestHandler,
     private readonly log: Logger,
     private readonly extensions: VirtioFsExtensions | null = null,
+    private readonly drainTimeoutMs = QUEUE_DRAIN_TIMEOUT_MS,
   ) {}
 
   get deviceProtocolFeatures(): bigint {
@@ -64,7 +74,7 @@ export class VirtioFsDevice implements VhostUserDevice {
           used++;
           continue;
         }
-        const result = this.server.handle(chain.readable, chain.writable);
+        const result = this.server.handle(chain.readable, chain.writable, vring.index);
         if (typeof result === 'number') {
           queue.pushUsed(chain.head, result);
           used++;
@@ -124,17 +134,39 @@ export class VirtioFsDevice implements VhostUserDevice {
     });
   }
 
-  /** Requests of queue `index` still in flight (GET_VRING_BASE must not answer before they are done). */
-  inflightOn(index: number): number {
-    return this.pendingOn.get(index) ?? 0;
-  }
-
-  /** Runs `callback` once queue `index` has no request in flight (at once if it has none). */
-  whenQueueIdle(index: number, callback: () => void): void {
-    if (!this.pendingOn.has(index)) return callback();
-    const list = this.queueWaiters.get(index) ?? [];
-    list.push(callback);
-    this.queueWaiters.set(index, list);
+  /**
+   * GET_VRING_BASE: the ring takes no more chains (the back-end stopped
+   * kicking it), its waiting requests are cancelled, and the promise settles
+   * once every request it had in flight is published and signalled, so the
+   * base the front-end gets back leaves nothing behind. Null when nothing is
+   * in flight. After `drainTimeoutMs` it settles anyway (a request stuck in
+   * the host kernel must not stop the VM for ever), with a warning.
+   */
+  drainQueue(vring: Vring): Promise<void> | null {
+    const index = vring.index;
+    this.server.cancelWaits(index);
+    if (!this.pendingOn.has(index)) return null;
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | null = null;
+      const drained = (): void => {
+        if (timer === null) return;
+        clearTimeout(timer);
+        timer = null;
+        // What completed during the drain is signalled now, while the ring is still ours.
+        if (this.unsignalled.delete(vring) && vring.queue) this.signal(vring);
+        resolve();
+      };
+      timer = setTimeout(() => {
+        this.log(
+          'warn',
+          `queue ${index}: ${this.pendingOn.get(index) ?? 0} request(s) still running after ${this.drainTimeoutMs} ms; stopping the queue without them (their replies are lost)`,
+        );
+        drained();
+      }, this.drainTimeoutMs);
+      const list = this.queueWaiters.get(index) ?? [];
+      list.push(drained);
+      this.queueWaiters.set(index, list);
+    });
   }
 
   inflight(): number {

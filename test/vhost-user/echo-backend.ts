@@ -33,6 +33,9 @@ export class EchoDevice implements VhostUserDevice {
     return [];
   }
   setBackendChannel(): void {}
+  drainQueue(): null {
+    return null;
+  }
   inflight(): number {
     return 0;
   }

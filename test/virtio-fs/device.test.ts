@@ -2,8 +2,8 @@
  * The virtio-fs device with requests that finish later: used elements in the
  * order requests finish, one call signal per turn of the event loop for all
  * of them, nothing published into a ring that was stopped meanwhile, and the
- * per-queue and device-wide idle waits GET_VRING_BASE and memory-table
- * changes rely on.
+ * queue drain GET_VRING_BASE relies on (cancel the waits, wait for the rest,
+ * give up after a bound), and the device-wide idle wait of memory-table changes.
  */
 import * as fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -29,13 +29,18 @@ afterEach(() => {
 /** A FUSE server whose every request finishes when the test says so (by index, with a length). */
 class DeferredServer implements FuseRequestHandler {
   readonly finish: ((len: number) => void)[] = [];
+  /** Queues whose waits the device cancelled. */
+  readonly cancelled: number[] = [];
   handle(): Promise<number> {
     return new Promise((resolve) => this.finish.push(resolve));
+  }
+  cancelWaits(queue: number): void {
+    this.cancelled.push(queue);
   }
   reset(): void {}
 }
 
-function setup() {
+function setup(drainTimeoutMs?: number) {
   const { memory, fds } = makeGuestMemory([{ gpa: 0, size: 1 << 20, uva: UVA }]);
   const callFd = eventfd(0, EFD_NONBLOCK);
   cleanup.push(() => {
@@ -53,7 +58,7 @@ function setup() {
   cleanup.push(() => vring.reset());
   const server = new DeferredServer();
   const logged: string[] = [];
-  const device = new VirtioFsDevice(server, (level, msg) => logged.push(`${level}: ${msg}`));
+  const device = new VirtioFsDevice(server, (level, msg) => logged.push(`${level}: ${msg}`), null, drainTimeoutMs);
   /** Signals the driver got since the last call (the eventfd's counter). */
   const signals = (): number => {
     const b = Buffer.alloc(8);
@@ -65,7 +70,7 @@ function setup() {
     return Number(b.readBigUInt64LE(0));
   };
   const submit = (i: number) => driver.add([{ addr: 0x10000 + i * 0x100, len: 64 }], [{ addr: 0x20000 + i * 0x100, len: 64 }])!;
-  return { driver, queue, vring, server, device, signals, submit };
+  return { driver, queue, vring, server, device, signals, submit, logged };
 }
 
 const turn = () => new Promise((r) => setImmediate(r));
@@ -96,30 +101,65 @@ describe('VirtioFsDevice with requests that finish later', () => {
     expect(device.inflight()).toBe(0);
   });
 
-  it('publishes nothing into a ring stopped meanwhile, and lets queue and device waiters go once the work is done', async () => {
+  it('publishes nothing into a ring stopped meanwhile, and lets device waiters go once the work is done', async () => {
     const { driver, vring, server, device, signals, submit } = setup();
     submit(0);
     device.processQueue(vring);
-    let queueIdle = false;
     let deviceIdle = false;
-    device.whenQueueIdle(vring.index, () => (queueIdle = true));
     device.whenIdle(() => (deviceIdle = true));
-    expect(device.inflightOn(vring.index)).toBe(1);
-    // GET_VRING_BASE stops the ring while the request is still in flight.
+    // The ring is reset (a disconnect) while the request is still in flight.
     vring.stop();
     await turn();
-    expect(queueIdle).toBe(false);
     expect(deviceIdle).toBe(false);
     server.finish[0](16);
     await turn();
     await turn();
-    expect(queueIdle).toBe(true);
     expect(deviceIdle).toBe(true);
     expect(driver.popUsed()).toBeNull();
     expect(signals()).toBe(0);
-    // Waiting on an idle queue runs at once.
-    let again = false;
-    device.whenQueueIdle(vring.index, () => (again = true));
-    expect(again).toBe(true);
+  });
+});
+
+describe('VirtioFsDevice draining a queue (GET_VRING_BASE)', () => {
+  it('cancels the waits of that queue and settles once its requests are used and signalled', async () => {
+    const { driver, vring, server, device, signals, submit } = setup();
+    const heads = [0, 1].map(submit);
+    device.processQueue(vring);
+    let drained = false;
+    const drain = device.drainQueue(vring)!.then(() => (drained = true));
+    expect(server.cancelled).toEqual([vring.index]);
+    server.finish[1](8);
+    await turn();
+    await turn();
+    expect(drained).toBe(false);
+    server.finish[0](4);
+    await drain;
+    // Both used and signalled by the time the base may be taken, the ring still the queue's.
+    expect([driver.popUsed(), driver.popUsed()]).toEqual([
+      { head: heads[1], len: 8 },
+      { head: heads[0], len: 4 },
+    ]);
+    expect(signals()).toBeGreaterThanOrEqual(1);
+    expect(device.inflight()).toBe(0);
+  });
+
+  it('is nothing to wait for on an idle queue', () => {
+    const { vring, device, server } = setup();
+    expect(device.drainQueue(vring)).toBeNull();
+    expect(server.cancelled).toEqual([vring.index]);
+  });
+
+  it('gives up after its timeout with a warning; what finishes later is not published', async () => {
+    const { driver, vring, server, device, submit, logged } = setup(30);
+    submit(0);
+    device.processQueue(vring);
+    await device.drainQueue(vring);
+    expect(logged.join('\n')).toMatch(/still running after 30 ms/);
+    vring.stop();
+    server.finish[0](16);
+    await turn();
+    await turn();
+    expect(driver.popUsed()).toBeNull();
+    expect(device.inflight()).toBe(0);
   });
 });
