@@ -132,7 +132,7 @@ abstract class ChainCursor {
    * fileIo() on libuv's thread pool: the kernel copies between the file and
    * guest memory on a pool thread while the event loop serves other requests.
    * The caller owns `fd` until the promise settles (it must stay open: see
-   * FileOps, which hands in a private dup). The cursor must not be used
+   * onPool in passthrough.ts, which hands in a private dup). The cursor must not be used
    * meanwhile; it advances as parts complete.
    */
   protected fileIoAsync(io: AsyncIo, fd: number, count: number, position: number): Promise<number> {

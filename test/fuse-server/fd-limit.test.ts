@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FD_RESERVE, fdBudgetFor } from '../../src/fuse-server/passthrough-core';
+import { FD_RESERVE, fdBudgetFor } from '../../src/fuse-server/fd-budget';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
 import { Errno } from '../../src/sys/errno';
