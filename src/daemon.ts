@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
-import koffi from 'koffi';
-import { libc } from './sys/libc';
+import { LOCK_EX, LOCK_NB, O_CLOEXEC, flock } from './sys/fs';
+import { groupIdOf } from './sys/process';
 import { DaemonConfig } from './config';
 import { DaxMapper } from './dax-mapper/dax-mapper';
 import { FuseSession } from './fuse-server/session';
@@ -252,29 +252,12 @@ export class Daemon {
 }
 
 function groupId(group: string): number {
-  return /^\d+$/.test(group) ? Number(group) : lookupGroup(group);
+  if (/^\d+$/.test(group)) return Number(group);
+  // Before the sandbox: NSS modules (sssd, LDAP, systemd's dynamic users) may open files and sockets anywhere.
+  const gid = groupIdOf(group);
+  if (gid === null) throw new Error(`unknown group '${group}'`);
+  return gid;
 }
-
-/**
- * getgrnam(3) through libc, so that groups from NSS (sssd, LDAP, systemd's
- * dynamic users) resolve as well as those in /etc/group. Called before the
- * sandbox: NSS modules may open files and sockets anywhere.
- */
-function lookupGroup(name: string): number {
-  const entry = getgrnam(name);
-  if (entry === null) throw new Error(`unknown group '${name}'`);
-  return (koffi.decode(entry, GroupEntry) as { gr_gid: number }).gr_gid;
-}
-
-/** struct group's first fields (grp.h); the rest is never read. Anonymous: koffi type names are process-wide. */
-const GroupEntry = koffi.struct({ gr_name: 'const char *', gr_passwd: 'const char *', gr_gid: 'uint32_t' });
-const getgrnam = libc.func('void *getgrnam(const char *)') as (name: string) => unknown;
-
-/** fcntl.h: Node opens with O_CLOEXEC anyway, but says so in no constant. */
-const O_CLOEXEC = 0o2000000;
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-const flock = libc.func('int flock(int, int)') as (fd: number, op: number) => number;
 
 /**
  * Opens and locks the pid file (SOCKET.pid, as both reference daemons do) and
@@ -285,7 +268,9 @@ const flock = libc.func('int flock(int, int)') as (fd: number, op: number) => nu
  */
 export function lockPidFile(pidFile: string): number {
   const fd = fs.openSync(pidFile, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW | O_CLOEXEC, 0o644);
-  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+  try {
+    flock(fd, LOCK_EX | LOCK_NB);
+  } catch {
     let holder = '';
     try {
       holder = fs.readFileSync(pidFile, 'utf8').trim();

@@ -5,7 +5,7 @@
  */
 import koffi from 'koffi';
 import { SysError } from './errno';
-import { rawSyscall, syscall } from './libc';
+import { libc, rawSyscall, syscall } from './libc';
 
 export const PR_CAPBSET_READ = 23;
 export const PR_CAPBSET_DROP = 24;
@@ -45,4 +45,18 @@ export function seccompSetModeFilter(flags: number, filter: Buffer): number {
   });
   if (ret < 0) throw new SysError('seccomp', koffi.errno());
   return ret;
+}
+
+/** struct group's first fields (grp.h); the rest is never read. Anonymous: koffi type names are process-wide. */
+const GroupEntry = koffi.struct({ gr_name: 'const char *', gr_passwd: 'const char *', gr_gid: 'uint32_t' });
+const getgrnam = libc.func('void *getgrnam(const char *)') as (name: string) => unknown;
+
+/**
+ * The gid of group `name` through getgrnam(3), so that groups from NSS
+ * (sssd, LDAP, systemd's dynamic users) resolve as well as those in
+ * /etc/group; null when there is no such group.
+ */
+export function groupIdOf(name: string): number | null {
+  const entry = getgrnam(name);
+  return entry === null ? null : (koffi.decode(entry, GroupEntry) as { gr_gid: number }).gr_gid;
 }
