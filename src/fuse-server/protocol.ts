@@ -270,6 +270,9 @@ export const fuse_open_in = struct('fuse_open_in', { flags: 'u32', open_flags: '
 export const fuse_create_in = struct('fuse_create_in', { flags: 'u32', mode: 'u32', umask: 'u32', open_flags: 'u32' });
 export const fuse_open_out = struct('fuse_open_out', { fh: 'u64n', open_flags: 'u32', padding: pad(4) });
 
+/** CREATE (and TMPFILE) answer a fuse_entry_out followed by a fuse_open_out (linux/fuse.h has no name for the pair). */
+export const fuse_create_out = struct('fuse_create_out', { entry: fuse_entry_out, open: fuse_open_out });
+
 export const fuse_release_in = struct('fuse_release_in', {
   fh: 'u64n',
   flags: 'u32',

@@ -74,6 +74,7 @@ import {
   fuse_mknod_in,
   fuse_open_in,
   fuse_open_out,
+  fuse_create_out,
   fuse_read_in,
   fuse_readdir_in,
   fuse_release_in,
@@ -249,9 +250,6 @@ export interface FuseOp<I, O extends Layout<unknown> | null> {
 function op<I, O extends Layout<unknown> | null>(opcode: Opcode, inLayout: Layout<I> | null, out: O): FuseOp<I, O> {
   return { opcode, in: inLayout, out };
 }
-
-/** CREATE answers a fuse_entry_out followed by a fuse_open_out. */
-const fuse_create_out = struct('fuse_create_out', { entry: fuse_entry_out, open: fuse_open_out });
 
 /** Every operation the driver sends, by method: the one place an opcode meets its argument and reply layouts. */
 export const FUSE_OPS = {
