@@ -7,6 +7,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { qemuGuestArgs } from './qemu-args';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 const E2E_CACHE = process.env.E2E_CACHE_DIR ?? path.join(REPO_ROOT, '.cache', 'e2e');
@@ -60,37 +61,20 @@ export interface DaxBootResult {
 export function daxQemuArgs(opts: Pick<DaxBootOptions, 'socketPath' | 'mode' | 'dax' | 'allowReboot' | 'device' | 'append'>): string[] {
   const device =
     opts.device === 'fs'
-      ? `vhost-user-fs-pci,chardev=char0,tag=${DAX_TAG}`
+      ? { driver: 'vhost-user-fs-pci', props: [`tag=${DAX_TAG}`] }
       : // virtio-id 26 is virtio-fs; the window size is the back-end's GET_SHMEM_CONFIG answer.
-        'vhost-user-test-device-pci,chardev=char0,virtio-id=26,num_vqs=2,config_size=40';
-  return [
-    '-accel',
-    'tcg',
-    '-cpu',
-    'max',
-    '-smp',
-    '2',
-    '-m',
-    '512M',
-    '-object',
-    'memory-backend-memfd,id=mem,size=512M,share=on',
-    '-numa',
-    'node,memdev=mem',
-    '-chardev',
-    `socket,id=char0,path=${opts.socketPath}`,
-    '-device',
+        { driver: 'vhost-user-test-device-pci', props: ['virtio-id=26', 'num_vqs=2', 'config_size=40'] };
+  return qemuGuestArgs({
+    accel: 'tcg',
+    cpu: 'max',
+    socketPath: opts.socketPath,
     device,
-    '-kernel',
-    DAX_KERNEL,
-    '-initrd',
-    DAX_INITRD,
-    '-append',
-    `console=ttyS0 panic=-1 e2e.mode=${opts.mode} e2e.dax=${opts.dax}${opts.append ? ` ${opts.append}` : ''}`,
-    '-nographic',
-    ...(opts.allowReboot ? [] : ['-no-reboot']),
-    '-nic',
-    'none',
-  ];
+    kernel: DAX_KERNEL,
+    initrd: DAX_INITRD,
+    mode: opts.mode,
+    append: [`e2e.dax=${opts.dax}`, ...(opts.append ? [opts.append] : [])],
+    allowReboot: opts.allowReboot,
+  });
 }
 
 const live = new Set<ChildProcess>();

@@ -6,6 +6,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { qemuGuestArgs } from './qemu-args';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const E2E_CACHE_DIR = process.env.E2E_CACHE_DIR ?? path.join(REPO_ROOT, '.cache', 'e2e');
@@ -138,46 +139,28 @@ function isSocket(p: string): boolean {
 }
 
 export function qemuArgs(opts: BootOptions): string[] {
-  const queues = opts.requestQueues === undefined ? '' : `,num-request-queues=${opts.requestQueues}`;
-  return [
+  return qemuGuestArgs({
     // One TCG thread for all vCPUs: with multi-threaded TCG, QEMU 7.2 races
     // Linux 6.12's run-time code patching (int3-based static keys) and the
     // guest oopses in early boot now and then. The guest still has 2 vCPUs
     // (and uses 2 request queues); they just share one host thread.
-    '-accel',
-    'tcg,thread=single',
+    accel: 'tcg,thread=single',
     // QEMU 7.2's TCG mis-emulates CMPXCHG16B, which Linux 6.12's slab
     // allocator uses on every allocation: the guest dies at boot with double
     // faults most of the time. Without the cx16 CPUID bit the kernel falls
     // back to code that works (6.1 boots either way).
-    '-cpu',
-    'qemu64,-cx16',
-    '-smp',
-    '2',
-    '-m',
-    '512M',
-    // Guest RAM must be shared memory, or the back-end cannot map it.
-    '-object',
-    'memory-backend-memfd,id=mem,size=512M,share=on',
-    '-numa',
-    'node,memdev=mem',
-    '-chardev',
-    `socket,id=char0,path=${opts.socketPath}`,
-    '-device',
-    `vhost-user-fs-pci,chardev=char0,tag=myfs${queues}`,
-    '-kernel',
-    opts.kernel.kernel,
-    ...(opts.rootFromShare ? [] : ['-initrd', opts.kernel.initrd]),
-    // panic=-1: a guest kernel panic reboots at once, which ends QEMU
-    // (-no-reboot) instead of waiting for the timeout.
-    // Not "quiet": when a boot hangs, the console shows how far the kernel got.
-    '-append',
-    `console=ttyS0 panic=-1 e2e.mode=${opts.mode}` + (opts.rootFromShare ? ' root=myfs rootfstype=virtiofs rw init=/init' : ''),
-    '-nographic',
-    ...(opts.allowReboot ? [] : ['-no-reboot']),
-    '-nic',
-    'none',
-  ];
+    cpu: 'qemu64,-cx16',
+    socketPath: opts.socketPath,
+    device: {
+      driver: 'vhost-user-fs-pci',
+      props: ['tag=myfs', ...(opts.requestQueues === undefined ? [] : [`num-request-queues=${opts.requestQueues}`])],
+    },
+    kernel: opts.kernel.kernel,
+    initrd: opts.rootFromShare ? undefined : opts.kernel.initrd,
+    mode: opts.mode,
+    append: opts.rootFromShare ? ['root=myfs', 'rootfstype=virtiofs', 'rw', 'init=/init'] : [],
+    allowReboot: opts.allowReboot,
+  });
 }
 
 /**

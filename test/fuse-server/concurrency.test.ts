@@ -16,7 +16,7 @@ import { OPCODES } from '../../src/fuse-server/dispatcher';
 import { Errno } from '../../src/fuse-server/errors';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
-import { encode } from './fuse-driver';
+import { encode, outcome, replyError } from './fuse-driver';
 import { Harness } from './harness';
 
 const MiB = 1 << 20;
@@ -50,46 +50,45 @@ function blockPool(dir: string): () => Promise<void> {
   };
 }
 
-const readIn = (fh: number, offset: number, size: number) =>
-  encode(P.fuse_read_in, { fh, offset, size, read_flags: 0, lock_owner: 0n, flags: 0 });
-const writeIn = (fh: number, offset: number, size: number) =>
-  encode(P.fuse_write_in, { fh, offset, size, write_flags: 0, lock_owner: 0n, flags: 0 });
-const releaseIn = (fh: number) => encode(P.fuse_release_in, { fh, flags: 0, release_flags: 0, lock_owner: 0n });
-
-function pooled(files: Record<string, Buffer>): Harness {
+async function pooled(files: Record<string, Buffer>): Promise<Harness> {
   const harness = Harness.create({ threadPoolSize: 4 }, (dir) => {
     for (const [name, data] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), data);
   });
-  harness.init();
+  await harness.start();
   return harness;
 }
 
+/** The answer the client received for the request `unique`. */
+const answerOf = (unique: bigint) => h.transport.answered.find((x) => x.unique === unique);
+/** Where among the client's answers the one to `unique` came. */
+const answerIndex = (unique: bigint) => h.transport.answered.findIndex((x) => x.unique === unique);
+
 describe('blocking file calls off the event loop', () => {
   it('COPY_FILE_RANGE, FALLOCATE and SYNCFS wait on the thread pool while other requests are answered', async () => {
-    h = pooled({ a: Buffer.alloc(MiB, 0xaa), b: Buffer.alloc(0) });
-    const a = h.lookup(1, 'a');
-    const b = h.lookup(1, 'b');
-    const fhA = h.open(a.nodeid, fs.constants.O_RDONLY);
-    const fhB = h.open(b.nodeid, fs.constants.O_RDWR);
+    h = await pooled({ a: Buffer.alloc(MiB, 0xaa), b: Buffer.alloc(0) });
+    const c = h.client;
+    const a = await c.lookup(1, 'a');
+    const b = await c.lookup(1, 'b');
+    const fhA = await h.open(a.nodeid, fs.constants.O_RDONLY);
+    const fhB = await h.open(b.nodeid, fs.constants.O_RDWR);
     unblock = blockPool(h.dir);
     // Each is queued behind the blocked pool: none may be answered on the event loop now.
-    const copy = h.fuse.start(Opcode.FUSE_COPY_FILE_RANGE, a.nodeid, [
-      encode(P.fuse_copy_file_range_in, { fh_in: fhA, off_in: 0, nodeid_out: b.nodeid, fh_out: fhB, off_out: 0, len: MiB, flags: 0 }),
-    ]);
-    expect(copy).toBeInstanceOf(Promise);
-    const falloc = h.fuse.start(Opcode.FUSE_FALLOCATE, b.nodeid, [
-      encode(P.fuse_fallocate_in, { fh: fhB, offset: 0, length: 2 * MiB, mode: 0 }),
-    ]);
-    expect(falloc).toBeInstanceOf(Promise);
-    const sync = h.fuse.start(Opcode.FUSE_SYNCFS, 1, [encode(P.fuse_syncfs_in, {})]);
-    expect(sync).toBeInstanceOf(Promise);
-    // The event loop is free meanwhile.
-    expect(h.fuse.request(Opcode.FUSE_GETATTR, a.nodeid, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })]).error).toBe(0);
+    const copy = outcome(c.copyFileRange({ nodeid: a.nodeid, fh: fhA, offset: 0 }, { nodeid: b.nodeid, fh: fhB, offset: 0 }, MiB));
+    expect(h.transport.lastDeferred).toBe(true);
+    const falloc = outcome(c.fallocate(b.nodeid, fhB, 0, 2 * MiB));
+    expect(h.transport.lastDeferred).toBe(true);
+    const sync = outcome(c.syncfs(1));
+    expect(h.transport.lastDeferred).toBe(true);
+    // The event loop is free meanwhile: GETATTR is answered at once, and settles while all three still wait.
+    const attr = c.getattr(a.nodeid);
+    expect(h.transport.lastDeferred).toBe(false);
+    expect(await replyError(attr)).toBe(0);
+    expect(h.transport.pending).toBe(3);
     await unblock();
     unblock = null;
-    const [c, f, y] = await Promise.all([copy, falloc, sync]);
-    expect([c.error, f.error, y.error]).toEqual([0, 0, 0]);
-    expect(c.body.readUInt32LE(0)).toBe(MiB);
+    const [cr, f, y] = await Promise.all([copy, falloc, sync]);
+    expect([cr.error, f.error, y.error]).toEqual([0, 0, 0]);
+    expect(cr.value).toBe(MiB);
     expect(fs.readFileSync(path.join(h.dir, 'b')).subarray(0, MiB).equals(Buffer.alloc(MiB, 0xaa))).toBe(true);
     expect(fs.statSync(path.join(h.dir, 'b')).size).toBe(2 * MiB);
   });
@@ -97,97 +96,107 @@ describe('blocking file calls off the event loop', () => {
 
 describe('requests that finish later', () => {
   it('answer into their own chains, in the order they finish, while later requests are answered at once', async () => {
-    h = pooled({ a: Buffer.alloc(MiB, 0xaa) });
-    const a = h.lookup(1, 'a');
-    const fh = h.open(a.nodeid, fs.constants.O_RDWR);
+    h = await pooled({ a: Buffer.alloc(MiB, 0xaa) });
+    const a = await h.client.lookup(1, 'a');
+    const fh = await h.open(a.nodeid, fs.constants.O_RDWR);
     unblock = blockPool(h.dir);
-    const read = h.fuse.start(Opcode.FUSE_READ, a.nodeid, [readIn(fh, 0, MiB)], { replySize: 16 + MiB });
-    const readUnique = h.fuse.lastUnique;
-    expect(read).toBeInstanceOf(Promise);
-    const fsync = h.fuse.start(Opcode.FUSE_FSYNC, a.nodeid, [encode(P.fuse_fsync_in, { fh, fsync_flags: 0 })]);
-    const fsyncUnique = h.fuse.lastUnique;
-    expect(fsync).toBeInstanceOf(Promise);
+    const read = outcome(h.client.read(a.nodeid, fh, 0, MiB));
+    const readUnique = h.transport.lastUnique;
+    expect(h.transport.lastDeferred).toBe(true);
+    const fsync = outcome(h.client.fsync(a.nodeid, fh));
+    const fsyncUnique = h.transport.lastUnique;
+    expect(h.transport.lastDeferred).toBe(true);
     // Served meanwhile, on the event loop: its reply is complete before the READ's.
-    const attr = h.fuse.request(Opcode.FUSE_GETATTR, a.nodeid, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })]);
-    expect(attr.error).toBe(0);
-    expect(attr.unique).toBe(h.fuse.lastUnique);
+    const attr = h.client.getattr(a.nodeid);
+    const attrUnique = h.transport.lastUnique;
+    expect(await replyError(attr)).toBe(0);
+    expect(answerOf(attrUnique)).toEqual({ opcode: Opcode.FUSE_GETATTR, unique: attrUnique, error: 0, used: 16 + P.fuse_attr_out.size });
+    expect(h.transport.pending).toBe(2);
     await unblock();
     unblock = null;
     const [r, f] = await Promise.all([read, fsync]);
-    expect(r.unique).toBe(readUnique);
+    expect(answerOf(readUnique)).toEqual({ opcode: Opcode.FUSE_READ, unique: readUnique, error: 0, used: 16 + MiB });
     expect(r.error).toBe(0);
-    expect(r.body.equals(Buffer.alloc(MiB, 0xaa))).toBe(true);
-    expect(f.unique).toBe(fsyncUnique);
+    expect(r.value!.equals(Buffer.alloc(MiB, 0xaa))).toBe(true);
+    expect(answerOf(fsyncUnique)).toEqual({ opcode: Opcode.FUSE_FSYNC, unique: fsyncUnique, error: 0, used: 16 });
     expect(f.error).toBe(0);
+    // The GETATTR sent after them was answered before either.
+    expect(answerIndex(attrUnique)).toBeLessThan(Math.min(answerIndex(readUnique), answerIndex(fsyncUnique)));
   });
 
   it('RELEASE while a READ of the handle is in flight: the READ still reads the file it named, though the fd number was reused', async () => {
-    h = pooled({ a: Buffer.alloc(MiB, 0xaa), b: Buffer.alloc(MiB, 0xbb) });
-    const a = h.lookup(1, 'a');
-    const fh = h.open(a.nodeid, fs.constants.O_RDONLY);
+    h = await pooled({ a: Buffer.alloc(MiB, 0xaa), b: Buffer.alloc(MiB, 0xbb) });
+    const a = await h.client.lookup(1, 'a');
+    const fh = await h.open(a.nodeid, fs.constants.O_RDONLY);
     unblock = blockPool(h.dir);
-    const read = h.fuse.start(Opcode.FUSE_READ, a.nodeid, [readIn(fh, 0, MiB)], { replySize: 16 + MiB });
-    expect(read).toBeInstanceOf(Promise);
+    const read = outcome(h.client.read(a.nodeid, fh, 0, MiB));
+    expect(h.transport.lastDeferred).toBe(true);
     // The guest closes the file: RELEASE is answered at once and the handle is gone...
-    expect(h.fuse.request(Opcode.FUSE_RELEASE, a.nodeid, [releaseIn(fh)]).error).toBe(0);
-    expect(h.fuse.request(Opcode.FUSE_READ, a.nodeid, [readIn(fh, 0, 1)]).error).toBe(-Errno.EBADF);
+    expect(await replyError(h.client.release(a.nodeid, fh))).toBe(0);
+    expect(await replyError(h.client.read(a.nodeid, fh, 0, 1))).toBe(-Errno.EBADF);
     // ...and the next open takes the fd numbers it freed.
-    const b = h.lookup(1, 'b');
-    h.open(b.nodeid, fs.constants.O_RDONLY);
+    const b = await h.client.lookup(1, 'b');
+    await h.open(b.nodeid, fs.constants.O_RDONLY);
+    expect(h.transport.pending).toBe(1);
     await unblock();
     unblock = null;
     const r = await read;
     expect(r.error).toBe(0);
-    expect(r.body.length).toBe(MiB);
-    expect(r.body.equals(Buffer.alloc(MiB, 0xaa))).toBe(true);
+    expect(r.value!.length).toBe(MiB);
+    expect(r.value!.equals(Buffer.alloc(MiB, 0xaa))).toBe(true);
   });
 
   it('DESTROY while a WRITE is in flight: the write lands in the file it named and is still answered', async () => {
-    h = pooled({ a: Buffer.alloc(0), b: Buffer.alloc(0) });
-    const a = h.lookup(1, 'a');
-    const fh = h.open(a.nodeid, fs.constants.O_WRONLY);
+    h = await pooled({ a: Buffer.alloc(0), b: Buffer.alloc(0) });
+    const a = await h.client.lookup(1, 'a');
+    const fh = await h.open(a.nodeid, fs.constants.O_WRONLY);
     const data = Buffer.alloc(256 * 1024, 0x5c);
     unblock = blockPool(h.dir);
-    const write = h.fuse.start(Opcode.FUSE_WRITE, a.nodeid, [writeIn(fh, 0, data.length), data]);
-    expect(write).toBeInstanceOf(Promise);
-    expect(h.fuse.request(Opcode.FUSE_DESTROY, 0, []).error).toBe(0);
+    const write = outcome(h.client.write(a.nodeid, fh, 0, data));
+    expect(h.transport.lastDeferred).toBe(true);
+    expect(await replyError(h.client.destroy())).toBe(0);
     expect(h.session.stats.handles).toBe(0);
     // A new session reuses the fd numbers for another file.
-    h.init();
-    const b = h.lookup(1, 'b');
-    h.open(b.nodeid, fs.constants.O_WRONLY);
+    await h.start();
+    const b = await h.client.lookup(1, 'b');
+    await h.open(b.nodeid, fs.constants.O_WRONLY);
     await unblock();
     unblock = null;
     const w = await write;
     expect(w.error).toBe(0);
-    expect(P.fuse_write_out.decode(w.body, 0).size).toBe(data.length);
+    expect(w.value).toBe(data.length);
     expect(fs.readFileSync(h.p('a')).equals(data)).toBe(true);
     expect(fs.statSync(h.p('b')).size).toBe(0);
   });
 
   it('FORGET of the inode while a READ through its handle is in flight: the READ completes', async () => {
-    h = pooled({ a: Buffer.alloc(MiB, 0x11) });
-    const a = h.lookup(1, 'a');
-    const fh = h.open(a.nodeid, fs.constants.O_RDONLY);
+    h = await pooled({ a: Buffer.alloc(MiB, 0x11) });
+    const a = await h.client.lookup(1, 'a');
+    const fh = await h.open(a.nodeid, fs.constants.O_RDONLY);
     unblock = blockPool(h.dir);
-    const read = h.fuse.start(Opcode.FUSE_READ, a.nodeid, [readIn(fh, 0, MiB)], { replySize: 16 + MiB });
-    h.forget(a.nodeid, 1);
+    const read = outcome(h.client.read(a.nodeid, fh, 0, MiB));
+    await h.client.forget(a.nodeid, 1);
     await unblock();
     unblock = null;
     const r = await read;
     expect(r.error).toBe(0);
-    expect(r.body.equals(Buffer.alloc(MiB, 0x11))).toBe(true);
-    h.release(a.nodeid, fh);
+    expect(r.value!.equals(Buffer.alloc(MiB, 0x11))).toBe(true);
+    await h.client.release(a.nodeid, fh);
   });
 
   it('without --thread-pool-size READ and WRITE answer at once, and FSYNC later', async () => {
     h = Harness.create({}, (dir) => fs.writeFileSync(path.join(dir, 'a'), Buffer.alloc(MiB, 1)));
-    h.init();
-    const a = h.lookup(1, 'a');
-    const fh = h.open(a.nodeid, fs.constants.O_RDWR);
-    expect(h.fuse.start(Opcode.FUSE_READ, a.nodeid, [readIn(fh, 0, MiB)], { replySize: 16 + MiB })).not.toBeInstanceOf(Promise);
-    const fsync = h.fuse.start(Opcode.FUSE_FSYNC, a.nodeid, [encode(P.fuse_fsync_in, { fh, fsync_flags: P.FUSE_FSYNC_FDATASYNC })]);
-    expect(fsync).toBeInstanceOf(Promise);
+    await h.start();
+    const a = await h.client.lookup(1, 'a');
+    const fh = await h.open(a.nodeid, fs.constants.O_RDWR);
+    const read = h.client.read(a.nodeid, fh, 0, MiB);
+    expect(h.transport.lastDeferred).toBe(false);
+    expect((await read).equals(Buffer.alloc(MiB, 1))).toBe(true);
+    const write = h.client.write(a.nodeid, fh, 0, Buffer.alloc(MiB, 2));
+    expect(h.transport.lastDeferred).toBe(false);
+    expect(await write).toBe(MiB);
+    const fsync = outcome(h.client.fsync(a.nodeid, fh, true));
+    expect(h.transport.lastDeferred).toBe(true);
     expect((await fsync).error).toBe(0);
   });
 });
@@ -203,55 +212,49 @@ describe('one table carries every opcode with its framing', () => {
     expect(OPCODES.has(Opcode.FUSE_NOTIFY_REPLY)).toBe(false);
   });
 
-  it('frames by the table: before INIT, INTERRUPT is taken silently, FORGET dropped silently, the rest EIO; unknown opcodes ENOSYS', () => {
+  it('frames by the table: before INIT, INTERRUPT is taken silently, FORGET dropped silently, the rest EIO; unknown opcodes ENOSYS', async () => {
     h = Harness.create();
-    expect(h.fuse.request(Opcode.FUSE_INTERRUPT, 0, [encode(P.fuse_interrupt_in, { unique: 99n })]).used).toBe(0);
-    expect(h.fuse.request(Opcode.FUSE_FORGET, 1, [encode(P.fuse_forget_in, { nlookup: 1 })]).used).toBe(0);
-    expect(h.fuse.request(Opcode.FUSE_GETATTR, 1, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })]).error).toBe(-Errno.EIO);
-    h.init();
-    expect(h.fuse.request(Opcode.FUSE_NOTIFY_REPLY, 1, []).error).toBe(-Errno.ENOSYS);
-    expect(h.fuse.request(Opcode.FUSE_GETATTR, 1, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })]).error).toBe(0);
+    // INTERRUPT has no client method: the kernel sends it only for a request in flight.
+    expect((await h.raw(Opcode.FUSE_INTERRUPT, 0, [encode(P.fuse_interrupt_in, { unique: 99n })])).used).toBe(0);
+    // FORGET with room for a reply, as on a request queue: still none.
+    expect((await h.raw(Opcode.FUSE_FORGET, 1, [encode(P.fuse_forget_in, { nlookup: 1 })])).used).toBe(0);
+    expect(await replyError(h.client.getattr(1))).toBe(-Errno.EIO);
+    await h.start();
+    expect((await h.raw(Opcode.FUSE_NOTIFY_REPLY, 1)).error).toBe(-Errno.ENOSYS);
+    expect(await replyError(h.client.getattr(1))).toBe(0);
   });
 });
 
 describe('waiting requests and reused uniques', () => {
   it('a guest reusing the unique of a waiting SETLKW cannot make it uncancellable: INTERRUPT reaches it, DESTROY cancels every waiter', async () => {
     h = Harness.create({ posixLock: true }, (dir) => fs.writeFileSync(path.join(dir, 'f'), 'x'));
-    h.init();
-    const node = h.lookup(1, 'f').nodeid;
-    const fh = h.open(node, fs.constants.O_RDWR);
+    await h.start();
+    const node = (await h.client.lookup(1, 'f')).nodeid;
+    const fh = await h.open(node, fs.constants.O_RDWR);
     const F_WRLCK = 1;
-    const lk = (owner: bigint) => h.lkIn(fh, owner, F_WRLCK, 0n, 0n);
-    /** A request with the unique the test chooses. */
+    const lk = (owner: bigint) => encode(P.fuse_lk_in, { fh, owner, lk: { start: 0n, end: 0n, type: F_WRLCK } });
+    /** A request with the unique the test chooses: the one thing no client does. */
     const raw = (opcode: number, nodeid: number, parts: Buffer[], unique: bigint) => {
       const body = Buffer.concat(parts);
-      const header = encode(P.fuse_in_header, {
-        len: P.fuse_in_header.size + body.length,
-        opcode,
-        unique,
-        nodeid,
-        uid: 0,
-        gid: 0,
-        pid: 1,
-        total_extlen: 0,
-      });
-      return h.fuse.sendRawAsync(Buffer.concat([header, body]));
+      const header = encode(P.fuse_in_header, { len: P.fuse_in_header.size + body.length, opcode, unique, nodeid, pid: 1 });
+      return h.transport.raw(Buffer.concat([header, body]));
     };
-    expect(h.fuse.request(Opcode.FUSE_SETLK, node, [lk(1n)]).error).toBe(0);
+    expect(await replyError(h.client.setlk(node, fh, 1n, { type: F_WRLCK, start: 0n, end: 0n }))).toBe(0);
     const first = raw(Opcode.FUSE_SETLKW, node, [lk(2n)], 500n);
+    expect(h.transport.lastDeferred).toBe(true);
     const second = raw(Opcode.FUSE_SETLKW, node, [lk(3n)], 500n);
-    expect(first).toBeInstanceOf(Promise);
-    expect(second).toBeInstanceOf(Promise);
+    expect(h.transport.lastDeferred).toBe(true);
     // Requests answered at once with the same unique leave the waiters registered.
-    const attr = raw(Opcode.FUSE_GETATTR, node, [encode(P.fuse_getattr_in, { getattr_flags: 0, fh: 0 })], 500n) as { error: number };
-    expect(attr.error).toBe(0);
+    const attr = raw(Opcode.FUSE_GETATTR, node, [encode(P.fuse_getattr_in, {})], 500n);
+    expect(h.transport.lastDeferred).toBe(false);
+    expect((await attr).error).toBe(0);
     expect(h.session.stats.waiting).toBe(2);
     // INTERRUPT reaches the newest request with that unique...
-    expect(h.fuse.request(Opcode.FUSE_INTERRUPT, 0, [encode(P.fuse_interrupt_in, { unique: 500n })]).used).toBe(0);
+    expect((await h.raw(Opcode.FUSE_INTERRUPT, 0, [encode(P.fuse_interrupt_in, { unique: 500n })])).used).toBe(0);
     expect((await second).error).toBe(-Errno.EINTR);
     expect(h.session.stats.waiting).toBe(1);
     // ...and DESTROY every one still waiting.
-    h.fuse.ok(Opcode.FUSE_DESTROY, 0);
+    await h.client.destroy();
     expect((await first).error).toBe(-Errno.EINTR);
     expect(h.session.stats.waiting).toBe(0);
   });

@@ -69,7 +69,7 @@ async function remove(h: Harness, ranges: [bigint, bigint][], count = ranges.len
     );
   const head = encode(P.fuse_removemapping_in, { count });
   const entries = ranges.map(([moffset, len]) => encode(P.fuse_removemapping_one, { moffset, len }));
-  return (await h.client.request(Opcode.FUSE_REMOVEMAPPING, 1, [head, ...entries], 0)).error;
+  return (await h.raw(Opcode.FUSE_REMOVEMAPPING, 1, [head, ...entries], { replySize: 0 })).error;
 }
 
 describe('SETUPMAPPING with a file handle', () => {

@@ -70,7 +70,7 @@ async function remove(h: Harness, ranges: [bigint, bigint][], count = ranges.len
     );
   const head = encode(P.fuse_removemapping_in, { count });
   const entries = ranges.map(([moffset, len]) => encode(P.fuse_removemapping_one, { moffset, len }));
-  return (await h.client.request(Opcode.FUSE_REMOVEMAPPING, 1, [head, ...entries], 0)).error;
+  return (await h.raw(Opcode.FUSE_REMOVEMAPPING, 1, [head, ...entries], { replySize: 0 })).error;
 }
 const settle = () => new Promise((r) => setTimeout(r, 20));
 
@@ -103,9 +103,11 @@ describe('--dax-window', () => {
     const big = (await h.client.lookup(1, 'big')).nodeid;
     const fds = openFdCount();
     // Raw, with room for a body: the reply must carry none.
-    const r = await h.client.request(Opcode.FUSE_SETUPMAPPING, big, [setupIn(BigInt(MiB), BigInt(2 * MiB), BigInt(4 * MiB), READ)], 4096);
+    const r = await h.raw(Opcode.FUSE_SETUPMAPPING, big, [setupIn(BigInt(MiB), BigInt(2 * MiB), BigInt(4 * MiB), READ)], {
+      replySize: 4096,
+    });
     expect(r.error).toBe(0);
-    expect(r.payload.length).toBe(0);
+    expect(r.body.length).toBe(0);
     expect(window.view(4 * MiB, 64)).toEqual(content.subarray(MiB, MiB + 64));
     expect(mapper.list()).toEqual([
       { moffset: BigInt(4 * MiB), len: BigInt(2 * MiB), foffset: BigInt(MiB), nodeid: BigInt(big), writable: false },
@@ -156,7 +158,7 @@ describe('--dax-window', () => {
     // The count must match the ranges present; zero ranges is no request at all.
     expect(await remove(h, [[0n, 4096n]], 2)).toBe(-Errno.EINVAL);
     expect(await remove(h, [], 0)).toBe(-Errno.EINVAL);
-    expect((await h.client.request(Opcode.FUSE_SETUPMAPPING, big, [Buffer.alloc(16)], 0)).error).toBe(-Errno.EINVAL);
+    expect((await h.raw(Opcode.FUSE_SETUPMAPPING, big, [Buffer.alloc(16)], { replySize: 0 })).error).toBe(-Errno.EINVAL);
     expect(window.mappingCount).toBe(0);
   });
 

@@ -91,7 +91,7 @@ describe('file operations', () => {
     h = Harness.create();
     await h.start();
     expect(await replyError(h.client.syncfs(1))).toBe(0);
-    expect((await h.client.request(Opcode.FUSE_SYNCFS, 1, [], 0)).error).toBe(-Errno.EINVAL);
+    expect((await h.raw(Opcode.FUSE_SYNCFS, 1, [], { replySize: 0 })).error).toBe(-Errno.EINVAL);
   });
 
   it('TMPFILE makes an unnamed open file that LINK can name', async () => {

@@ -2,60 +2,53 @@
  * The FUSE session tests' way in: DirectTransport carries the guest driver's
  * requests (src/guest/fuse-driver.ts FuseClient) straight to
  * FuseSession.handle(), cut into several buffers at odd offsets as a
- * descriptor chain may be split. RawFuse (below) is the compatibility shim for
- * tests that still build raw, synchronous requests.
+ * descriptor chain may be split. Requests no client would frame (broken
+ * headers, chosen uniques, no reply expected) go through its one raw entry,
+ * raw(): bytes in, the reply's bytes back.
  */
 import * as fs from 'node:fs';
 import type { FuseSession } from '../../src/fuse-server/session';
-import {
-  FUSE_ASYNC_READ,
-  FUSE_BIG_WRITES,
-  FUSE_DO_READDIRPLUS,
-  FUSE_INIT_EXT,
-  FUSE_MAX_PAGES,
-  FUSE_READDIRPLUS_AUTO,
-  Opcode,
-  fuse_entry_out,
-  fuse_in_header,
-  fuse_init_in,
-  fuse_out_header,
-  type EntryOut,
-} from '../../src/fuse-server/protocol';
-import {
-  type CallOptions,
-  type FuseChannel,
-  FuseClient,
-  FuseRequestError,
-  type FuseReply,
-  cstr,
-  encode,
-} from '../../src/guest/fuse-driver';
+import { fuse_in_header, fuse_out_header } from '../../src/fuse-server/protocol';
+import { type CallOptions, type FuseChannel, FuseClient, FuseRequestError, type FuseReply, encode } from '../../src/guest/fuse-driver';
 import type { FuseCall } from '../../src/guest/fuse-transport';
 import { Errno } from '../../src/sys/errno';
 
 /** The guest's encoders and READDIR parser serve the test client as well. */
 export { cstr, encode, parseDirents } from '../../src/guest/fuse-driver';
 
-export interface Reply {
+/** What came back for raw bytes. */
+export interface RawReply {
   /** Bytes the session reported as written (0: no reply). */
   used: number;
-  /** Negative errno from the out header, 0 on success. */
+  /** Negative errno from the out header, 0 on success (and when there was no reply). */
   error: number;
   unique: bigint;
   /** The reply after the out header. */
   body: Buffer;
 }
 
-/** The shim's per-request options: the driver's CallOptions a direct request can honour, and the reply room. */
-export type RequestOptions = Pick<CallOptions, 'uid' | 'gid' | 'len' | 'extensions'> & {
-  /** Room for the reply (default 64 KiB + header). */
+/** One reply the client received: which request it answered and how. */
+export interface Answer {
+  opcode: number;
+  unique: bigint;
+  error: number;
+  /** Bytes the session wrote: the out header and the body. */
+  used: number;
+}
+
+export type RawOptions = Pick<CallOptions, 'uid' | 'gid' | 'pid' | 'len' | 'extensions'> & {
+  /** Room for the reply after the out header (default 64 KiB). */
   replySize?: number;
+  /** Sizes the request is cut into, cycling (default READ_CUTS). */
+  readCuts?: number[];
 };
 
 /** Sizes the readable side is cut into, cycling: every header field boundary gets crossed somewhere. */
 const READ_CUTS = [7, 1, 13, 33, 3, 64, 5, 120];
 /** Sizes the writable side is cut into, cycling. */
 const WRITE_CUTS = [5, 19, 1, 100, 37, 4096];
+/** Reply room of a raw request when the caller gives none. */
+const RAW_REPLY_SIZE = 64 * 1024;
 
 export function cut(data: Buffer, sizes: number[]): Buffer[] {
   const out: Buffer[] = [];
@@ -81,12 +74,20 @@ const DEFAULT_CREDS = { uid: 0, gid: 0, pid: 4242 };
 /**
  * A FuseChannel with no virtqueue: each request is framed, cut at odd offsets
  * and handed to FuseSession.handle(); the reply is checked as FuseTransport
- * checks a used chain (unique, length, error sign).
+ * checks a used chain (unique, length, error sign). It also records what a
+ * test of timing needs: whether the session answered a request at once, how
+ * many it holds unanswered, and the order replies came in.
  */
 export class DirectTransport implements FuseChannel {
   private nextUnique = 1n;
-  /** The unique of the request sent last (to INTERRUPT it). */
+  /** The unique of the request framed last (to INTERRUPT it, or to find its answer). */
   lastUnique = 0n;
+  /** Whether the session took the request sent last without answering it at once (its reply comes when it settles). */
+  lastDeferred = false;
+  /** Requests the session took without answering at once and has not answered yet. */
+  pending = 0;
+  /** Every reply to a request framed here (call(), raw() of a request description), in the order they came. */
+  readonly answered: Answer[] = [];
 
   constructor(
     readonly session: FuseSession,
@@ -111,11 +112,20 @@ export class DirectTransport implements FuseChannel {
     return Buffer.concat([header, body]);
   }
 
+  /** Hands one chain to the session (synchronously, as the device does), noting whether it answered at once. */
+  private serve(readable: Buffer[], writable: Buffer[]): Promise<number> {
+    const used = this.session.handle(readable, writable);
+    this.lastDeferred = typeof used !== 'number';
+    if (typeof used === 'number') return Promise.resolve(used);
+    this.pending++;
+    return used.finally(() => this.pending--);
+  }
+
   async call(req: FuseCall, opts: CallOptions = {}): Promise<FuseReply> {
     const request = this.frame(req, opts);
     const unique = this.lastUnique;
     const writable = writableChain(fuse_out_header.size + req.replySize);
-    const used = await this.session.handle(cut(request, this.readCuts), writable);
+    const used = await this.serve(cut(request, this.readCuts), writable);
     const fail = (detail: string): never => {
       throw new FuseRequestError(req.opcode, Errno.EPROTO, 'protocol', detail);
     };
@@ -125,12 +135,39 @@ export class DirectTransport implements FuseChannel {
     if (out.unique !== unique) fail(`reply carries unique ${out.unique}, request had ${unique}`);
     if (out.len !== used) fail(`out header len ${out.len} != used length ${used}`);
     if (out.error > 0) fail(`positive error ${out.error}`);
+    this.answered.push({ opcode: req.opcode, unique, error: out.error, used });
     return { error: out.error, payload: Buffer.from(all.subarray(fuse_out_header.size, used)), unique };
   }
 
   async post(req: Omit<FuseCall, 'replySize'>, opts: CallOptions = {}): Promise<void> {
-    const used = await this.session.handle(cut(this.frame(req, opts), this.readCuts), []);
+    const used = await this.serve(cut(this.frame(req, opts), this.readCuts), []);
     if (used !== 0) throw new FuseRequestError(req.opcode, Errno.EPROTO, 'protocol', `a request without reply used ${used} bytes`);
+  }
+
+  /**
+   * The raw entry, for what no client method would send: `request` as bytes
+   * (sent as-is), or opcode, nodeid and argument bytes framed here with a
+   * fresh unique (and `opts` credentials, len, extensions). Cut at odd
+   * offsets; whatever the session writes back comes back, no reply included.
+   * The out header's len must match the used length; for a request framed
+   * here, the reply must also carry its unique and no positive error.
+   */
+  async raw(request: Buffer | Omit<FuseCall, 'replySize'>, opts: RawOptions = {}): Promise<RawReply> {
+    const framed = Buffer.isBuffer(request) ? null : request;
+    const bytes = framed ? this.frame(framed, opts) : (request as Buffer);
+    const unique = this.lastUnique;
+    const writable = writableChain(fuse_out_header.size + (opts.replySize ?? RAW_REPLY_SIZE));
+    const used = await this.serve(cut(bytes, opts.readCuts ?? this.readCuts), writable);
+    if (used === 0) return { used, error: 0, unique: 0n, body: Buffer.alloc(0) };
+    const all = Buffer.concat(writable);
+    const out = fuse_out_header.decode(all, 0);
+    if (out.len !== used) throw new Error(`out header len ${out.len} != used ${used}`);
+    if (framed) {
+      if (out.unique !== unique) throw new Error(`reply carries unique ${out.unique}, request had ${unique}`);
+      if (out.error > 0) throw new Error(`positive error ${out.error}`);
+      this.answered.push({ opcode: framed.opcode, unique, error: out.error, used });
+    }
+    return { used, error: out.error, unique: out.unique, body: all.subarray(fuse_out_header.size, used) };
   }
 }
 
@@ -139,101 +176,22 @@ export function directClient(session: FuseSession): FuseClient<DirectTransport> 
   return new FuseClient(new DirectTransport(session));
 }
 
-/**
- * Compatibility shim for tests not yet on FuseClient: raw requests whose reply
- * comes back synchronously when the session answers at once.
- */
-export class FuseDriver {
-  constructor(
-    readonly session: FuseSession,
-    /** Shared with the harness's FuseClient, so the two number their requests as one. */
-    readonly transport = new DirectTransport(session),
-  ) {}
+/** How a client call ended: 0 and its value, or the negative errno of its error reply. */
+export type Outcome<T> = { error: 0; value: T } | { error: number; value?: undefined };
 
-  /** The unique of the request built last. */
-  get lastUnique(): bigint {
-    return this.transport.lastUnique;
+/** The outcome of `call`; anything but an errno reply (no reply, a broken one) is rethrown. */
+export async function outcome<T>(call: Promise<T>): Promise<Outcome<T>> {
+  try {
+    return { error: 0, value: await call };
+  } catch (err) {
+    if (err instanceof FuseRequestError && err.kind === 'reply') return { error: -err.errno };
+    throw err;
   }
-
-  /** Builds the raw request bytes. */
-  build(opcode: number, nodeid: number, parts: Buffer[], opts: RequestOptions = {}): Buffer {
-    return this.transport.frame({ opcode, nodeid, args: parts }, opts);
-  }
-
-  /** Sends raw request bytes split at odd offsets; decodes whatever comes back. */
-  sendRaw(request: Buffer, replySize = 65536 + 16, readCuts = READ_CUTS): Reply {
-    const result = this.sendRawAsync(request, replySize, readCuts);
-    if (result instanceof Promise) throw new Error('unexpected asynchronous reply');
-    return result;
-  }
-
-  /** Like sendRaw, for requests that may wait: a Reply, or a promise of one. */
-  sendRawAsync(request: Buffer, replySize = 65536 + 16, readCuts = READ_CUTS): Reply | Promise<Reply> {
-    const writable = writableChain(replySize);
-    const used = this.session.handle(cut(request, readCuts), writable);
-    return typeof used === 'number' ? decodeReply(writable, used) : used.then((n) => decodeReply(writable, n));
-  }
-
-  /** A request that may wait: the reply, or a promise of it (see lastUnique to interrupt it). */
-  start(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Reply | Promise<Reply> {
-    return this.sendRawAsync(this.build(opcode, nodeid, parts, opts), opts.replySize);
-  }
-
-  /** Awaits a request that may wait; the reply either way. */
-  async requestAsync(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Promise<Reply> {
-    return this.start(opcode, nodeid, parts, opts);
-  }
-
-  request(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Reply {
-    return this.sendRaw(this.build(opcode, nodeid, parts, opts), opts.replySize);
-  }
-
-  /** Like ok(), for requests that may finish later (thread-pool READ/WRITE, FSYNC). */
-  async okAsync(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Promise<Buffer> {
-    const r = await this.requestAsync(opcode, nodeid, parts, opts);
-    if (r.used === 0) throw new Error(`${Opcode[opcode]}: no reply`);
-    if (r.error !== 0) throw new Error(`${Opcode[opcode]}: error ${r.error}`);
-    return r.body;
-  }
-
-  /** Like request() but throws on an error reply. */
-  ok(opcode: number, nodeid: number, parts: Buffer[] = [], opts: RequestOptions = {}): Buffer {
-    const r = this.request(opcode, nodeid, parts, opts);
-    if (r.used === 0) throw new Error(`${Opcode[opcode]}: no reply`);
-    if (r.error !== 0) throw new Error(`${Opcode[opcode]}: error ${r.error}`);
-    return r.body;
-  }
-
-  init(
-    minor = 38,
-    flags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_INIT_EXT,
-    flags2 = 0,
-  ): Buffer {
-    return this.ok(Opcode.FUSE_INIT, 0, [encode(fuse_init_in, { major: 7, minor, max_readahead: 131072, flags, flags2 })]);
-  }
-
-  lookup(parent: number, name: string): EntryOut {
-    return fuse_entry_out.decode(this.ok(Opcode.FUSE_LOOKUP, parent, [cstr(name)]), 0);
-  }
-}
-
-function decodeReply(writable: Buffer[], used: number): Reply {
-  const all = Buffer.concat(writable);
-  if (used === 0) return { used, error: 0, unique: 0n, body: Buffer.alloc(0) };
-  const h = fuse_out_header.decode(all, 0);
-  if (h.len !== used) throw new Error(`out header len ${h.len} != used ${used}`);
-  return { used, error: h.error, unique: h.unique, body: all.subarray(fuse_out_header.size, used) };
 }
 
 /** What an error reply would carry for `call`: 0 when it succeeds, the negative errno of its FuseRequestError otherwise. */
 export async function replyError(call: Promise<unknown>): Promise<number> {
-  try {
-    await call;
-    return 0;
-  } catch (err) {
-    if (err instanceof FuseRequestError && err.kind === 'reply') return -err.errno;
-    throw err;
-  }
+  return (await outcome(call)).error;
 }
 
 /** Open file descriptors of this process. */

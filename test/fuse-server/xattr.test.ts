@@ -149,12 +149,12 @@ describe('--xattr', async () => {
     const f = (await c.lookup(1, 'f')).nodeid;
     // A value longer than the request, a name without NUL, no arguments at all.
     const a = encode(P.fuse_setxattr_in, { size: 100, flags: 0, setxattr_flags: 0 });
-    expect((await c.request(Opcode.FUSE_SETXATTR, f, [a, cstr('user.a'), Buffer.from('short')], 0)).error).toBe(-Errno.EINVAL);
-    expect((await c.request(Opcode.FUSE_GETXATTR, f, [encode(P.fuse_getxattr_in, { size: 0 }), Buffer.from('user.a')], 8)).error).toBe(
-      -Errno.EINVAL,
-    );
-    expect((await c.request(Opcode.FUSE_LISTXATTR, f, [], 8)).error).toBe(-Errno.EINVAL);
-    expect((await c.request(Opcode.FUSE_REMOVEXATTR, f, [], 0)).error).toBe(-Errno.EINVAL);
+    expect((await h.raw(Opcode.FUSE_SETXATTR, f, [a, cstr('user.a'), Buffer.from('short')], { replySize: 0 })).error).toBe(-Errno.EINVAL);
+    expect(
+      (await h.raw(Opcode.FUSE_GETXATTR, f, [encode(P.fuse_getxattr_in, { size: 0 }), Buffer.from('user.a')], { replySize: 8 })).error,
+    ).toBe(-Errno.EINVAL);
+    expect((await h.raw(Opcode.FUSE_LISTXATTR, f, [], { replySize: 8 })).error).toBe(-Errno.EINVAL);
+    expect((await h.raw(Opcode.FUSE_REMOVEXATTR, f, [], { replySize: 0 })).error).toBe(-Errno.EINVAL);
   });
 });
 
@@ -251,7 +251,9 @@ describe('--security-label', async () => {
     harness({ securityLabel: true });
     await h.start(LINUX_FLAGS, LINUX_FLAGS2, 37);
     const a = encode(P.fuse_create_in, { flags: O_RDWR | 0o100, mode: 0o100644, umask: 0, open_flags: 0 });
-    const old = await c.request(Opcode.FUSE_CREATE, 1, [a, cstr('old'), secctxBlock('security.virtiofs-test', Buffer.from('old_t'))], 4096);
+    const old = await h.raw(Opcode.FUSE_CREATE, 1, [a, cstr('old'), secctxBlock('security.virtiofs-test', Buffer.from('old_t'))], {
+      replySize: 4096,
+    });
     expect(old.error).toBe(0);
     expect(hostGet(h.p('old'), 'security.virtiofs-test')?.toString()).toBe('old_t');
   });
