@@ -1,6 +1,7 @@
 // The few syscalls that koffi cannot serve well: fd readiness in the libuv
-// loop (uv_poll), SCM_RIGHTS sendmsg/recvmsg, and mmap'd memory exposed as
-// external ArrayBuffers. Everything else lives in src/sys/libc.ts via koffi.
+// loop (uv_poll), SCM_RIGHTS sendmsg/recvmsg, mmap'd memory exposed as
+// external ArrayBuffers, calls on libuv's pool (asyncIo), and preadv2 over
+// guest-memory Buffers. Everything else lives in src/sys/libc.ts via koffi.
 // Errors are thrown as Error objects with `errno` (number) and `code`.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -663,6 +664,46 @@ static napi_value js_async_io(napi_env env, napi_callback_info info) {
 }
 
 
+// preadv2(fd, buffers, position, flags) -> bytes read, or -errno. Node's fs has
+// preadv but no flags: RWF_NOWAIT reads what the page cache holds without ever
+// waiting for the disk, and answers EAGAIN otherwise (the caller then reads on
+// the pool). Failures are returned, not thrown: EAGAIN is an expected answer.
+#define PREADV2_MAX_IOV 1024
+static napi_value js_preadv2(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], out;
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4) return throw_errno(env, EINVAL, "preadv2");
+  int32_t fd, flags;
+  int64_t position;
+  uint32_t n;
+  if (!arg_i32_checked(env, argv[0], &fd)) return NULL;
+  if (napi_get_array_length(env, argv[1], &n) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "preadv2: expected an array of Buffers");
+    return NULL;
+  }
+  if (napi_get_value_int64(env, argv[2], &position) != napi_ok || position < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "preadv2: expected a position >= 0");
+    return NULL;
+  }
+  if (!arg_i32_checked(env, argv[3], &flags)) return NULL;
+  if (n == 0 || n > PREADV2_MAX_IOV) return throw_errno(env, EINVAL, "preadv2");
+  struct iovec iov[PREADV2_MAX_IOV];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    NAPI_CHECK(env, napi_get_element(env, argv[1], i, &v));
+    if (napi_get_buffer_info(env, v, &iov[i].iov_base, &iov[i].iov_len) != napi_ok) {
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "preadv2: expected an array of Buffers");
+      return NULL;
+    }
+  }
+  ssize_t r;
+  do r = preadv2(fd, iov, (int)n, (off_t)position, flags);
+  while (r < 0 && errno == EINTR);
+  NAPI_CHECK(env, napi_create_int64(env, r < 0 ? -errno : r, &out));
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
@@ -674,6 +715,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"view", NULL, js_view, NULL, NULL, NULL, napi_default, NULL},
       {"copyGuarded", NULL, js_copy_guarded, NULL, NULL, NULL, napi_default, NULL},
       {"asyncIo", NULL, js_async_io, NULL, NULL, NULL, napi_default, NULL},
+      {"preadv2", NULL, js_preadv2, NULL, NULL, NULL, napi_default, NULL},
       {"guardRange", NULL, js_guard_range, NULL, NULL, NULL, napi_default, NULL},
       {"unguardRange", NULL, js_unguard_range, NULL, NULL, NULL, napi_default, NULL},
       {"guardFaults", NULL, js_guard_faults, NULL, NULL, NULL, napi_default, NULL},

@@ -10,6 +10,7 @@
  * descriptors is shared, because it is only used inside one synchronous call.
  */
 import * as fs from 'node:fs';
+import { NOWAIT_UNSUPPORTED, WOULD_BLOCK, preadvNowait } from '../sys/fs';
 import { Errno, fail } from './errors';
 import type { Layout } from '../layout';
 import { PATH_MAX } from './protocol';
@@ -366,6 +367,35 @@ export class Writer extends ChainCursor {
    */
   writeFromFile(fd: number, count: number, position: number): number {
     return this.fileIo(fs.readvSync, fd, Math.min(count, this.left), position);
+  }
+
+  /**
+   * writeFromFile() that never waits for the disk (preadv2 with RWF_NOWAIT):
+   * what the page cache holds is read now. Returns the bytes read once the
+   * read is complete (`count` reached, or end of file), or `{ read }` when the
+   * rest would have to wait for the disk: the caller reads that on the pool,
+   * from `position + read`, with the cursor already past what was read. A
+   * file system that does not take RWF_NOWAIT is read the ordinary way.
+   */
+  writeFromFileNowait(fd: number, count: number, position: number): number | { read: number } {
+    const want = Math.min(count, this.left);
+    let done = 0;
+    while (done < want) {
+      this.settle();
+      let n: number;
+      try {
+        n = preadvNowait(fd, this.views(want - done, syncIov), position + done);
+      } catch (err) {
+        if (done > 0) break;
+        throw err;
+      }
+      if (n === WOULD_BLOCK) return { read: done };
+      if (n === NOWAIT_UNSUPPORTED) return done + this.fileIo(fs.readvSync, fd, want - done, position + done);
+      if (n === 0) break;
+      this.advance(n);
+      done += n;
+    }
+    return done;
   }
 
   /** writeFromFile() on the thread pool (see fileIoAsync). */

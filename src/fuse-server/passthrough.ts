@@ -498,8 +498,12 @@ export class PassthroughFs extends FileSystem {
 
   override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
     const fd = this.handles.get(fh, nodeid, 'file').fd;
-    if (!this.poolIo || size < ASYNC_MIN_BYTES) return into.writeFromFile(fd, size, offset);
-    return onPool(fd, (own) => into.writeFromFileAsync(own, size, offset));
+    if (this.poolIo && size >= ASYNC_MIN_BYTES) return onPool(fd, (own) => into.writeFromFileAsync(own, size, offset));
+    // What the page cache holds is copied here, at once; what would wait for the disk (a cold
+    // file, a slow file system) is read on the pool, so the other queues are not held up by it.
+    const now = into.writeFromFileNowait(fd, size, offset);
+    if (typeof now === 'number') return now;
+    return onPool(fd, (own) => into.writeFromFileAsync(own, size - now.read, offset + now.read)).then((n) => now.read + n);
   }
 
   override write(

@@ -460,6 +460,8 @@ export const ALLOW_GROUPS: readonly { group: string; rules: readonly SyscallRule
       'pwrite64',
       'preadv',
       'pwritev',
+      // READ tries the page cache first with RWF_NOWAIT (the addon's preadv2, src/sys/fs.ts preadvNowait).
+      'preadv2',
       'readv',
       'writev',
       'mknodat',

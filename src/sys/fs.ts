@@ -1,5 +1,5 @@
 import { type ValueOfLayout, pad, struct } from '../layout';
-import { SysError } from './errno';
+import { Errno, SysError } from './errno';
 import { close, libc, syscall } from './libc';
 import { addon } from './native';
 export { O_NONBLOCK } from './libc';
@@ -328,6 +328,26 @@ function onThreadPool(name: string, op: number, args: [number, number, number, n
     addon.asyncIo(op, ...args, (errno, result) => (errno ? reject(new SysError(name, errno)) : resolve(result))),
   );
 }
+
+/** linux/fs.h: fail with EAGAIN rather than wait (for the disk, a lock, a slow file system). */
+export const RWF_NOWAIT = 0x00000008;
+
+/**
+ * preadv2 with RWF_NOWAIT: reads what the page cache holds now, never waiting
+ * for the disk. Returns the bytes read (0 at end of file), or WOULD_BLOCK when
+ * nothing could be read without waiting, or NOWAIT_UNSUPPORTED when the file
+ * system does not take the flag (the caller then reads the ordinary way).
+ * Throws SysError for any other failure.
+ */
+export function preadvNowait(fd: number, buffers: Buffer[], position: number): number {
+  const n = addon.preadv2(fd, buffers, position, RWF_NOWAIT);
+  if (n >= 0) return n;
+  if (n === -Errno.EAGAIN) return WOULD_BLOCK;
+  if (n === -Errno.EOPNOTSUPP) return NOWAIT_UNSUPPORTED;
+  throw new SysError('preadv2', -n);
+}
+export const WOULD_BLOCK = -1;
+export const NOWAIT_UNSUPPORTED = -2;
 
 /**
  * The calls that may wait for a disk or a slow file system, on libuv's thread

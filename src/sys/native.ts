@@ -27,6 +27,8 @@ export interface SysAddon {
     a5: number,
     done: (errno: number, result: number) => void,
   ): void;
+  /** preadv2(2) into `buffers` (1..1024 of them) with RWF_* `flags`: bytes read, or -errno (never throws for a failed read). */
+  preadv2(fd: number, buffers: Buffer[], position: number, flags: number): number;
   /**
    * Registers [addr, addr+length) of a mapping made by mmap as guarded: a
    * SIGBUS/SIGSEGV inside it replaces the page with a zero page and is counted

@@ -16,10 +16,29 @@ import { OPCODES } from '../../src/fuse-server/dispatcher';
 import { Errno } from '../../src/fuse-server/errors';
 import * as P from '../../src/fuse-server/protocol';
 import { Opcode } from '../../src/fuse-server/protocol';
+import { libc } from '../../src/sys/libc';
 import { encode, outcome, replyError } from './fuse-driver';
 import { Harness } from './harness';
 
 const MiB = 1 << 20;
+const POSIX_FADV_DONTNEED = 4;
+const posixFadvise = libc.func('int posix_fadvise(int, int64_t, int64_t, int)') as (
+  fd: number,
+  o: number,
+  l: number,
+  advice: number,
+) => number;
+
+/** Writes the range back and drops it from the page cache: reading it then has to wait for the disk. */
+function dropFromPageCache(file: string): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    fs.fsyncSync(fd);
+    expect(posixFadvise(fd, 0, 0, POSIX_FADV_DONTNEED)).toBe(0);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
 /** More blockers than any pool size libuv would start with here (UV_THREADPOOL_SIZE, default 4). */
 const BLOCKERS = 32;
 
@@ -198,6 +217,24 @@ describe('requests that finish later', () => {
     const fsync = outcome(h.client.fsync(a.nodeid, fh, true));
     expect(h.transport.lastDeferred).toBe(true);
     expect((await fsync).error).toBe(0);
+  });
+
+  it('without --thread-pool-size a READ that would wait for the disk goes to the pool (RWF_NOWAIT); GETATTR is answered meanwhile', async () => {
+    h = Harness.create({}, (dir) => fs.writeFileSync(path.join(dir, 'a'), Buffer.alloc(MiB, 3)));
+    await h.start();
+    const a = await h.client.lookup(1, 'a');
+    const fh = await h.open(a.nodeid, fs.constants.O_RDONLY);
+    dropFromPageCache(path.join(h.dir, 'a'));
+    unblock = blockPool(h.dir);
+    const read = h.client.read(a.nodeid, fh, 0, MiB);
+    expect(h.transport.lastDeferred).toBe(true);
+    const attr = h.client.getattr(a.nodeid);
+    expect(h.transport.lastDeferred).toBe(false);
+    expect(await replyError(attr)).toBe(0);
+    expect(h.transport.pending).toBe(1);
+    await unblock();
+    unblock = null;
+    expect((await read).equals(Buffer.alloc(MiB, 3))).toBe(true);
   });
 });
 
