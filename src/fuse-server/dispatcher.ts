@@ -63,7 +63,6 @@ import {
   fuse_mknod_in,
   fuse_open_in,
   fuse_read_in,
-  fuse_readdir_in,
   fuse_release_in,
   fuse_removemapping_in,
   fuse_removemapping_one,
@@ -186,10 +185,12 @@ function ioSize(size: number): number {
 }
 
 /** A file range the host can address exactly; beyond 2^53 we answer EINVAL rather than guess. */
-function fileRange(offset: number, size: number): number {
-  if (!Number.isSafeInteger(offset + size)) fail(Errno.EINVAL);
-  return offset;
+function fileRange(offset: number | bigint, size: number): number {
+  const at = typeof offset === 'bigint' ? (offset <= MAX_SAFE_OFFSET ? Number(offset) : -1) : offset;
+  if (at < 0 || !Number.isSafeInteger(at + size)) fail(Errno.EINVAL);
+  return at;
 }
+const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 
 /** The security context of a creating request, after its fixed arguments and name were read. */
 function securityContext(req: Request): SecurityContext | null {
@@ -243,7 +244,7 @@ function settled<T>(result: T | Promise<T>, then: (value: T) => void): void | Pr
 /* ---------------- handlers ---------------- */
 
 function readdir(fs: FileSystem, req: Request, plus: boolean): void {
-  const a = req.args.readStruct(fuse_readdir_in);
+  const a = req.args.readStruct(fuse_read_in);
   // Linux asks for at most max_pages pages.
   const sink = new DirReply(req.reply, Math.min(a.size, MAX_WRITE, req.reply.remaining), plus);
   fs.readdir(req, req.nodeid, a.fh, a.offset, sink);

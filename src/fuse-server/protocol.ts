@@ -287,18 +287,12 @@ export const fuse_flush_in = struct('fuse_flush_in', {
   lock_owner: 'u64',
 });
 
+/**
+ * READ, READDIR and READDIRPLUS. The offset is kept exact: for READDIR it is
+ * an opaque directory cookie the host gave out (any 64 bits); READ bounds it
+ * before use.
+ */
 export const fuse_read_in = struct('fuse_read_in', {
-  fh: 'u64n',
-  offset: 'u64n',
-  size: 'u32',
-  read_flags: 'u32',
-  lock_owner: 'u64',
-  flags: 'u32',
-  padding: pad(4),
-});
-
-/** READDIR/READDIRPLUS carry a fuse_read_in whose offset is an opaque directory cookie: keep it exact. */
-export const fuse_readdir_in = struct('fuse_read_in', {
   fh: 'u64n',
   offset: 'u64',
   size: 'u32',

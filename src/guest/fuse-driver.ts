@@ -76,7 +76,6 @@ import {
   fuse_open_out,
   fuse_create_out,
   fuse_read_in,
-  fuse_readdir_in,
   fuse_release_in,
   fuse_removemapping_in,
   fuse_removemapping_one,
@@ -287,8 +286,8 @@ export const FUSE_OPS = {
   releasedir: op(Opcode.FUSE_RELEASEDIR, fuse_release_in, null),
   fsyncdir: op(Opcode.FUSE_FSYNCDIR, fuse_fsync_in, null),
   syncfs: op(Opcode.FUSE_SYNCFS, fuse_syncfs_in, null),
-  readdir: op(Opcode.FUSE_READDIR, fuse_readdir_in, null),
-  readdirplus: op(Opcode.FUSE_READDIRPLUS, fuse_readdir_in, null),
+  readdir: op(Opcode.FUSE_READDIR, fuse_read_in, null),
+  readdirplus: op(Opcode.FUSE_READDIRPLUS, fuse_read_in, null),
   setxattr: op(Opcode.FUSE_SETXATTR, fuse_setxattr_in, null),
   /** SETXATTR as sent without FUSE_SETXATTR_EXT: the 8-byte compat struct. */
   setxattrCompat: op(Opcode.FUSE_SETXATTR, fuse_setxattr_in_compat, null),
@@ -539,7 +538,7 @@ export class FuseClient<C extends FuseChannel = FuseChannel> {
 
   /** Reads up to `size` bytes; the device writes them into guest RAM, copied out once into the result. */
   read(nodeid: number, fh: number, offset: number, size: number, opts?: CallOptions): Promise<Buffer> {
-    return this.send(FUSE_OPS.read, nodeid, { fh, offset, size }, { replySize: size, opts });
+    return this.send(FUSE_OPS.read, nodeid, { fh, offset: BigInt(offset), size }, { replySize: size, opts });
   }
 
   /**

@@ -14,7 +14,6 @@ describe('FUSE struct layouts', () => {
       fuse_init_out: [P.fuse_init_out, 64],
       fuse_setattr_in: [P.fuse_setattr_in, 88],
       fuse_read_in: [P.fuse_read_in, 40],
-      fuse_readdir_in: [P.fuse_readdir_in, 40],
       fuse_write_in: [P.fuse_write_in, 40],
       fuse_open_in: [P.fuse_open_in, 8],
       fuse_open_out: [P.fuse_open_out, 16],

@@ -168,7 +168,7 @@ function validRequest(r: Prng, w: World, unique: bigint, parent: string): Reques
         [
           encode(P.fuse_read_in, {
             fh: w.fh(r),
-            offset: r.pick([0, 4096, r.u32(), 2 ** 53]),
+            offset: BigInt(r.pick([0, 4096, r.u32(), 2 ** 53])),
             size,
             read_flags: 0,
             lock_owner: 0n,
@@ -243,7 +243,7 @@ function validRequest(r: Prng, w: World, unique: bigint, parent: string): Reques
       return io(
         r.pick([Opcode.FUSE_READDIR, Opcode.FUSE_READDIRPLUS]),
         [
-          encode(P.fuse_readdir_in, {
+          encode(P.fuse_read_in, {
             fh: w.fh(r, true),
             offset: BigInt(r.below(8)),
             size: r.pick([0, 80, 4096]),
