@@ -42,4 +42,20 @@ describe('struct layouts', () => {
     expect(outer.decode(encode(outer, { inner: { y: 5 } }), 0)).toEqual({ x: 0n, inner: { y: 5, z: 0 } });
     expect(outer.decode(encode(outer, {}), 0)).toEqual({ x: 0n, inner: { y: 0, z: 0 } });
   });
+
+  it('reads and writes only inside the Buffer it is given, never the rest of its memory', () => {
+    // A view in the middle of a larger ArrayBuffer (as guest RAM is): its neighbours must stay out of reach.
+    const memory = Buffer.alloc(3 * t.size, 0x5a);
+    const view = memory.subarray(t.size, 2 * t.size - 1);
+    expect(() => t.decode(view, 0)).toThrow(RangeError);
+    expect(() => t.encode({}, view, 0)).toThrow(RangeError);
+    expect(() => t.decode(memory.subarray(t.size, 2 * t.size), 1)).toThrow(RangeError);
+    expect(() => t.decode(memory.subarray(t.size), -1)).toThrow(RangeError);
+    expect(memory.equals(Buffer.alloc(3 * t.size, 0x5a))).toBe(true);
+    // In range, at an odd byte offset of the memory: the same values as through Buffer's own readers.
+    const odd = Buffer.alloc(t.size + 3).subarray(3);
+    t.encode({ s: -7, n: 0xdeadbeef, big: -(2n ** 62n), num: 2 ** 52 + 1 }, odd, 0);
+    expect([odd.readInt16LE(2), odd.readUInt32LE(8), odd.readBigInt64LE(16)]).toEqual([-7, 0xdeadbeef, -(2n ** 62n)]);
+    expect(t.decode(odd, 0)).toMatchObject({ s: -7, n: 0xdeadbeef, big: -(2n ** 62n), num: 2 ** 52 + 1 });
+  });
 });
