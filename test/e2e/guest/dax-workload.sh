@@ -7,7 +7,8 @@
 #   second boot (the share holds .boot1) checks the share again.
 # MODE inode: -o dax=inode with the daemon's --dax-policy inode (DAX none:
 #   the same reads and writes through the queues, e.g. the Rust virtiofsd).
-# MODE bench: dd sequential and random reads and writes (bench/in-guest-dax.ts).
+# MODE bench: dd sequential and random reads and writes, then the metadata
+#   workload (bench/in-guest-dax.ts).
 # Console protocol: test/e2e/guest/workload.sh.
 M=/mnt
 ok() { echo "E2E-OK $1"; }
@@ -101,12 +102,15 @@ inode() {
 # the host's $M/bench (a multiple of 2 MiB) and the BS:COUNT pairs of
 # "e2e.bench=" on the kernel command line (not a file of the share: under
 # dax=always a small file is not mappable): dd for sequential I/O, daxtool
-# for random offsets.
+# for random offsets. Then, with "e2e.meta=N", meta.
 bench() {
   f=$M/bench
-  sizes=
+  sizes= files=
   for arg in $(cat /proc/cmdline); do
-    case "$arg" in e2e.bench=*) sizes=$(echo "${arg#e2e.bench=}" | tr ',:' '\n ') ;; esac
+    case "$arg" in
+      e2e.bench=*) sizes=$(echo "${arg#e2e.bench=}" | tr ',:' '\n ') ;;
+      e2e.meta=*) files=${arg#e2e.meta=} ;;
+    esac
   done
   [ -n "$sizes" ] || { fail bench "no e2e.bench= sizes on the kernel command line"; return; }
   echo "$sizes" | while read -r bs count; do
@@ -126,6 +130,18 @@ bench() {
     done
   done
   sync
+  [ -z "$files" ] || meta "$files"
+}
+
+# meta N: "E2E-INFO meta PHASE OPS MICROSECONDS" for create, stat, list and
+# unlink of N empty files in a fresh directory of the share (daxtool meta:
+# one syscall per file and pass, the guest's caches dropped before each pass).
+meta() {
+  if out=$(daxtool meta $M/meta "$1"); then
+    echo "$out" | sed 's/^/E2E-INFO /'
+  else
+    fail meta "daxtool meta $1 failed"
+  fi
 }
 
 case "$1" in
