@@ -159,7 +159,9 @@ function zeroStmt(o: number, n: number): string {
 }
 
 /**
- * DataViews of the last few ArrayBuffers seen: guest RAM chunks and the
+ * The DataView of a Buffer's whole ArrayBuffer (index it at b.byteOffset + i,
+ * within b's own bounds): DataView accessors compile to plain memory accesses.
+ * The last few ArrayBuffers' views are kept: guest RAM chunks and the
  * long-lived scratch buffers are nearly every decode and encode. A buffer
  * outside them gets a new view, which then replaces the oldest (a WeakMap
  * per fresh buffer would cost more than the access it speeds up).
@@ -170,7 +172,7 @@ const cachedView: DataView[] = new Array(VIEW_CACHE).fill(new DataView(new Array
 let nextSlot = 0;
 let lastMemory: ArrayBufferLike | null = null;
 let lastView = cachedView[0];
-function dataViewOf(b: Buffer): DataView {
+export function dataViewOf(b: Buffer): DataView {
   const memory = b.buffer;
   if (memory === lastMemory) return lastView;
   let view: DataView | null = null;

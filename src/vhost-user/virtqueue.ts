@@ -1,3 +1,4 @@
+import { dataViewOf } from '../layout';
 import { GuestMemory } from './guest-memory';
 
 /** Descriptor flags (virtio 1.x, 2.7.5). */
@@ -158,7 +159,8 @@ export class SplitVirtqueue {
   /** Pops the next chain, or null when the ring is empty. */
   pop(): DescriptorChain | BrokenChain | null {
     if (this.pending() === 0) return null;
-    const head = this.availRing.readUInt16LE(2 * (this.lastAvailIdx % this.size));
+    const ring = this.availRing;
+    const head = dataViewOf(ring).getUint16(ring.byteOffset + 2 * (this.lastAvailIdx % this.size), true);
     this.lastAvailIdx = (this.lastAvailIdx + 1) & 0xffff;
     if (head >= this.size) return { head, error: `head index ${head} out of range` };
     return this.walk(head);
@@ -167,18 +169,20 @@ export class SplitVirtqueue {
   private walk(head: number): DescriptorChain | BrokenChain {
     const chain: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
     let table = this.desc;
+    let view = dataViewOf(table);
     let tableSize = this.size;
     let index = head;
     let budget = this.size; // a chain can never be longer than its table: anything more is a loop
     let inIndirect = false;
     for (;;) {
       if (budget-- === 0) return { head, error: 'descriptor chain loops or is too long' };
-      const at = index * DESC_SIZE;
-      const lo = table.readUInt32LE(at);
-      const hi = table.readUInt32LE(at + 4);
-      const len = table.readUInt32LE(at + 8);
-      const flags = table.readUInt16LE(at + 12);
-      const next = table.readUInt16LE(at + 14);
+      // index < tableSize: the 16 bytes lie inside `table`.
+      const at = table.byteOffset + index * DESC_SIZE;
+      const lo = view.getUint32(at, true);
+      const hi = view.getUint32(at + 4, true);
+      const len = view.getUint32(at + 8, true);
+      const flags = view.getUint16(at + 12, true);
+      const next = view.getUint16(at + 14, true);
       if (hi >= 0x200000) return { head, error: 'descriptor address beyond 2^53' };
       const addr = hi * 0x100000000 + lo;
 
@@ -193,6 +197,7 @@ export class SplitVirtqueue {
         const t = this.memory.slice(addr, len);
         if (!t) return { head, error: 'indirect table outside guest memory' };
         table = t;
+        view = dataViewOf(table);
         tableSize = len / DESC_SIZE;
         budget = tableSize;
         index = 0;
@@ -217,9 +222,11 @@ export class SplitVirtqueue {
 
   /** Returns a chain to the driver with `len` bytes written. */
   pushUsed(head: number, len: number): void {
-    const slot = 8 * (this.usedIdx % this.size);
-    this.usedRing.writeUInt32LE(head, slot);
-    this.usedRing.writeUInt32LE(len, slot + 4);
+    const ring = this.usedRing;
+    const slot = ring.byteOffset + 8 * (this.usedIdx % this.size);
+    const view = dataViewOf(ring);
+    view.setUint32(slot, head, true);
+    view.setUint32(slot + 4, len, true);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
     // Publish the element before the index (a store-release for the driver).
     Atomics.store(this.usedHeader, 1, this.usedIdx);

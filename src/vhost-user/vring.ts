@@ -1,5 +1,4 @@
-import * as fs from 'node:fs';
-import { F_GETFL, F_SETFL, FdWatcher, O_NONBLOCK, close, fcntl } from '../sys';
+import { Errno, F_GETFL, F_SETFL, FdWatcher, O_NONBLOCK, SysError, close, errnoCode, fcntl, readOrErrno, writeOrErrno } from '../sys';
 import { SplitVirtqueue } from './virtqueue';
 
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
@@ -45,13 +44,10 @@ export class Vring {
     const watcher: FdWatcher = new FdWatcher(fd, (status) => {
       let why: string | null = status < 0 ? `poll error ${status}` : null;
       if (why === null) {
-        try {
-          if (fs.readSync(fd, drain, 0, 8, null) === 0) why = 'end of file';
-        } catch (err) {
-          // EAGAIN: a spurious wake-up; the ring is checked anyway.
-          const code = (err as NodeJS.ErrnoException).code;
-          if (code !== 'EAGAIN' && code !== 'EINTR') why = (err as Error).message;
-        }
+        const n = readOrErrno(fd, drain);
+        if (n === 0) why = 'end of file';
+        // EAGAIN: a spurious wake-up; the ring is checked anyway.
+        else if (n < 0 && n !== -Errno.EAGAIN && n !== -Errno.EINTR) why = `read: ${errnoCode(-n)}`;
       }
       if (why !== null) {
         watcher.close();
@@ -93,14 +89,10 @@ export class Vring {
    */
   signal(): Error | null {
     if (this.callFd < 0) return null;
-    try {
-      fs.writeSync(this.callFd, ONE, 0, 8, null);
-      return null;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return null;
-      this.replaceFd('callFd', -1);
-      return err as Error;
-    }
+    const n = writeOrErrno(this.callFd, ONE);
+    if (n >= 0 || n === -Errno.EAGAIN) return null;
+    this.replaceFd('callFd', -1);
+    return new SysError('write', -n);
   }
 
   /** Signals if the driver asked to be told about what was used since the last signal. */
