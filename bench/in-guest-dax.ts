@@ -35,7 +35,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { DAX_TAG, PEERS_VIRTIOFSD, REPO_ROOT, bootDaxGuest, describeDaxRun, parseDaxConsole } from '../test/e2e/dax-qemu';
+import { DAX_TAG, PEERS_VIRTIOFSD, REPO_ROOT, bootDaxGuest, ourDaxDaemon, describeDaxRun, parseDaxConsole } from '../test/e2e/dax-qemu';
 import { groupedBarChart } from './svg-chart';
 
 export type InGuestDaemon = 'ours-dax' | 'ours' | 'c' | 'rust';
@@ -93,18 +93,7 @@ export interface InGuestResult {
 }
 
 function daemonCommand(d: InGuestDaemon, socketPath: string, share: string): string[] {
-  const ours = [
-    process.execPath,
-    path.join(REPO_ROOT, 'bin', 'virtiofsd-ts.js'),
-    '--socket-path',
-    socketPath,
-    '--shared-dir',
-    share,
-    '--tag',
-    DAX_TAG,
-    '--cache',
-    'auto',
-  ];
+  const ours = ourDaxDaemon(socketPath, share, ['--cache', 'auto']);
   switch (d) {
     case 'ours-dax':
       return [...ours, '--dax-window', '256M', '--dax-policy', 'always'];

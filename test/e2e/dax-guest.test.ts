@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { useE2EEnvironment } from './harness';
 import { bootGuest, describeRun, guestKernel, parseConsole } from './qemu-guest';
-import { DAX_TAG, DaxBootResult, OOPS, PEERS_VIRTIOFSD, REPO_ROOT, bootDaxGuest, describeDaxRun, parseDaxConsole } from './dax-qemu';
+import { DAX_TAG, DaxBootResult, OOPS, PEERS_VIRTIOFSD, bootDaxGuest, describeDaxRun, ourDaxDaemon, parseDaxConsole } from './dax-qemu';
 
 const MiB = 1024 * 1024;
 /** 16 chunks of 2 MiB: the 24 files of many/ (and the rest) cannot all stay mapped. */
@@ -20,23 +20,8 @@ const sha = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
 const shaFile = (f: string) => sha(fs.readFileSync(f));
 
 function ourDaemon(socketPath: string, share: string, policy: string): string[] {
-  return [
-    process.execPath,
-    path.join(REPO_ROOT, 'bin', 'virtiofsd-ts.js'),
-    '--socket-path',
-    socketPath,
-    '--shared-dir',
-    share,
-    '--tag',
-    DAX_TAG,
-    '--dax-window',
-    WINDOW,
-    '--dax-policy',
-    policy,
-    // vhost-user messages at debug: the test counts the window's ADD/REM_MEM_REG.
-    '--log-level',
-    'debug',
-  ];
+  // vhost-user messages at debug: the test counts the window's ADD/REM_MEM_REG.
+  return ourDaxDaemon(socketPath, share, ['--dax-window', WINDOW, '--dax-policy', policy, '--log-level', 'debug']);
 }
 
 /** Files of the sizes dax-workload.sh expects; returns their contents. */

@@ -20,6 +20,21 @@ export const DAX_INITRD = path.join(E2E_CACHE, 'backports', 'dax-initrd.gz');
 /** The tag the guest mounts (dax-init). */
 export const DAX_TAG = 'myfs';
 
+/** Our daemon's command line serving `share` on `socketPath` under DAX_TAG, with `extra` options after it. */
+export function ourDaxDaemon(socketPath: string, share: string, extra: string[] = []): string[] {
+  return [
+    process.execPath,
+    path.join(REPO_ROOT, 'bin', 'virtiofsd-ts.js'),
+    '--socket-path',
+    socketPath,
+    '--shared-dir',
+    share,
+    '--tag',
+    DAX_TAG,
+    ...extra,
+  ];
+}
+
 export interface DaxBootOptions {
   /** Back-end command line (argv[0] first); it must listen on socketPath. */
   daemonCommand: string[];
