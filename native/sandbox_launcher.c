@@ -9,13 +9,15 @@
  * children only), and execs Node again as pid 1 of the new namespace. Node then
  * loads all of its code and makes the share its root itself (src/sandbox/).
  *
- * usage: virtiofsd-ts-sandbox [--namespace] [--userns] [--uid-map I:O:C]...
+ * usage: virtiofsd-ts-sandbox [--namespace] [--userns] [--no-io-uring] [--uid-map I:O:C]...
  *          [--gid-map I:O:C]... [--caps HEXMASK] [--remove PATH]... [--remove-pidfile PATH]
  *          -- PROGRAM ARGS...
  *   --namespace   new mount, pid and network namespaces for the daemon
  *                 (this process forks it, waits, and forwards signals)
  *   --userns      also a new user namespace (unprivileged start); maps as given,
  *                 else inside 0 -> our euid/egid, count 1
+ *   --no-io-uring the program runs with io_uring answering ENOSYS (see
+ *                 deny_io_uring): for a daemon that will install its seccomp filter
  *   --caps MASK   keep only these capabilities (bounding, permitted, effective,
  *                 inheritable; ambient cleared) in every thread Node will start
  *   --remove PATH after the daemon has ended, remove the socket file PATH (the
@@ -44,6 +46,10 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 
 #define MAX_MAPS 64
 #define MAX_REMOVE 4
@@ -53,6 +59,7 @@ struct id_map {
 };
 
 static pid_t child_pid = -1;
+
 
 static void die(const char *what) {
   fprintf(stderr, "virtiofsd-ts: sandbox: %s: %s\n", what, strerror(errno));
@@ -212,8 +219,49 @@ static void resend_stop(int sig) {
   alarm(1);
 }
 
+#if defined(__x86_64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+/* The io_uring calls have these numbers on every architecture (since Linux 5.1). */
+#define NR_IO_URING_SETUP 425
+#define NR_IO_URING_ENTER 426
+#define NR_IO_URING_REGISTER 427
+
+/*
+ * Makes io_uring answer ENOSYS for the program about to be exec'd (filters
+ * survive exec). A Node built with a system libuv (Debian's nodejs: libuv
+ * 1.50) sets io_uring rings up when its loop starts, before any JavaScript,
+ * and enters them later; the daemon's own seccomp allow-list has no io_uring
+ * (its operations would bypass the filter), so that Node was killed with
+ * SIGSYS at its first file call after the filter. With ENOSYS from the start
+ * libuv uses epoll and its thread pool instead, as the nodejs.org builds do.
+ */
+static void deny_io_uring(void) {
+#ifdef NATIVE_AUDIT_ARCH
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_AUDIT_ARCH, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, NR_IO_URING_SETUP, 0, 2),
+      BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, NR_IO_URING_REGISTER, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {(unsigned short)(sizeof code / sizeof code[0]), code};
+  /* CAP_SYS_ADMIN (in our user namespace) allows the filter as it is; without it the
+   * kernel wants no_new_privs, which the daemon sets anyway before its own filter. */
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0) return;
+  if (errno != EACCES) die("seccomp (io_uring off)");
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("PR_SET_NO_NEW_PRIVS");
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) die("seccomp (io_uring off)");
+#endif
+}
+
 int main(int argc, char **argv) {
-  int namespace = 0, userns = 0, have_caps = 0;
+  int namespace = 0, userns = 0, have_caps = 0, no_io_uring = 0;
   uint64_t caps = 0;
   const char *remove_paths[MAX_REMOVE];
   int nremove = 0;
@@ -230,6 +278,8 @@ int main(int argc, char **argv) {
       namespace = 1;
     } else if (strcmp(a, "--userns") == 0) {
       userns = 1;
+    } else if (strcmp(a, "--no-io-uring") == 0) {
+      no_io_uring = 1;
     } else if ((strcmp(a, "--uid-map") == 0 || strcmp(a, "--gid-map") == 0) && i + 1 < argc) {
       int uid = a[2] == 'u';
       if ((uid ? nuids : ngids) >= MAX_MAPS) usage("too many id maps");
@@ -262,6 +312,7 @@ int main(int argc, char **argv) {
   if (have_caps) limit_caps(caps);
 
   if (!namespace && nremove == 0 && !remove_pidfile) {
+    if (no_io_uring) deny_io_uring();
     execv(program[0], program);
     die(program[0]);
   }
@@ -277,6 +328,7 @@ int main(int argc, char **argv) {
     /* The daemon must not outlive its launcher (it is what libvirt or systemd watches). */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     if (namespace && unshare(CLONE_NEWNS | CLONE_NEWNET) < 0) die("unshare(CLONE_NEWNS|CLONE_NEWNET)");
+    if (no_io_uring) deny_io_uring();
     execv(program[0], program);
     die(program[0]);
   }

@@ -29,6 +29,7 @@ import { DEFAULT_DAX_POLICY } from './fuse-server/dax-policy';
 const TAGGED_REQUEST_QUEUES = 1;
 import { VirtioFsDevice } from './virtio-fs/device';
 import { confineProcess, enterRoot, processCapabilities } from './sandbox';
+import { ioUringInstances } from './sandbox/seccomp';
 
 /**
  * Wires the pieces: listener -> vhost-user back-end -> virtio-fs device ->
@@ -69,6 +70,12 @@ export class Daemon {
       if ((config.daxWindow & (config.daxWindow - 1n)) !== 0n) {
         this.log('warn', `--dax-window ${config.daxWindow} is not a power of two: QEMU cannot expose it as a PCI BAR (QEMU 11.1 aborts)`);
       }
+    }
+    // Checked while /proc is in reach: the filter would kill this process at its next io_uring call.
+    if ((config.seccomp ?? 'none') !== 'none' && ioUringInstances() > 0) {
+      throw new Error(
+        "seccomp: this Node's libuv uses io_uring (a Node built with a system libuv, e.g. Debian's nodejs), which the filter does not allow; start the daemon through its command, whose launcher turns io_uring off, or use --seccomp none",
+      );
     }
     const gid = config.socketGroup !== undefined ? groupId(config.socketGroup) : undefined;
     // The sockets first: their paths lie outside the share, out of reach once the sandbox is entered.

@@ -24,7 +24,7 @@ import { geteuid } from '../sys/fs';
 import { execve } from '../sys/mount';
 import { capabilityMask, dropCapabilities, dropSupplementaryGroups, keepSet } from './capabilities';
 import { chrootIntoShare, pivotIntoShare, type SandboxedRoot } from './mounts';
-import { installSeccomp, type SeccompMode } from './seccomp';
+import { installSeccomp, ioUringInstances, type SeccompMode } from './seccomp';
 
 export { SANDBOX_MODES, type SandboxMode } from './modes';
 import type { SandboxMode } from './modes';
@@ -55,6 +55,8 @@ export interface SandboxRequest {
   alsoRemove?: string[];
   /** The pid file, removed by the launcher once the daemon has ended and released its lock. */
   pidFile?: string;
+  /** The seccomp mode the daemon will install (io_uring rings of this process must be gone by then). */
+  seccomp?: SeccompMode;
   /** fds the daemon inherits and needs (e.g. --fd, LISTEN_FDS). */
   inheritedFds: number[];
 }
@@ -108,12 +110,22 @@ export function relaunchIntoSandbox(mode: SandboxMode, req: SandboxRequest): voi
   if (process.env[INSIDE_ENV] === '1') return;
   const root = geteuid() === 0;
   const namespace = mode === 'namespace';
-  if (!namespace && !(root && req.launcherCaps !== undefined)) return;
+  // This Node's libuv holds io_uring rings the filter would kill it for: start it again without.
+  const rings = (req.seccomp ?? 'none') !== 'none' && ioUringInstances() > 0;
+  if (!namespace && !(root && req.launcherCaps !== undefined) && !rings) return;
   const launcher = launcherPath();
-  if (!fs.existsSync(launcher)) throw new Error(`sandbox: ${launcher} is missing (npm install builds it), or use --sandbox none`);
+  if (!fs.existsSync(launcher)) {
+    if (rings && !namespace) {
+      throw new Error(
+        `sandbox: this Node's libuv uses io_uring, which the seccomp filter does not allow, and ${launcher} (which starts Node without it) is missing: npm install builds it, or use --seccomp none`,
+      );
+    }
+    throw new Error(`sandbox: ${launcher} is missing (npm install builds it), or use --sandbox none`);
+  }
   const args = [launcher];
   if (namespace) args.push('--namespace');
   if (namespace && !root) args.push('--userns');
+  if ((req.seccomp ?? 'none') !== 'none') args.push('--no-io-uring');
   for (const m of req.uidMap) args.push('--uid-map', m);
   for (const m of req.gidMap) args.push('--gid-map', m);
   if (root && req.launcherCaps !== undefined) args.push('--caps', req.launcherCaps.toString(16));
@@ -165,6 +177,7 @@ export function prepareSandbox(config: DaemonConfig, warn: (msg: string) => void
     socketPath: config.socketPath,
     alsoRemove: config.metricsSocket !== undefined ? [config.metricsSocket] : [],
     pidFile: config.pidFile,
+    seccomp: config.seccomp,
     // The pid file's lock, the notify and syslog sockets (daemon.ts openOutside) stay open too.
     inheritedFds: [...(config.fd !== undefined ? [config.fd] : []), ...(config.inheritFds ?? [])],
   };

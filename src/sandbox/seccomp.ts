@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 /**
  * A seccomp filter for the whole daemon, as virtiofsd's seccomp.rs installs:
  * an allow-list of syscalls (seccomp-syscalls.ts), every other one met with
@@ -160,4 +161,24 @@ export function installSeccomp(action: SeccompAction, opts: SeccompOptions = {})
   // FLAG_LOG: every action but ALLOW is logged, so trap and kill leave a record too.
   const tid = seccompSetModeFilter(SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_LOG, filter);
   if (tid !== 0) throw new Error(`seccomp: thread ${tid} could not be put under the filter (TSYNC)`);
+}
+
+/**
+ * io_uring instances this process holds. A Node built with a system libuv
+ * (Debian's nodejs: libuv 1.50) sets rings up when its event loop starts and
+ * enters them for file and epoll work later; io_uring is not on the allow-list
+ * (its operations would run past the filter), so such a process would be
+ * killed at its first use after the filter. The launcher starts Node with
+ * io_uring answering ENOSYS, and libuv then keeps to epoll and its pool.
+ */
+export function ioUringInstances(procSelfFd = '/proc/self/fd'): number {
+  let n = 0;
+  for (const fd of fs.readdirSync(procSelfFd)) {
+    try {
+      if (fs.readlinkSync(`${procSelfFd}/${fd}`) === 'anon_inode:[io_uring]') n++;
+    } catch {
+      // Closed meanwhile (the directory's own fd).
+    }
+  }
+  return n;
 }

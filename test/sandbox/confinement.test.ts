@@ -112,8 +112,8 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
       running,
     );
     const server = serverPid(running.child.pid!);
-    // Seccomp is the last step of start-up; wait for it.
-    await waitFor('seccomp', () => status(server).Seccomp === '2', running);
+    // Seccomp is the last step of start-up; wait for it (the launcher's io_uring filter, then the daemon's).
+    await waitFor('seccomp', () => status(server).Seccomp_filters === '2', running);
     expect(pid).toBe(true);
     const st = status(server);
     expect(st.NoNewPrivs).toBe('1');
@@ -143,7 +143,7 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
       () => fs.existsSync(sock) && serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!),
       running,
     );
-    await waitFor('seccomp', () => status(server).Seccomp === '2', running);
+    await waitFor('seccomp', () => status(server).Seccomp_filters === '2', running);
     running.child.kill('SIGTERM');
     expect(await running.exited).toBe(0);
     expect(fs.existsSync(`/proc/${server}`)).toBe(false);
@@ -188,7 +188,7 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
       () => fs.existsSync(sock) && serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!),
       running,
     );
-    await waitFor('seccomp', () => status(pid).Seccomp === '2', running);
+    await waitFor('seccomp', () => status(pid).Seccomp_filters === '2', running);
     expect(fs.readlinkSync(`/proc/${pid}/ns/mnt`)).toBe(fs.readlinkSync('/proc/self/ns/mnt'));
     expect(fs.realpathSync(`/proc/${pid}/root`)).toBe(fs.realpathSync(share));
     expect(BigInt('0x' + status(pid).CapEff)).toBe(DEFAULT_CAPS);
@@ -200,7 +200,7 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
   it('none: no root change, but caps and seccomp still apply, and the share is served', async () => {
     running = start(['--socket-path', sock, '--shared-dir', share, '--sandbox', 'none', '--log-level', 'error']);
     const pid = running.child.pid!;
-    await waitFor('seccomp', () => fs.existsSync(sock) && status(pid).Seccomp === '2', running);
+    await waitFor('seccomp', () => fs.existsSync(sock) && status(pid).Seccomp_filters === '2', running);
     expect(fs.realpathSync(`/proc/${pid}/root`)).toBe('/');
     expect(BigInt('0x' + status(pid).CapEff)).toBe(DEFAULT_CAPS);
     await roundTrip(sock, share);
@@ -241,7 +241,7 @@ describe('sandbox modes of the virtiofsd-ts command', () => {
       () => serverPid(running!.child.pid!) !== running!.child.pid && serverPid(running!.child.pid!),
       running,
     );
-    await waitFor('seccomp', () => status(server).Seccomp === '2', running);
+    await waitFor('seccomp', () => status(server).Seccomp_filters === '2', running);
     expect(fs.readlinkSync(`/proc/${server}/ns/user`)).not.toBe(fs.readlinkSync('/proc/self/ns/user'));
     expect(fs.readFileSync(`/proc/${server}/uid_map`, 'utf8').trim().split(/\s+/)).toEqual(['0', String(nobody), '1']);
     await roundTrip(sock, share);

@@ -4,10 +4,13 @@
  * verdict (exit status, SIGSYS, /proc/<pid>/status, the audit record) is what
  * is asserted. Plus the daemon itself serving a guest session under `kill`.
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { FuseDriver } from '../../src/guest/fuse-driver';
+import { launcherPath } from '../../src/sandbox';
 import { ALLOW_LIST, SYSCALLS_X86_64 } from '../../src/sandbox/seccomp-syscalls';
 import {
   AUDIT_ARCH_X86_64,
@@ -328,4 +331,108 @@ describe('the daemon under seccomp kill, with --thread-pool-size', () => {
       await close();
     }
   }, 30_000);
+});
+
+describe('a Node whose libuv uses io_uring (Debian nodejs, libuv 1.50)', () => {
+  // What such a libuv does, done by a preload: set a ring up at start-up (before any JavaScript of
+  // ours) and enter it from time to time later. The ring would be entered past the filter, which
+  // kills the process for it: the daemon must start Node with io_uring off (the launcher) instead.
+  const preload = path.join(REPO, 'test/sandbox/fixtures/io-uring-libuv.js');
+  const asDebianNode = (sandbox: string[]): Backend => ({
+    ...oursCli,
+    name: `virtiofsd-ts CLI under an io_uring libuv ${sandbox.join(' ')}`,
+    start: (sharedDir, socketPath) =>
+      startProcess(
+        process.execPath,
+        ['-r', preload, CLI, '--socket-path', socketPath, '--shared-dir', sharedDir, '--log-level', 'warn', ...sandbox],
+        socketPath,
+        socketFileExists,
+      ),
+  });
+
+  for (const sandbox of [[], ['--sandbox', 'chroot']]) {
+    it(`serves with seccomp kill ${sandbox.join(' ') || '(default sandbox)'}: Node runs with io_uring answering ENOSYS`, async () => {
+      const { fuse, dir, backend, close } = await openSession(asDebianNode(sandbox));
+      try {
+        fs.writeFileSync(path.join(dir, 'f'), 'x');
+        const e = await fuse.lookup(1, 'f');
+        // Long enough for the preload to have entered a ring a few times, had it got one.
+        await new Promise((r) => setTimeout(r, 300));
+        expect(Number((await fuse.getattr(e.nodeid)).attr.size)).toBe(1);
+        // The first Node (before the relaunch) got a ring; the one that serves did not.
+        expect(backend.log()).toMatch(/io_uring_setup: fd \d+\n(.*\n)*io_uring_setup: refused/);
+        fuse.close();
+        expect(await backend.exited, backend.log()).toBe(0);
+      } finally {
+        await close();
+      }
+    }, 30_000);
+  }
+
+  it('unprivileged with --sandbox none (no launcher otherwise): the rings are seen and Node is started again without them', async () => {
+    const nobody = 65534;
+    const base = fs.mkdtempSync(path.join(os.tmpdir(), 'io-uring-nobody-'));
+    const share = path.join(base, 'share');
+    fs.mkdirSync(share);
+    fs.writeFileSync(path.join(share, 'f'), 'x');
+    for (const p of [base, share, path.join(share, 'f')]) fs.chownSync(p, nobody, nobody);
+    const sock = path.join(base, 'sock');
+    const child = spawn(
+      process.execPath,
+      ['-r', preload, CLI, '--socket-path', sock, '--shared-dir', share, '--sandbox', 'none', '--log-level', 'warn'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        uid: nobody,
+        gid: nobody,
+      },
+    );
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      for (let i = 0; !socketFileExists(sock); i++) {
+        if (i > 750 || child.exitCode !== null) throw new Error(`no socket: ${out}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const fuse = await FuseDriver.connect(sock, { timeoutMs: 10_000 });
+      await fuse.init();
+      const e = await fuse.lookup(1, 'f');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(Number((await fuse.getattr(e.nodeid)).attr.size)).toBe(1);
+      fuse.close();
+      expect(await exited, out).toBe(0);
+      expect(out).toMatch(/io_uring_setup: fd \d+\n(.*\n)*io_uring_setup: refused/);
+    } finally {
+      child.kill('SIGKILL');
+      fs.rmSync(base, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('the launcher runs its program with io_uring_setup answering ENOSYS (--no-io-uring, given when seccomp is on)', () => {
+    const probe =
+      'import ctypes; libc = ctypes.CDLL(None, use_errno=True); r = libc.syscall(425, 1, ctypes.create_string_buffer(120)); print(r, ctypes.get_errno())';
+    expect(execFileSync('python3', ['-c', probe], { encoding: 'utf8' }).trim()).toMatch(/^\d+ 0$/);
+    expect(execFileSync(launcherPath(), ['--no-io-uring', '--', '/usr/bin/python3', '-c', probe], { encoding: 'utf8' }).trim()).toBe(
+      '-1 38',
+    );
+  });
+
+  it('a ring already open when the filter would go in is refused with a clear error (no SIGSYS later)', async () => {
+    const script = `
+      require(${JSON.stringify(preload)});
+      const { Daemon } = require(${JSON.stringify(path.join(DIST, 'daemon.js'))});
+      const d = new Daemon({ socketPath: process.argv[1], sharedDir: process.argv[2], cache: 'auto', readonly: false, seccomp: 'kill' }, () => {});
+      try { d.start(); console.log('started'); } catch (err) { console.log('refused: ' + err.message); }
+      process.exit(0);
+    `;
+    const dir = fs.mkdtempSync(path.join(REPO, '.cache', 'io-uring-'));
+    try {
+      const out = execFileSync(process.execPath, ['-e', script, path.join(dir, 'sock'), dir], { encoding: 'utf8', timeout: 20_000 });
+      expect(out).toMatch(/io_uring_setup: fd \d+/);
+      expect(out).toMatch(/refused: seccomp: this Node's libuv uses io_uring/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
