@@ -38,21 +38,24 @@ export interface SandboxedRoot {
  * directory moved out of it), pivot_root into it and the old root detached.
  */
 export function pivotIntoShare(sharedDir: string): SandboxedRoot {
-  mount(null, '/', null, MS_SLAVE | MS_REC, null);
+  // EINVAL here: / is not a mount point (a chroot without a mount of its own).
+  step('making / a recursive slave mount', () => mount(null, '/', null, MS_SLAVE | MS_REC, null));
   // The share first, and held by an fd, so that a share under /proc survives what follows.
-  mount(sharedDir, sharedDir, null, MS_BIND | MS_REC, null);
+  step(`bind-mounting the share ${sharedDir} onto itself`, () => mount(sharedDir, sharedDir, null, MS_BIND | MS_REC, null));
   const newRoot = openat(AT_FDCWD, sharedDir, O_DIRECTORY | O_RDONLY | O_CLOEXEC, 0);
   let procSelfFd = -1;
   try {
-    mount('proc', '/proc', 'proc', MS_NODEV | MS_NOEXEC | MS_NOSUID | MS_RELATIME, null);
+    step('mounting a /proc of the new pid namespace', () =>
+      mount('proc', '/proc', 'proc', MS_NODEV | MS_NOEXEC | MS_NOSUID | MS_RELATIME, null),
+    );
     // Only /proc/self/fd stays: bound over /proc, so no other process's entry is reachable from it.
-    mount('/proc/self/fd', '/proc', null, MS_BIND, null);
+    step('binding /proc/self/fd over /proc', () => mount('/proc/self/fd', '/proc', null, MS_BIND, null));
     procSelfFd = openat(AT_FDCWD, '/proc', O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     const oldRoot = openat(AT_FDCWD, '/', O_DIRECTORY | O_RDONLY | O_CLOEXEC, 0);
     try {
       fchdir(newRoot);
       if (!sameDirectory(oldRoot, newRoot)) {
-        pivotRoot('.', '.');
+        step(`pivot_root into ${sharedDir}`, () => pivotRoot('.', '.'));
         // The old root is now stacked on the new one; detach it from here.
         fchdir(oldRoot);
         mount(null, '.', null, MS_SLAVE | MS_REC, null);
@@ -92,4 +95,13 @@ function sameDirectory(a: number, b: number): boolean {
   const sa = statx(a, '', AT_EMPTY_PATH);
   const sb = statx(b, '', AT_EMPTY_PATH);
   return sa.mntId === sb.mntId && sa.devMajor === sb.devMajor && sa.devMinor === sb.devMinor && sa.ino === sb.ino;
+}
+
+/** Runs one step of entering the sandbox; a failure names the step as well as the errno. */
+function step(what: string, call: () => unknown): void {
+  try {
+    call();
+  } catch (err) {
+    throw new Error(`sandbox: ${what}: ${(err as Error).message}`);
+  }
 }

@@ -172,8 +172,15 @@ export function installSeccomp(action: SeccompAction, opts: SeccompOptions = {})
  * io_uring answering ENOSYS, and libuv then keeps to epoll and its pool.
  */
 export function ioUringInstances(procSelfFd = '/proc/self/fd'): number {
+  let fds: string[];
+  try {
+    fds = fs.readdirSync(procSelfFd);
+  } catch {
+    // No /proc: nothing to tell (the daemon needs /proc/self/fd itself and says so when it opens it).
+    return 0;
+  }
   let n = 0;
-  for (const fd of fs.readdirSync(procSelfFd)) {
+  for (const fd of fds) {
     try {
       if (fs.readlinkSync(`${procSelfFd}/${fd}`) === 'anon_inode:[io_uring]') n++;
     } catch {
