@@ -8,9 +8,9 @@
  * deterministic: the operation under test is queued behind them until the
  * test lets them go.
  */
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { blockPool } from '../helpers/block-pool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { OPCODES } from '../../src/fuse-server/dispatcher';
 import { Errno } from '../../src/fuse-server/errors';
@@ -39,8 +39,6 @@ function dropFromPageCache(file: string): void {
     fs.closeSync(fd);
   }
 }
-/** More blockers than any pool size libuv would start with here (UV_THREADPOOL_SIZE, default 4). */
-const BLOCKERS = 32;
 
 let h: Harness;
 let unblock: (() => Promise<void>) | null = null;
@@ -49,25 +47,6 @@ afterEach(async () => {
   unblock = null;
   h?.close();
 });
-
-/** Occupies every thread of the pool until the returned function is called (and awaited). */
-function blockPool(dir: string): () => Promise<void> {
-  const fds: number[] = [];
-  const reads: Promise<void>[] = [];
-  for (let i = 0; i < BLOCKERS; i++) {
-    const fifo = path.join(dir, `.fifo-${i}`);
-    execFileSync('mkfifo', [fifo]);
-    // O_RDWR: the open does not wait for a writer, and the read blocks its pool thread.
-    const fd = fs.openSync(fifo, fs.constants.O_RDWR);
-    fds.push(fd);
-    reads.push(new Promise((resolve) => fs.read(fd, Buffer.alloc(1), 0, 1, null, () => resolve())));
-  }
-  return async () => {
-    for (const fd of fds) fs.writeSync(fd, Buffer.from([1]));
-    await Promise.all(reads);
-    for (const fd of fds) fs.closeSync(fd);
-  };
-}
 
 async function pooled(files: Record<string, Buffer>): Promise<Harness> {
   const harness = Harness.create({ threadPoolSize: 4 }, (dir) => {

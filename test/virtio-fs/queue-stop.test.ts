@@ -5,10 +5,10 @@
  * that could wait for ever is cancelled (EINTR); pool work (FSYNC) is waited
  * for; messages the front-end sends meanwhile are handled after, in order.
  */
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { blockPool } from '../helpers/block-pool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Daemon } from '../../src/daemon';
 import { FUSE_ROOT_ID, FuseDriver, F_WRLCK } from '../../src/guest/fuse-driver';
@@ -21,28 +21,6 @@ const cleanups: (() => void | Promise<void>)[] = [];
 afterEach(async () => {
   for (const f of cleanups.splice(0).reverse()) await f();
 });
-
-/** More blockers than libuv starts pool threads with here (UV_THREADPOOL_SIZE, default 4). */
-const BLOCKERS = 8;
-
-/** Occupies every thread of this process's pool (the in-process daemon's too) until the returned function runs. */
-function blockPool(dir: string): () => Promise<void> {
-  const fds: number[] = [];
-  const reads: Promise<void>[] = [];
-  for (let i = 0; i < BLOCKERS; i++) {
-    const fifo = path.join(dir, `fifo-${i}`);
-    execFileSync('mkfifo', [fifo]);
-    // O_RDWR: the open does not wait for a writer, and the read blocks its pool thread.
-    const fd = fs.openSync(fifo, fs.constants.O_RDWR);
-    fds.push(fd);
-    reads.push(new Promise((resolve) => fs.read(fd, Buffer.alloc(1), 0, 1, null, () => resolve())));
-  }
-  return async () => {
-    for (const fd of fds) fs.writeSync(fd, Buffer.from([1]));
-    await Promise.all(reads);
-    for (const fd of fds) fs.closeSync(fd);
-  };
-}
 
 async function served(): Promise<{ fuse: FuseDriver; base: string }> {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'queue-stop-'));
