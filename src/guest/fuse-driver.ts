@@ -93,7 +93,7 @@ import {
   fuse_write_out,
   fuseRecAlign,
 } from '../fuse-server/protocol';
-import { type Fill, type Layout, type ValueOfLayout, encode, struct } from '../layout';
+import { type Fill, type Layout, type ValueOfLayout, encode } from '../layout';
 import type { SetattrArgs } from '../fuse-server/filesystem';
 import { Errno } from '../sys/errno';
 import type { TimeSpec } from '../sys/fs';
