@@ -140,7 +140,7 @@ export const OPTIONS: Record<string, OptionDef> = {
   'allow-mmap': {
     group: 'Caching and DAX',
     type: 'boolean',
-    describe: 'let the guest mmap files opened with direct I/O (accepted; not offered yet, see the start-up line)',
+    describe: 'let the guest mmap files opened with direct I/O (--cache never, metadata): FUSE_DIRECT_IO_ALLOW_MMAP, Linux >= 6.6',
   },
   'dax-window': {
     group: 'Caching and DAX',
@@ -369,9 +369,9 @@ export function parseArgs(argv: string[], env: NodeJS.ProcessEnv = process.env, 
     if (!Number.isSafeInteger(threadPoolSize) || threadPoolSize < 0)
       throw new UsageError(`--thread-pool-size ${threadPoolSize}: expected a whole number`);
   }
-  if (switches.allowMmap) {
+  if (switches.allowMmap && cache !== 'never' && cache !== 'metadata') {
     notices.push(
-      '--allow-mmap: not offered yet: with --cache never or metadata files open with FOPEN_DIRECT_IO and the guest cannot mmap them',
+      `--allow-mmap: only files opened with direct I/O are concerned (--cache never or metadata); with --cache ${cache} it changes nothing`,
     );
   }
 

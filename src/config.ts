@@ -33,8 +33,6 @@ export interface DaemonConfig extends Omit<FuseSessionOptions, 'dax' | 'log'> {
   syslog?: boolean;
   /** --thread-pool-size (libvirt's <thread_pool size>): worker threads for requests; absent: the default. */
   threadPoolSize?: number;
-  /** --allow-mmap: accepted for the Rust virtiofsd's command line (see cli.ts for what we do with it). */
-  allowMmap?: boolean;
   /** --metrics-socket: a socket that answers each connection with the metrics JSON. */
   metricsSocket?: string;
   /** The pid file beside the socket (SOCKET.pid), locked for as long as the daemon lives. */

@@ -101,7 +101,6 @@ export class Daemon {
         uidMapNs,
         gidMapNs,
         syslog,
-        allowMmap,
         metricsSocket,
         pidFile,
         inheritFds,

@@ -19,6 +19,8 @@ export interface PassthroughOptions {
   posixLock?: boolean;
   flock?: boolean;
   writeback?: boolean;
+  /** --allow-mmap: FUSE_DIRECT_IO_ALLOW_MMAP, so files opened with direct I/O (--cache never, metadata) can be mmap'd shared. */
+  allowMmap?: boolean;
   /** READDIRPLUS (default on, except with cache=never). */
   readdirplus?: boolean;
   /** Pass the guest's O_DIRECT to the host open. */

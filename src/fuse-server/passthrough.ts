@@ -117,6 +117,7 @@ import {
   FUSE_AUTO_INVAL_DATA,
   FUSE_BIG_WRITES,
   FUSE_DO_READDIRPLUS,
+  FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2,
   FUSE_DONT_MASK,
   FUSE_EXPORT_SUPPORT,
   FUSE_FLOCK_LOCKS,
@@ -270,6 +271,7 @@ export class PassthroughFs extends FileSystem {
     if (this.xattrs) flags |= FUSE_SETXATTR_EXT;
     if (o.posixAcl) flags |= FUSE_POSIX_ACL | FUSE_DONT_MASK;
     if (o.securityLabel) flags2 |= FUSE_SECURITY_CTX_FLAGS2;
+    if (o.allowMmap) flags2 |= FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2;
     if (this.dax) {
       flags |= this.dax.initFlags;
       flags2 |= this.dax.initFlags2;
@@ -295,6 +297,9 @@ export class PassthroughFs extends FileSystem {
     ];
     for (const [wanted, flag, option] of optional) {
       if (wanted && !(info.flags & flag)) this.log('warn', `${option}: the guest kernel does not support it; off`);
+    }
+    if (o.allowMmap && !(info.flags2 & FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2)) {
+      this.log('warn', '--allow-mmap: the guest kernel does not support it (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6 and later); off');
     }
     this.negotiated = info.flags;
     if (this.xattrs) this.xattrs.posixAcl = (info.flags & FUSE_POSIX_ACL) !== 0;

@@ -125,6 +125,8 @@ export const FUSE_SECURITY_CTX_FLAGS2 = 1 << 0;
 export const FUSE_HAS_INODE_DAX_FLAGS2 = 1 << 1;
 export const FUSE_CREATE_SUPP_GROUP_FLAGS2 = 1 << 2;
 export const FUSE_HAS_EXPIRE_ONLY_FLAGS2 = 1 << 3;
+/** FUSE_DIRECT_IO_ALLOW_MMAP (1ULL << 36, 7.39): files opened with FOPEN_DIRECT_IO may be mmap'd shared. */
+export const FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 = 1 << 4;
 
 /** fuse_attr.flags */
 export const FUSE_ATTR_SUBMOUNT = 1 << 0;

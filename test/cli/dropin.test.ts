@@ -11,6 +11,8 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CAPABILITIES, OPTIONS, UsageError, parseArgs } from '../../src/cli';
 import { DAX_POLICIES, DEFAULT_DAX_POLICY, type DaemonConfig } from '../../src/config';
+import { DEFAULT_INIT_FLAGS, FuseDriver } from '../../src/guest/fuse-driver';
+import { FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FUSE_INIT_EXT } from '../../src/fuse-server/protocol';
 import { UnixListener } from '../../src/sys';
 import { listenFd } from '../../src/systemd';
 import { ensureBuilt } from '../helpers/backends';
@@ -121,6 +123,26 @@ describe("libvirt's command lines (src/qemu/qemu_virtiofs.c)", () => {
     }
   });
 
+  it('--allow-mmap --cache never offers FUSE_DIRECT_IO_ALLOW_MMAP to a guest that asks for it, and only then', async () => {
+    for (const allow of [true, false]) {
+      const child = spawn(
+        process.execPath,
+        [CLI, '--socket-path', sock, '--shared-dir', dir, '--cache', 'never', ...(allow ? ['--allow-mmap'] : [])],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+      for (let i = 0; !fs.existsSync(sock); i++) {
+        if (i > 500) throw new Error('no socket');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const fuse = await FuseDriver.connect(sock, { timeoutMs: 10_000 });
+      const reply = await fuse.init({ flags: DEFAULT_INIT_FLAGS | FUSE_INIT_EXT, flags2: FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 });
+      expect((reply.flags2 & FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2) !== 0).toBe(allow);
+      fuse.close();
+      expect(await exited).toBe(0);
+    }
+  }, 60_000);
+
   it('a mock libvirt start (system mode) serves, and probe passes against it', async () => {
     const listener = UnixListener.listen(sock);
     // As libvirt runs it: the chardev's listening socket passed as --fd, every separate option.
@@ -180,7 +202,7 @@ describe("the Rust virtiofsd's spellings", () => {
     );
   });
 
-  it('--log-level trace|off, -o loglevel= and -o log_level=, --syslog, --allow-mmap (one line: no effect yet)', () => {
+  it('--log-level trace|off, -o loglevel= and -o log_level=, --syslog, --allow-mmap (one line where the cache policy leaves nothing to it)', () => {
     const base = ['--socket-path', sock, '--shared-dir', dir];
     expect(config([...base, '--log-level', 'trace']).logLevel).toBe('trace');
     expect(config([...base, '--log-level', 'off']).logLevel).toBe('off');
@@ -191,6 +213,11 @@ describe("the Rust virtiofsd's spellings", () => {
     expect(mmap.allowMmap).toBe(true);
     expect(mmap.notices!.filter((n) => n.includes('--allow-mmap')).length).toBe(1);
     expect(config([...base, '-o', 'allow_mmap']).allowMmap).toBe(true);
+    for (const cache of ['never', 'metadata']) {
+      const direct = config([...base, '--allow-mmap', '--cache', cache]);
+      expect(direct.allowMmap).toBe(true);
+      expect(direct.notices ?? []).toEqual([]);
+    }
   });
 
   it('a pid file beside the socket; none with --fd', () => {

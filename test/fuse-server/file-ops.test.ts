@@ -249,6 +249,17 @@ describe('open flags', () => {
     expect(hostOpenFlags(h.p('f')).every((f) => (f & 3) === O_RDWR && !(f & O_APPEND))).toBe(true);
   });
 
+  it('--allow-mmap: FUSE_DIRECT_IO_ALLOW_MMAP agreed when the guest offers it, never otherwise', async () => {
+    h = Harness.create({ cache: 'never' });
+    expect((await h.start()).flags2 & P.FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2).toBe(0);
+    h.close();
+    // The harness offers what a Linux 6.x guest does, this bit included (6.6 and later).
+    const logged: string[] = [];
+    h = Harness.create({ cache: 'never', allowMmap: true, log: (_level, msg) => logged.push(msg) });
+    expect((await h.start()).flags2 & P.FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2).toBeTruthy();
+    expect(logged.filter((m) => m.includes('--allow-mmap'))).toEqual([]);
+  });
+
   it('O_APPEND: the guest appends at the host end of file; cached write-back keeps its offsets', async () => {
     h = Harness.create();
     await h.start();
