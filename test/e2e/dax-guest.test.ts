@@ -164,6 +164,23 @@ describe('DAX in a Linux 6.12 guest on QEMU 11.1 (vhost-user-test-device-pci)', 
     expect(r.daemonStderr, details).not.toMatch(/refused SHMEM_MAP/);
   }, 200_000);
 
+  it('--cache never --allow-mmap: a shared mmap of a file opened with direct I/O works (FUSE_DIRECT_IO_ALLOW_MMAP), and without it ENODEV', async () => {
+    for (const allow of [true, false]) {
+      const share = path.join(workDir(), `share-${allow}`);
+      fs.mkdirSync(share);
+      fs.writeFileSync(path.join(share, 'mm'), Buffer.alloc(8192));
+      const socketPath = path.join(workDir(), `fs-${allow}.sock`);
+      const daemonCommand = ourDaxDaemon(socketPath, share, ['--cache', 'never', ...(allow ? ['--allow-mmap'] : [])]);
+      const r = await bootDaxGuest({ daemonCommand, socketPath, mode: 'mmap', dax: 'none' });
+      console.log(`[e2e] mmap under --cache never${allow ? ' --allow-mmap' : ''}: QEMU ran ${r.qemuMs} ms`);
+      const report = expectCleanGuest(r, 1);
+      const expected = Buffer.alloc(8192);
+      if (allow) expected.fill(65, 4096, 4196);
+      expect(report.info, describeDaxRun(r)).toContain(allow ? 'mmap-store ok' : 'mmap-store No_such_device');
+      expect(fs.readFileSync(path.join(share, 'mm')).equals(expected)).toBe(true);
+    }
+  }, 200_000);
+
   it('the Rust virtiofsd on the same device, through the queues (it has no DAX): the same files read and written', async () => {
     const share = path.join(workDir(), 'share');
     fs.mkdirSync(share);

@@ -9,6 +9,9 @@
 #   the same reads and writes through the queues, e.g. the Rust virtiofsd).
 # MODE bench: dd sequential and random reads and writes, then the metadata
 #   workload (bench/in-guest-dax.ts).
+# MODE mmap: a shared mmap store into $M/mm, which a daemon run with
+#   --cache never opens with direct I/O: Linux allows that mapping only with
+#   FUSE_DIRECT_IO_ALLOW_MMAP (--allow-mmap), else mmap answers ENODEV.
 # Console protocol: test/e2e/guest/workload.sh.
 M=/mnt
 ok() { echo "E2E-OK $1"; }
@@ -144,8 +147,18 @@ meta() {
   fi
 }
 
+mmap_store() {
+  if out=$(daxtool store $M/mm 4096 100 65 2>&1); then
+    echo "E2E-INFO mmap-store ok"
+  else
+    echo "E2E-INFO mmap-store $(echo "${out##*: }" | tr ' ' '_')"
+  fi
+  sync
+}
+
 case "$1" in
   always) always ;;
+  mmap) mmap_store ;;
   inode) inode "$2" ;;
   bench) bench ;;
   *) fail mode "unknown mode '$1'" ;;
