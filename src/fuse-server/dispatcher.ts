@@ -260,8 +260,7 @@ function rename(fs: FileSystem, req: Request, newdir: number, flags: number): vo
 function setlk(fs: FileSystem, req: Request, wait: boolean): void | Promise<void> {
   const a = req.args.readStruct(fuse_lk_in);
   const flock = (a.lk_flags & FUSE_LK_FLOCK) !== 0;
-  if (!wait) return fs.setlk(req, req.nodeid, a.fh, a.owner, lockRange(a.lk), flock, null);
-  return fs.setlk(req, req.nodeid, a.fh, a.owner, lockRange(a.lk), flock, req.interruptSignal());
+  return fs.setlk(req, req.nodeid, a.fh, a.owner, lockRange(a.lk), { flock, wait: wait ? req.interruptSignal() : null });
 }
 
 const handlers: Partial<Record<Opcode, Handler>> = {
@@ -356,7 +355,8 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_WRITE]: (fs, req) => {
     const a = req.args.readStruct(fuse_write_in);
     if (ioSize(a.size) > req.args.remaining) fail(Errno.EINVAL);
-    const written = fs.write(req, req.nodeid, a.fh, req.args, a.size, fileRange(a.offset, a.size), a.write_flags, a.flags);
+    const offset = fileRange(a.offset, a.size);
+    const written = fs.write(req, req.nodeid, a.fh, req.args, { size: a.size, offset, writeFlags: a.write_flags, fileFlags: a.flags });
     return settled(written, (size) => req.reply.writeStruct(fuse_write_out, { size }));
   },
   [Opcode.FUSE_STATFS]: (fs, req) => replyStatfs(req.reply, fs.statfs(req, req.nodeid)),
@@ -451,17 +451,9 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   [Opcode.FUSE_COPY_FILE_RANGE]: (fs, req) => {
     const a = req.args.readStruct(fuse_copy_file_range_in);
     const len = Math.min(a.len, Number.MAX_SAFE_INTEGER);
-    const copied = fs.copyFileRange(
-      req,
-      req.nodeid,
-      a.fh_in,
-      fileRange(a.off_in, 0),
-      a.nodeid_out,
-      a.fh_out,
-      fileRange(a.off_out, 0),
-      len,
-      a.flags,
-    );
+    const from = { nodeid: req.nodeid, fh: a.fh_in, offset: fileRange(a.off_in, 0) };
+    const to = { nodeid: a.nodeid_out, fh: a.fh_out, offset: fileRange(a.off_out, 0) };
+    const copied = fs.copyFileRange(req, from, to, len, a.flags);
     return settled(copied, (size) => req.reply.writeStruct(fuse_write_out, { size }));
   },
   [Opcode.FUSE_SYNCFS]: (fs, req) => {

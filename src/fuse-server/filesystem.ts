@@ -110,6 +110,13 @@ export interface LockRange {
   pid: number;
 }
 
+/** How SETLK(W) takes a lock: flock(2) or POSIX, and whether (until what signal) it waits. */
+export interface LockHow {
+  flock: boolean;
+  /** Wait for a conflicting lock to go until this fires (SETLKW); null: fail with EAGAIN at once. */
+  wait: AbortSignal | null;
+}
+
 /** One FUSE_REMOVEMAPPING range of the DAX window. */
 export interface WindowRange {
   moffset: bigint;
@@ -125,6 +132,23 @@ export interface SetupMapping {
 }
 
 /* eslint-disable @typescript-eslint/no-unused-vars */
+/** WRITE's arguments besides the data: where, how much, and the flags the guest sent. */
+export interface WriteArgs {
+  size: number;
+  offset: number;
+  /** FUSE_WRITE_* */
+  writeFlags: number;
+  /** The guest file's open flags (fuse_write_in.flags). */
+  fileFlags: number;
+}
+
+/** A position in an open file (COPY_FILE_RANGE's source and destination). */
+export interface FileAt {
+  nodeid: number;
+  fh: number;
+  offset: number;
+}
+
 export class FileSystem {
   /** FUSE_* init flags this file system can serve (the session adds the transport's own). */
   capabilities(): Capabilities {
@@ -183,20 +207,8 @@ export class FileSystem {
   read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
     return fail(Errno.ENOSYS);
   }
-  /**
-   * Writes `size` bytes at `offset` straight from the request; returns the
-   * bytes written. `writeFlags` are FUSE_WRITE_*, `fileFlags` the guest file's open flags.
-   */
-  write(
-    ctx: Context,
-    nodeid: number,
-    fh: number,
-    from: Reader,
-    size: number,
-    offset: number,
-    writeFlags: number,
-    fileFlags: number,
-  ): number | Promise<number> {
+  /** Writes `w.size` bytes at `w.offset` straight from the request; returns the bytes written. */
+  write(ctx: Context, nodeid: number, fh: number, from: Reader, w: WriteArgs): number | Promise<number> {
     return fail(Errno.ENOSYS);
   }
   statfs(ctx: Context, nodeid: number): StatVfs {
@@ -260,15 +272,7 @@ export class FileSystem {
    * handle). With a `wait` signal it waits for a conflicting lock to go, and
    * answers EINTR if the signal fires first; without, it fails with EAGAIN.
    */
-  setlk(
-    ctx: Context,
-    nodeid: number,
-    fh: number,
-    owner: bigint,
-    lock: LockRange,
-    flock: boolean,
-    wait: AbortSignal | null,
-  ): void | Promise<void> {
+  setlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange, how: LockHow): void | Promise<void> {
     return fail(Errno.ENOSYS);
   }
 
@@ -279,17 +283,7 @@ export class FileSystem {
     return fail(Errno.ENOSYS);
   }
   /** Copies up to `len` bytes between two open files; returns the bytes copied. */
-  copyFileRange(
-    ctx: Context,
-    nodeidIn: number,
-    fhIn: number,
-    offIn: number,
-    nodeidOut: number,
-    fhOut: number,
-    offOut: number,
-    len: number,
-    flags: number,
-  ): number | Promise<number> {
+  copyFileRange(ctx: Context, from: FileAt, to: FileAt, len: number, flags: number): number | Promise<number> {
     return fail(Errno.ENOSYS);
   }
   syncfs(ctx: Context, nodeid: number): void | Promise<void> {

@@ -93,13 +93,16 @@ import {
   type Context,
   type DirSink,
   type Entry,
+  type FileAt,
   FileSystem,
   type InitInfo,
+  type LockHow,
   type LockRange,
   type Opened,
   type SetattrArgs,
   type SetupMapping,
   type WindowRange,
+  type WriteArgs,
 } from './filesystem';
 import { type Handle, HandleTable } from './handle-table';
 import { IdMap } from './id-map';
@@ -511,16 +514,8 @@ export class PassthroughFs extends FileSystem {
     return onPool(fd, (own) => into.writeFromFileAsync(own, size - now.read, offset + now.read)).then((n) => now.read + n);
   }
 
-  override write(
-    ctx: Context,
-    nodeid: number,
-    fh: number,
-    from: Reader,
-    size: number,
-    offset: number,
-    writeFlags: number,
-    fileFlags: number,
-  ): number | Promise<number> {
+  override write(ctx: Context, nodeid: number, fh: number, from: Reader, w: WriteArgs): number | Promise<number> {
+    const { size, offset, writeFlags, fileFlags } = w;
     const handle = this.handles.get(fh, nodeid, 'file');
     // The handle's access mode was fixed at open; write_in.flags is the guest's word and never widens it.
     if (!HandleTable.writable(handle)) fail(Errno.EBADF);
@@ -584,22 +579,12 @@ export class PassthroughFs extends FileSystem {
     return lseek(this.handles.get(fh, nodeid, 'file').fd, offset, whence);
   }
 
-  override copyFileRange(
-    ctx: Context,
-    nodeidIn: number,
-    fhIn: number,
-    offIn: number,
-    nodeidOut: number,
-    fhOut: number,
-    offOut: number,
-    len: number,
-    flags: number,
-  ): Promise<number> {
-    const from = this.handles.get(fhIn, nodeidIn, 'file');
-    const to = this.handles.get(fhOut, nodeidOut, 'file');
+  override copyFileRange(ctx: Context, from: FileAt, to: FileAt, len: number, flags: number): Promise<number> {
+    const src = this.handles.get(from.fh, from.nodeid, 'file');
+    const dst = this.handles.get(to.fh, to.nodeid, 'file');
     // Up to 64 MiB of copying: on the pool, over dups of both handles' fds.
-    return onPool(from.fd, (ownIn) =>
-      onPool(to.fd, (ownOut) => copyFileRangeAsync(ownIn, offIn, ownOut, offOut, Math.min(len, MAX_COPY_CHUNK), flags)),
+    return onPool(src.fd, (ownIn) =>
+      onPool(dst.fd, (ownOut) => copyFileRangeAsync(ownIn, from.offset, ownOut, to.offset, Math.min(len, MAX_COPY_CHUNK), flags)),
     );
   }
 
@@ -779,15 +764,8 @@ export class PassthroughFs extends FileSystem {
     return this.locks.getlk(nodeid, owner, lock);
   }
 
-  override setlk(
-    ctx: Context,
-    nodeid: number,
-    fh: number,
-    owner: bigint,
-    lock: LockRange,
-    flock: boolean,
-    wait: AbortSignal | null,
-  ): void | Promise<void> {
+  override setlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange, how: LockHow): void | Promise<void> {
+    const { flock, wait } = how;
     const { handles } = this;
     if (!this.has(flock ? FUSE_FLOCK_LOCKS : FUSE_POSIX_LOCKS)) fail(Errno.ENOSYS);
     const handle = handles.get(fh, nodeid, 'file');

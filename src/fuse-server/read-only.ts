@@ -8,19 +8,8 @@ import type { StatVfs } from '../sys/fs';
 import { O_ACCMODE, O_RDONLY, O_TRUNC, W_OK } from '../sys/fs';
 import type { Writer } from './chain-io';
 import { Errno, fail } from './errors';
-import {
-  type AttrReply,
-  type Capabilities,
-  type Context,
-  type DirSink,
-  type Entry,
-  FileSystem,
-  type InitInfo,
-  type LockRange,
-  type Opened,
-  type SetupMapping,
-  type WindowRange,
-} from './filesystem';
+import { FileSystem } from './filesystem';
+import type * as F from './filesystem';
 import { FUSE_SETUPMAPPING_FLAG_WRITE, FUSE_WRITEBACK_CACHE } from './protocol';
 
 export class ReadOnlyFs extends FileSystem {
@@ -28,12 +17,12 @@ export class ReadOnlyFs extends FileSystem {
     super();
   }
 
-  override capabilities(): Capabilities {
+  override capabilities(): F.Capabilities {
     const caps = this.inner.capabilities();
     // Nothing will be written back.
     return { ...caps, flags: caps.flags & ~FUSE_WRITEBACK_CACHE };
   }
-  override init(info: InitInfo): void {
+  override init(info: F.InitInfo): void {
     this.inner.init(info);
   }
   override destroy(): void {
@@ -43,104 +32,96 @@ export class ReadOnlyFs extends FileSystem {
     this.inner.endRequest();
   }
 
-  override lookup(ctx: Context, parent: number, name: Buffer): Entry {
+  override lookup(ctx: F.Context, parent: number, name: Buffer): F.Entry {
     return this.inner.lookup(ctx, parent, name);
   }
   override forget(nodeid: number, nlookup: number): void {
     this.inner.forget(nodeid, nlookup);
   }
-  override getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply {
+  override getattr(ctx: F.Context, nodeid: number, fh: number | undefined): F.AttrReply {
     return this.inner.getattr(ctx, nodeid, fh);
   }
-  override statx(ctx: Context, nodeid: number, fh: number | undefined, flags: number, mask: number): AttrReply {
+  override statx(ctx: F.Context, nodeid: number, fh: number | undefined, flags: number, mask: number): F.AttrReply {
     return this.inner.statx(ctx, nodeid, fh, flags, mask);
   }
-  override readlink(ctx: Context, nodeid: number): Buffer {
+  override readlink(ctx: F.Context, nodeid: number): Buffer {
     return this.inner.readlink(ctx, nodeid);
   }
-  override access(ctx: Context, nodeid: number, mask: number): void {
+  override access(ctx: F.Context, nodeid: number, mask: number): void {
     if (mask & W_OK) fail(Errno.EROFS);
     this.inner.access(ctx, nodeid, mask);
   }
-  override statfs(ctx: Context, nodeid: number): StatVfs {
+  override statfs(ctx: F.Context, nodeid: number): StatVfs {
     return this.inner.statfs(ctx, nodeid);
   }
 
-  override open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened {
+  override open(ctx: F.Context, nodeid: number, flags: number, openFlags: number): F.Opened {
     if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) fail(Errno.EROFS);
     return this.inner.open(ctx, nodeid, flags, openFlags);
   }
-  override read(ctx: Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
+  override read(ctx: F.Context, nodeid: number, fh: number, into: Writer, size: number, offset: number): number | Promise<number> {
     return this.inner.read(ctx, nodeid, fh, into, size, offset);
   }
-  override flush(ctx: Context, nodeid: number, fh: number, lockOwner: bigint): void {
+  override flush(ctx: F.Context, nodeid: number, fh: number, lockOwner: bigint): void {
     this.inner.flush(ctx, nodeid, fh, lockOwner);
   }
-  override fsync(ctx: Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
+  override fsync(ctx: F.Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
     return this.inner.fsync(ctx, nodeid, fh, datasync);
   }
-  override release(ctx: Context, nodeid: number, fh: number, flags: number, releaseFlags: number, lockOwner: bigint): void {
+  override release(ctx: F.Context, nodeid: number, fh: number, flags: number, releaseFlags: number, lockOwner: bigint): void {
     this.inner.release(ctx, nodeid, fh, flags, releaseFlags, lockOwner);
   }
-  override lseek(ctx: Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
+  override lseek(ctx: F.Context, nodeid: number, fh: number, offset: bigint, whence: number): bigint {
     return this.inner.lseek(ctx, nodeid, fh, offset, whence);
   }
-  override syncfs(ctx: Context, nodeid: number): void | Promise<void> {
+  override syncfs(ctx: F.Context, nodeid: number): void | Promise<void> {
     return this.inner.syncfs(ctx, nodeid);
   }
 
-  override opendir(ctx: Context, nodeid: number, flags: number): Opened {
+  override opendir(ctx: F.Context, nodeid: number, flags: number): F.Opened {
     return this.inner.opendir(ctx, nodeid, flags);
   }
-  override readdir(ctx: Context, nodeid: number, fh: number, offset: bigint, sink: DirSink): void {
+  override readdir(ctx: F.Context, nodeid: number, fh: number, offset: bigint, sink: F.DirSink): void {
     this.inner.readdir(ctx, nodeid, fh, offset, sink);
   }
-  override releasedir(ctx: Context, nodeid: number, fh: number): void {
+  override releasedir(ctx: F.Context, nodeid: number, fh: number): void {
     this.inner.releasedir(ctx, nodeid, fh);
   }
-  override fsyncdir(ctx: Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
+  override fsyncdir(ctx: F.Context, nodeid: number, fh: number, datasync: boolean): void | Promise<void> {
     return this.inner.fsyncdir(ctx, nodeid, fh, datasync);
   }
 
-  override getxattr(ctx: Context, nodeid: number, name: Buffer, size: number): number | Buffer {
+  override getxattr(ctx: F.Context, nodeid: number, name: Buffer, size: number): number | Buffer {
     return this.inner.getxattr(ctx, nodeid, name, size);
   }
-  override listxattr(ctx: Context, nodeid: number, size: number): number | Buffer {
+  override listxattr(ctx: F.Context, nodeid: number, size: number): number | Buffer {
     return this.inner.listxattr(ctx, nodeid, size);
   }
-  override getlk(ctx: Context, nodeid: number, fh: number, owner: bigint, lock: LockRange): LockRange {
+  override getlk(ctx: F.Context, nodeid: number, fh: number, owner: bigint, lock: F.LockRange): F.LockRange {
     return this.inner.getlk(ctx, nodeid, fh, owner, lock);
   }
-  override setlk(
-    ctx: Context,
-    nodeid: number,
-    fh: number,
-    owner: bigint,
-    lock: LockRange,
-    flock: boolean,
-    wait: AbortSignal | null,
-  ): void | Promise<void> {
-    return this.inner.setlk(ctx, nodeid, fh, owner, lock, flock, wait);
+  override setlk(ctx: F.Context, nodeid: number, fh: number, owner: bigint, lock: F.LockRange, how: F.LockHow): void | Promise<void> {
+    return this.inner.setlk(ctx, nodeid, fh, owner, lock, how);
   }
 
-  override setupmapping(ctx: Context, nodeid: number, fh: bigint, mapping: SetupMapping): Promise<void> {
+  override setupmapping(ctx: F.Context, nodeid: number, fh: bigint, mapping: F.SetupMapping): Promise<void> {
     if (mapping.flags & BigInt(FUSE_SETUPMAPPING_FLAG_WRITE)) fail(Errno.EROFS);
     return this.inner.setupmapping(ctx, nodeid, fh, mapping);
   }
-  override removemapping(ctx: Context, ranges: WindowRange[]): Promise<void> {
+  override removemapping(ctx: F.Context, ranges: F.WindowRange[]): Promise<void> {
     return this.inner.removemapping(ctx, ranges);
   }
 
-  override setattr(): AttrReply {
+  override setattr(): F.AttrReply {
     return fail(Errno.EROFS);
   }
-  override symlink(): Entry {
+  override symlink(): F.Entry {
     return fail(Errno.EROFS);
   }
-  override mknod(): Entry {
+  override mknod(): F.Entry {
     return fail(Errno.EROFS);
   }
-  override mkdir(): Entry {
+  override mkdir(): F.Entry {
     return fail(Errno.EROFS);
   }
   override unlink(): void {
@@ -152,16 +133,16 @@ export class ReadOnlyFs extends FileSystem {
   override rename(): void {
     fail(Errno.EROFS);
   }
-  override link(): Entry {
+  override link(): F.Entry {
     return fail(Errno.EROFS);
   }
   override write(): number {
     return fail(Errno.EROFS);
   }
-  override create(): [Entry, Opened] {
+  override create(): [F.Entry, F.Opened] {
     return fail(Errno.EROFS);
   }
-  override tmpfile(): [Entry, Opened] {
+  override tmpfile(): [F.Entry, F.Opened] {
     return fail(Errno.EROFS);
   }
   override setxattr(): void {

@@ -46,53 +46,9 @@ import {
   type FuseFileLock as FileLock,
   type InitOut,
   Opcode,
-  fuse_access_in,
-  fuse_attr_out,
-  fuse_batch_forget_in,
-  fuse_copy_file_range_in,
-  fuse_create_in,
-  fuse_dirent,
-  fuse_direntplus,
-  fuse_entry_out,
-  fuse_fallocate_in,
-  fuse_flush_in,
-  fuse_forget_in,
-  fuse_forget_one,
-  fuse_fsync_in,
-  fuse_getattr_in,
-  fuse_getxattr_in,
-  fuse_getxattr_out,
-  fuse_init_in,
-  fuse_init_out,
-  fuse_kstatfs,
-  fuse_link_in,
-  fuse_lk_in,
-  fuse_lk_out,
-  fuse_lseek_in,
-  fuse_lseek_out,
-  fuse_mkdir_in,
-  fuse_mknod_in,
-  fuse_open_in,
-  fuse_open_out,
-  fuse_create_out,
-  fuse_read_in,
-  fuse_release_in,
-  fuse_removemapping_in,
-  fuse_removemapping_one,
-  fuse_rename2_in,
-  fuse_rename_in,
-  fuse_setattr_in,
-  fuse_setupmapping_in,
-  fuse_setxattr_in,
-  fuse_setxattr_in_compat,
-  fuse_statfs_out,
-  fuse_statx_in,
-  fuse_statx_out,
-  fuse_syncfs_in,
-  fuse_write_in,
-  fuse_write_out,
   fuseRecAlign,
 } from '../fuse-server/protocol';
+import * as P from '../fuse-server/protocol';
 import { type Fill, type Layout, type ValueOfLayout, encode } from '../layout';
 import type { SetattrArgs } from '../fuse-server/filesystem';
 import { Errno } from '../sys/errno';
@@ -121,10 +77,10 @@ export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
 
-export type AttrOut = ValueOfLayout<typeof fuse_attr_out>;
-export type OpenOut = ValueOfLayout<typeof fuse_open_out>;
-export type Kstatfs = ValueOfLayout<typeof fuse_kstatfs>;
-export type StatxOut = ValueOfLayout<typeof fuse_statx_out>;
+export type AttrOut = ValueOfLayout<typeof P.fuse_attr_out>;
+export type OpenOut = ValueOfLayout<typeof P.fuse_open_out>;
+export type Kstatfs = ValueOfLayout<typeof P.fuse_kstatfs>;
+export type StatxOut = ValueOfLayout<typeof P.fuse_statx_out>;
 
 /** What a Linux virtio-fs guest offers in INIT, minus features that change request formats or caching duties. */
 export const DEFAULT_INIT_FLAGS =
@@ -194,7 +150,7 @@ export interface DirentPlus extends Dirent {
 }
 
 /** CREATE's and TMPFILE's reply: the new entry and its open handle. */
-export type CreateOut = ValueOfLayout<typeof fuse_create_out>;
+export type CreateOut = ValueOfLayout<typeof P.fuse_create_out>;
 
 /** A file range of an open handle, for copyFileRange(). */
 export interface FileRange {
@@ -252,57 +208,57 @@ function op<I, O extends Layout<unknown> | null>(opcode: Opcode, inLayout: Layou
 
 /** Every operation the driver sends, by method: the one place an opcode meets its argument and reply layouts. */
 export const FUSE_OPS = {
-  init: op(Opcode.FUSE_INIT, fuse_init_in, fuse_init_out),
+  init: op(Opcode.FUSE_INIT, P.fuse_init_in, P.fuse_init_out),
   destroy: op(Opcode.FUSE_DESTROY, null, null),
-  lookup: op(Opcode.FUSE_LOOKUP, null, fuse_entry_out),
-  forget: op(Opcode.FUSE_FORGET, fuse_forget_in, null),
-  batchForget: op(Opcode.FUSE_BATCH_FORGET, fuse_batch_forget_in, null),
-  getattr: op(Opcode.FUSE_GETATTR, fuse_getattr_in, fuse_attr_out),
-  statx: op(Opcode.FUSE_STATX, fuse_statx_in, fuse_statx_out),
-  setattr: op(Opcode.FUSE_SETATTR, fuse_setattr_in, fuse_attr_out),
-  access: op(Opcode.FUSE_ACCESS, fuse_access_in, null),
-  statfs: op(Opcode.FUSE_STATFS, null, fuse_statfs_out),
-  mkdir: op(Opcode.FUSE_MKDIR, fuse_mkdir_in, fuse_entry_out),
-  mknod: op(Opcode.FUSE_MKNOD, fuse_mknod_in, fuse_entry_out),
-  symlink: op(Opcode.FUSE_SYMLINK, null, fuse_entry_out),
-  link: op(Opcode.FUSE_LINK, fuse_link_in, fuse_entry_out),
+  lookup: op(Opcode.FUSE_LOOKUP, null, P.fuse_entry_out),
+  forget: op(Opcode.FUSE_FORGET, P.fuse_forget_in, null),
+  batchForget: op(Opcode.FUSE_BATCH_FORGET, P.fuse_batch_forget_in, null),
+  getattr: op(Opcode.FUSE_GETATTR, P.fuse_getattr_in, P.fuse_attr_out),
+  statx: op(Opcode.FUSE_STATX, P.fuse_statx_in, P.fuse_statx_out),
+  setattr: op(Opcode.FUSE_SETATTR, P.fuse_setattr_in, P.fuse_attr_out),
+  access: op(Opcode.FUSE_ACCESS, P.fuse_access_in, null),
+  statfs: op(Opcode.FUSE_STATFS, null, P.fuse_statfs_out),
+  mkdir: op(Opcode.FUSE_MKDIR, P.fuse_mkdir_in, P.fuse_entry_out),
+  mknod: op(Opcode.FUSE_MKNOD, P.fuse_mknod_in, P.fuse_entry_out),
+  symlink: op(Opcode.FUSE_SYMLINK, null, P.fuse_entry_out),
+  link: op(Opcode.FUSE_LINK, P.fuse_link_in, P.fuse_entry_out),
   readlink: op(Opcode.FUSE_READLINK, null, null),
   unlink: op(Opcode.FUSE_UNLINK, null, null),
   rmdir: op(Opcode.FUSE_RMDIR, null, null),
-  rename: op(Opcode.FUSE_RENAME, fuse_rename_in, null),
-  rename2: op(Opcode.FUSE_RENAME2, fuse_rename2_in, null),
-  open: op(Opcode.FUSE_OPEN, fuse_open_in, fuse_open_out),
-  create: op(Opcode.FUSE_CREATE, fuse_create_in, fuse_create_out),
-  tmpfile: op(Opcode.FUSE_TMPFILE, fuse_create_in, fuse_create_out),
-  read: op(Opcode.FUSE_READ, fuse_read_in, null),
-  write: op(Opcode.FUSE_WRITE, fuse_write_in, fuse_write_out),
-  flush: op(Opcode.FUSE_FLUSH, fuse_flush_in, null),
-  fsync: op(Opcode.FUSE_FSYNC, fuse_fsync_in, null),
-  release: op(Opcode.FUSE_RELEASE, fuse_release_in, null),
-  fallocate: op(Opcode.FUSE_FALLOCATE, fuse_fallocate_in, null),
-  lseek: op(Opcode.FUSE_LSEEK, fuse_lseek_in, fuse_lseek_out),
-  copyFileRange: op(Opcode.FUSE_COPY_FILE_RANGE, fuse_copy_file_range_in, fuse_write_out),
-  opendir: op(Opcode.FUSE_OPENDIR, fuse_open_in, fuse_open_out),
-  releasedir: op(Opcode.FUSE_RELEASEDIR, fuse_release_in, null),
-  fsyncdir: op(Opcode.FUSE_FSYNCDIR, fuse_fsync_in, null),
-  syncfs: op(Opcode.FUSE_SYNCFS, fuse_syncfs_in, null),
-  readdir: op(Opcode.FUSE_READDIR, fuse_read_in, null),
-  readdirplus: op(Opcode.FUSE_READDIRPLUS, fuse_read_in, null),
-  setxattr: op(Opcode.FUSE_SETXATTR, fuse_setxattr_in, null),
+  rename: op(Opcode.FUSE_RENAME, P.fuse_rename_in, null),
+  rename2: op(Opcode.FUSE_RENAME2, P.fuse_rename2_in, null),
+  open: op(Opcode.FUSE_OPEN, P.fuse_open_in, P.fuse_open_out),
+  create: op(Opcode.FUSE_CREATE, P.fuse_create_in, P.fuse_create_out),
+  tmpfile: op(Opcode.FUSE_TMPFILE, P.fuse_create_in, P.fuse_create_out),
+  read: op(Opcode.FUSE_READ, P.fuse_read_in, null),
+  write: op(Opcode.FUSE_WRITE, P.fuse_write_in, P.fuse_write_out),
+  flush: op(Opcode.FUSE_FLUSH, P.fuse_flush_in, null),
+  fsync: op(Opcode.FUSE_FSYNC, P.fuse_fsync_in, null),
+  release: op(Opcode.FUSE_RELEASE, P.fuse_release_in, null),
+  fallocate: op(Opcode.FUSE_FALLOCATE, P.fuse_fallocate_in, null),
+  lseek: op(Opcode.FUSE_LSEEK, P.fuse_lseek_in, P.fuse_lseek_out),
+  copyFileRange: op(Opcode.FUSE_COPY_FILE_RANGE, P.fuse_copy_file_range_in, P.fuse_write_out),
+  opendir: op(Opcode.FUSE_OPENDIR, P.fuse_open_in, P.fuse_open_out),
+  releasedir: op(Opcode.FUSE_RELEASEDIR, P.fuse_release_in, null),
+  fsyncdir: op(Opcode.FUSE_FSYNCDIR, P.fuse_fsync_in, null),
+  syncfs: op(Opcode.FUSE_SYNCFS, P.fuse_syncfs_in, null),
+  readdir: op(Opcode.FUSE_READDIR, P.fuse_read_in, null),
+  readdirplus: op(Opcode.FUSE_READDIRPLUS, P.fuse_read_in, null),
+  setxattr: op(Opcode.FUSE_SETXATTR, P.fuse_setxattr_in, null),
   /** SETXATTR as sent without FUSE_SETXATTR_EXT: the 8-byte compat struct. */
-  setxattrCompat: op(Opcode.FUSE_SETXATTR, fuse_setxattr_in_compat, null),
-  getxattr: op(Opcode.FUSE_GETXATTR, fuse_getxattr_in, null),
+  setxattrCompat: op(Opcode.FUSE_SETXATTR, P.fuse_setxattr_in_compat, null),
+  getxattr: op(Opcode.FUSE_GETXATTR, P.fuse_getxattr_in, null),
   /** GETXATTR with size 0: the value's length. */
-  getxattrSize: op(Opcode.FUSE_GETXATTR, fuse_getxattr_in, fuse_getxattr_out),
-  listxattr: op(Opcode.FUSE_LISTXATTR, fuse_getxattr_in, null),
+  getxattrSize: op(Opcode.FUSE_GETXATTR, P.fuse_getxattr_in, P.fuse_getxattr_out),
+  listxattr: op(Opcode.FUSE_LISTXATTR, P.fuse_getxattr_in, null),
   /** LISTXATTR with size 0: the list's length. */
-  listxattrSize: op(Opcode.FUSE_LISTXATTR, fuse_getxattr_in, fuse_getxattr_out),
+  listxattrSize: op(Opcode.FUSE_LISTXATTR, P.fuse_getxattr_in, P.fuse_getxattr_out),
   removexattr: op(Opcode.FUSE_REMOVEXATTR, null, null),
-  getlk: op(Opcode.FUSE_GETLK, fuse_lk_in, fuse_lk_out),
-  setlk: op(Opcode.FUSE_SETLK, fuse_lk_in, null),
-  setlkw: op(Opcode.FUSE_SETLKW, fuse_lk_in, null),
-  setupMapping: op(Opcode.FUSE_SETUPMAPPING, fuse_setupmapping_in, null),
-  removeMapping: op(Opcode.FUSE_REMOVEMAPPING, fuse_removemapping_in, null),
+  getlk: op(Opcode.FUSE_GETLK, P.fuse_lk_in, P.fuse_lk_out),
+  setlk: op(Opcode.FUSE_SETLK, P.fuse_lk_in, null),
+  setlkw: op(Opcode.FUSE_SETLKW, P.fuse_lk_in, null),
+  setupMapping: op(Opcode.FUSE_SETUPMAPPING, P.fuse_setupmapping_in, null),
+  removeMapping: op(Opcode.FUSE_REMOVEMAPPING, P.fuse_removemapping_in, null),
 } as const;
 
 /** How a request of `op` is sent beside its in-struct: names after it, WRITE data, reply room, per-call options. */
@@ -381,7 +337,7 @@ export class FuseClient<C extends FuseChannel = FuseChannel> {
       flags: options.flags ?? DEFAULT_INIT_FLAGS,
       flags2: options.flags2 ?? 0,
     });
-    // Older protocols answer a shorter fuse_init_out: the missing tail reads as zeros.
+    // Older protocols answer a shorter P.fuse_init_out: the missing tail reads as zeros.
     const full = Buffer.alloc(o.out.size);
     body.copy(full);
     const reply = o.out.decode(full, 0);
@@ -407,8 +363,8 @@ export class FuseClient<C extends FuseChannel = FuseChannel> {
 
   /** Drops references to many inodes in one request (hiprio queue, no reply). */
   batchForget(items: { nodeid: number; nlookup: number }[]): Promise<void> {
-    const tail = Buffer.alloc(items.length * fuse_forget_one.size);
-    items.forEach((it, i) => fuse_forget_one.encode(it, tail, i * fuse_forget_one.size));
+    const tail = Buffer.alloc(items.length * P.fuse_forget_one.size);
+    items.forEach((it, i) => P.fuse_forget_one.encode(it, tail, i * P.fuse_forget_one.size));
     return this.post(FUSE_OPS.batchForget, 0, { count: items.length }, [tail]);
   }
 
@@ -543,7 +499,7 @@ export class FuseClient<C extends FuseChannel = FuseChannel> {
 
   /**
    * Writes `data` at `offset` in one request (at most `maxWrite` bytes); returns the bytes written.
-   * `fileFlags` is the open file's O_* flags, which the kernel sends in fuse_write_in.flags.
+   * `fileFlags` is the open file's O_* flags, which the kernel sends in P.fuse_write_in.flags.
    */
   async write(
     nodeid: number,
@@ -712,15 +668,15 @@ export class FuseClient<C extends FuseChannel = FuseChannel> {
   }
 
   removeMapping(nodeid: number, ranges: MappingRange[]): Promise<void> {
-    const tail = Buffer.alloc(ranges.length * fuse_removemapping_one.size);
+    const tail = Buffer.alloc(ranges.length * P.fuse_removemapping_one.size);
     ranges.forEach((r, i) =>
-      fuse_removemapping_one.encode({ moffset: BigInt(r.moffset), len: BigInt(r.len) }, tail, i * fuse_removemapping_one.size),
+      P.fuse_removemapping_one.encode({ moffset: BigInt(r.moffset), len: BigInt(r.len) }, tail, i * P.fuse_removemapping_one.size),
     );
     return this.done(FUSE_OPS.removeMapping, nodeid, { count: ranges.length }, { tail: [tail] });
   }
 }
 
-function lkIn(fh: number, owner: bigint, lock: LockRequest, flock: boolean): ValueOfLayout<typeof fuse_lk_in> {
+function lkIn(fh: number, owner: bigint, lock: LockRequest, flock: boolean): ValueOfLayout<typeof P.fuse_lk_in> {
   return { fh, owner, lk: { ...lock, pid: lock.pid ?? 0 }, lk_flags: flock ? FUSE_LK_FLOCK : 0 };
 }
 
@@ -785,17 +741,17 @@ export function parseDirents(body: Buffer, plus: boolean): (Dirent & { entry?: E
 export function parseDirents(body: Buffer, plus: boolean): (Dirent & { entry?: EntryOut })[] {
   const opcode = plus ? Opcode.FUSE_READDIRPLUS : Opcode.FUSE_READDIR;
   const out: (Dirent & { entry?: EntryOut })[] = [];
-  const header = plus ? fuse_direntplus.size : fuse_dirent.size;
+  const header = plus ? P.fuse_direntplus.size : P.fuse_dirent.size;
   for (let pos = 0; pos < body.length;) {
     if (pos + header > body.length) throw new FuseRequestError(opcode, Errno.EPROTO, 'protocol', `truncated dirent at ${pos}`);
     let entry: EntryOut | undefined;
-    let d: ValueOfLayout<typeof fuse_dirent>;
+    let d: ValueOfLayout<typeof P.fuse_dirent>;
     if (plus) {
-      const dp = fuse_direntplus.decode(body, pos);
+      const dp = P.fuse_direntplus.decode(body, pos);
       entry = dp.entry_out;
       d = dp.dirent;
     } else {
-      d = fuse_dirent.decode(body, pos);
+      d = P.fuse_dirent.decode(body, pos);
     }
     if (pos + header + d.namelen > body.length)
       throw new FuseRequestError(opcode, Errno.EPROTO, 'protocol', `dirent name overruns the reply at ${pos}`);
