@@ -197,6 +197,8 @@ export class PassthroughFs extends FileSystem {
   private readonly fdBudget: number;
   /** READ/WRITE on the thread pool (see PassthroughOptions.threadPoolSize). */
   private readonly poolIo: boolean;
+  /** The share root's host inode number: what its `..` entry shows (its real parent is outside). */
+  private readonly rootIno: bigint;
   /** FUSE_* flags INIT agreed on (bits 0..31). */
   private negotiated = 0;
   /** fds opened from file handles for the request being served; closed by endRequest(). */
@@ -228,6 +230,7 @@ export class PassthroughFs extends FileSystem {
       this.fileHandles = FileHandles.open(options.inodeFileHandles ?? 'never', rootFd, (msg) => this.log('warn', msg));
       const rootStat = this.hostStat(rootFd);
       this.boundary = new ShareBoundary(rootStat);
+      this.rootIno = rootStat.ino;
       this.inodes = new InodeTable(rootFd, rootStat, this.fileHandles, (inode) => this.dropped(inode));
       const o = options;
       if (o.xattr || o.xattrmap || o.posixAcl || o.securityLabel) this.xattrs = new Xattrs(this.procSelfFd, o.xattrmap ?? null);
@@ -712,7 +715,9 @@ export class PassthroughFs extends FileSystem {
     let added = 0;
     // The cookie is an off_t the host gave us earlier; it went to the guest as a u64.
     lseek(fd, BigInt.asIntN(64, offset), SEEK_SET);
-    for (const entry of getdents(fd, this.dirents)) {
+    for (let entry of getdents(fd, this.dirents)) {
+      // The root's `..` is the root, as LOOKUP answers it: its host parent's inode number stays outside.
+      if (dir === this.inodes.root && isDotDot(entry.cname)) entry = { ...entry, ino: this.rootIno };
       let looked: Entry | null = null;
       if (sink.plus && !isDot(entry.cname) && !isDotDot(entry.cname)) {
         try {

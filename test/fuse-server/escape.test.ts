@@ -218,6 +218,18 @@ describe('`..`', () => {
     expectUnchanged(before);
   });
 
+  it("at the root is listed with the root's own inode number, never the host parent's (READDIR, READDIRPLUS)", async () => {
+    await setup();
+    const rootIno = BigInt(fs.statSync(h!.dir).ino);
+    const parentIno = BigInt(fs.statSync(path.dirname(h!.dir)).ino);
+    expect(parentIno).not.toBe(rootIno);
+    const { fh } = await h!.client.opendir(1);
+    for (const list of [await h!.client.readdir(1, fh), await h!.client.readdirplus(1, fh)]) {
+      const dotdot = list.find((d) => d.name === '..');
+      expect(dotdot?.ino).toBe(rootIno);
+    }
+  });
+
   it('of a directory moved within the share answers its new parent', async () => {
     await setup({}, (d) => {
       fs.mkdirSync(`${d}/x`);
