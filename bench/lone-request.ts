@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FUSE_ROOT_ID, FuseDriver } from '../src/guest/fuse-driver';
+import { cpuSeconds } from './proc-tree';
 import { CLI, REFERENCE_DAEMON, type RunningBackend, socketFileExists, startProcess } from '../test/helpers/backends';
 
 const which = process.argv[2] ?? 'ts';
@@ -22,32 +23,6 @@ const tsCli = process.env.BENCH_TS_CLI ?? CLI;
 const tsArgs = process.env.BENCH_TS_ARGS?.split(' ').filter(Boolean) ?? [];
 const rust = process.env.PEERS_VIRTIOFSD ?? path.join(REPO, '.cache/peers/bin/virtiofsd');
 const strace = process.env.STRACE === '1';
-
-function tree(pid: number): number[] {
-  const all = [pid];
-  for (let i = 0; i < all.length; i++) {
-    try {
-      all.push(...fs.readFileSync(`/proc/${all[i]}/task/${all[i]}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
-    } catch {
-      // gone
-    }
-  }
-  return all;
-}
-
-function cpu(pid: number): number {
-  let t = 0;
-  for (const p of tree(pid)) {
-    try {
-      const s = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      t += Number(f[11]) + Number(f[12]);
-    } catch {
-      // gone
-    }
-  }
-  return t / 100;
-}
 
 async function start(share: string, sock: string, out: string): Promise<RunningBackend> {
   const wrapper = process.env.WRAP?.split(' ').filter(Boolean) ?? [];
@@ -102,11 +77,11 @@ async function main(): Promise<void> {
   const { fh } = await driver.open(e.nodeid, fs.constants.O_RDONLY);
   const one = op === 'getattr' ? () => driver.getattr(e.nodeid) : () => driver.read(e.nodeid, fh, 0, 4096);
   for (let i = 0; i < 500; i++) await one();
-  const c0 = cpu(backend.pid);
+  const c0 = cpuSeconds(backend.pid);
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < N; i++) await one();
   const us = Number(process.hrtime.bigint() - t0) / 1e3 / N;
-  const cpuUs = ((cpu(backend.pid) - c0) / N) * 1e6;
+  const cpuUs = ((cpuSeconds(backend.pid) - c0) / N) * 1e6;
   driver.close();
   await backend.stop();
   process.stdout.write(`${which} ${op}: ${us.toFixed(1)} us per round trip, daemon CPU ${cpuUs.toFixed(1)} us per request\n`);

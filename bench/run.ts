@@ -33,6 +33,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { FUSE_ROOT_ID, FuseDriver } from '../src/guest/fuse-driver';
 import { CLI, REFERENCE_DAEMON, type RunningBackend, socketFileExists, startProcess } from '../test/helpers/backends';
+import { cpuSeconds, peakRssKiB } from './proc-tree';
 import { type Series, groupedBarChart } from './svg-chart';
 
 const KiB = 1024;
@@ -132,52 +133,6 @@ if (baseCli) {
         socketFileExists,
       ),
   });
-}
-
-/* ---------------- the daemon's process tree: CPU and RSS ---------------- */
-
-function children(pid: number): number[] {
-  try {
-    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
-function tree(pid: number): number[] {
-  const all = [pid];
-  for (let i = 0; i < all.length; i++) all.push(...children(all[i]));
-  return all;
-}
-
-const CLK_TCK = 100;
-
-/** utime+stime (seconds) of the process and its descendants. */
-function cpuSeconds(pid: number): number {
-  let ticks = 0;
-  for (const p of tree(pid)) {
-    try {
-      const stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return ticks / CLK_TCK;
-}
-
-/** The largest VmHWM (KiB) in the tree: the serving process, not its launcher. */
-function peakRssKiB(pid: number): number {
-  let max = 0;
-  for (const p of tree(pid)) {
-    try {
-      max = Math.max(max, Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return max;
 }
 
 /* ---------------- workloads ---------------- */
