@@ -254,6 +254,10 @@ export class Reader extends ChainCursor {
     if (length < 0) fail(this.left > max ? tooLong : Errno.EINVAL);
     const out = Buffer.allocUnsafe(length + 1);
     this.gather(out, length + 1);
+    // Guest memory is read twice (the scan, then the copy) and another vCPU may write between the
+    // two: only a copy that still ends in its one NUL is the name that was bounded. Without this
+    // check, a terminator overwritten in between left a copy the syscalls would read past.
+    if (out[length] !== 0 || out.indexOf(0) !== length) fail(Errno.EINVAL);
     return out;
   }
 

@@ -31,6 +31,33 @@ describe('Reader', () => {
     expect(() => r.readCString()).toThrow(FuseError);
   });
 
+  it('refuses a name whose guest memory changed between the scan for its NUL and the copy (a second vCPU writing)', () => {
+    /** Guest memory that another vCPU rewrites just before the copy: `race` runs as the copy starts. */
+    const racing = (text: string, race: (b: Buffer) => void): Buffer => {
+      const b = Buffer.from(text, 'latin1');
+      Object.defineProperty(b, 'copy', {
+        value(this: Buffer, ...args: Parameters<Buffer['copy']>) {
+          race(this);
+          return Buffer.prototype.copy.apply(this, args);
+        },
+      });
+      return b;
+    };
+    // The terminator overwritten: the copy would end without a NUL, and a syscall would read past it.
+    const lost = racing('abc\0../../etc\0', (b) => (b[3] = 0x2f));
+    expect(() => new Reader().reset([lost]).readCString()).toThrow(FuseError);
+    // A NUL moved earlier: the syscall would see another name than the one bounded and checked.
+    const early = racing('abcdef\0', (b) => (b[1] = 0));
+    expect(() => new Reader().reset([early]).readCString()).toThrow(FuseError);
+    // Untouched memory reads as before.
+    expect(
+      new Reader()
+        .reset([racing('abc\0', () => undefined)])
+        .readCString()
+        .toString('latin1'),
+    ).toBe('abc\0');
+  });
+
   it('finds a name in a long descriptor, looking for its NUL only up to the request end', () => {
     const big = Buffer.alloc(1 << 20, 0x61);
     big.write('name\0', 0, 'latin1');
