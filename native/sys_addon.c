@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/stat.h>
 #include <uv.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -563,16 +564,32 @@ static napi_value js_copy_guarded(napi_env env, napi_callback_info info) {
 // that the event loop (every other queue, the control socket) goes on. Node's
 // fs has no copy_file_range with offsets, no fallocate and no syncfs. The fds
 // must stay open until the callback: the caller passes private dups.
-enum { IO_COPY_FILE_RANGE = 0, IO_FALLOCATE = 1, IO_SYNCFS = 2 };
+// With --thread-pool-size the lookups and stats of a slow host file system
+// (NFS) go there too: statx and openat, whose path (NUL-terminated) and statx
+// buffer are Buffers held referenced until the callback.
+enum { IO_COPY_FILE_RANGE = 0, IO_FALLOCATE = 1, IO_SYNCFS = 2, IO_STATX = 3, IO_OPENAT = 4 };
+#define IO_MAX_BUFFERS 2
 
 typedef struct {
   napi_async_work work;
   napi_ref callback;
+  napi_ref buffer_refs[IO_MAX_BUFFERS];
+  void *buffer[IO_MAX_BUFFERS];
+  size_t buffer_len[IO_MAX_BUFFERS];
   int op;
   int64_t a[6];
   int64_t ret;
   int err;
 } io_job_t;
+
+// Releases a job's references and memory (its async work, if any, is the caller's).
+static void io_job_free(napi_env env, io_job_t *j) {
+  if (j->callback) napi_delete_reference(env, j->callback);
+  for (int b = 0; b < IO_MAX_BUFFERS; b++)
+    if (j->buffer_refs[b]) napi_delete_reference(env, j->buffer_refs[b]);
+  free(j);
+}
+
 
 static void io_execute(napi_env env, void *data) {
   (void)env;
@@ -589,6 +606,12 @@ static void io_execute(napi_env env, void *data) {
       break;
     case IO_SYNCFS:
       r = syncfs((int)j->a[0]);
+      break;
+    case IO_STATX:
+      r = statx((int)j->a[0], (const char *)j->buffer[0], (int)j->a[1], (unsigned)j->a[2], (struct statx *)j->buffer[1]);
+      break;
+    case IO_OPENAT:
+      r = openat((int)j->a[0], (const char *)j->buffer[0], (int)j->a[1], (mode_t)j->a[2]);
       break;
     default:
       r = -1;
@@ -614,20 +637,19 @@ static void io_complete(napi_env env, napi_status status, void *data) {
     }
     napi_close_handle_scope(env, scope);
   }
-  napi_delete_reference(env, j->callback);
   napi_delete_async_work(env, j->work);
-  free(j);
+  io_job_free(env, j);
 }
 
-// asyncIo(op, a0, a1, a2, a3, a4, a5, callback(errno, result))
+// asyncIo(op, a0, a1, a2, a3, a4, a5, callback(errno, result)[, buffer0[, buffer1]])
 static napi_value js_async_io(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8], name;
+  size_t argc = 8 + IO_MAX_BUFFERS;
+  napi_value argv[8 + IO_MAX_BUFFERS], name;
   NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 8) return throw_errno(env, EINVAL, "asyncIo");
   int32_t op;
   if (!arg_i32_checked(env, argv[0], &op)) return NULL;
-  if (op < IO_COPY_FILE_RANGE || op > IO_SYNCFS) return throw_errno(env, EINVAL, "asyncIo");
+  if (op < IO_COPY_FILE_RANGE || op > IO_OPENAT) return throw_errno(env, EINVAL, "asyncIo");
   int64_t a[6];
   for (int i = 0; i < 6; i++) {
     if (napi_get_value_int64(env, argv[1 + i], &a[i]) != napi_ok) {
@@ -645,20 +667,33 @@ static napi_value js_async_io(napi_env env, napi_callback_info info) {
   if (!j) return throw_errno(env, ENOMEM, "asyncIo");
   j->op = op;
   memcpy(j->a, a, sizeof a);
+  for (size_t b = 0; b + 8 < argc && b < IO_MAX_BUFFERS; b++) {
+    if (napi_get_buffer_info(env, argv[8 + b], &j->buffer[b], &j->buffer_len[b]) != napi_ok ||
+        napi_create_reference(env, argv[8 + b], 1, &j->buffer_refs[b]) != napi_ok) {
+      io_job_free(env, j);
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "asyncIo: expected Buffers after the callback");
+      return NULL;
+    }
+  }
+  // The path calls need a NUL-terminated path in buffer 0; statx its 256-byte result in buffer 1.
+  int needs_path = op == IO_STATX || op == IO_OPENAT;
+  if ((needs_path && (!j->buffer[0] || !memchr(j->buffer[0], 0, j->buffer_len[0]))) ||
+      (op == IO_STATX && (!j->buffer[1] || j->buffer_len[1] < sizeof(struct statx)))) {
+    io_job_free(env, j);
+    return throw_errno(env, EINVAL, "asyncIo");
+  }
   if (napi_create_reference(env, argv[7], 1, &j->callback) != napi_ok) {
-    free(j);
+    io_job_free(env, j);
     return throw_napi_failure(env, napi_generic_failure, "asyncIo: napi_create_reference");
   }
   if (napi_create_string_utf8(env, "virtiofsd-ts:io", NAPI_AUTO_LENGTH, &name) != napi_ok ||
       napi_create_async_work(env, NULL, name, io_execute, io_complete, j, &j->work) != napi_ok) {
-    napi_delete_reference(env, j->callback);
-    free(j);
+    io_job_free(env, j);
     return throw_napi_failure(env, napi_generic_failure, "asyncIo: napi_create_async_work");
   }
   if (napi_queue_async_work(env, j->work) != napi_ok) {
     napi_delete_async_work(env, j->work);
-    napi_delete_reference(env, j->callback);
-    free(j);
+    io_job_free(env, j);
     return throw_napi_failure(env, napi_generic_failure, "asyncIo: napi_queue_async_work");
   }
   return NULL;

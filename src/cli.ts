@@ -133,7 +133,12 @@ export const OPTIONS: Record<string, OptionDef> = {
     describe: 'hold inodes as file handles: never (default), prefer (also the bare flag; fallback is its old name), mandatory',
   },
   'rlimit-nofile': { group: 'Share', type: 'string', describe: 'RLIMIT_NOFILE to set (0: leave; default min(1000000, fs.nr_open))' },
-  'thread-pool-size': { group: 'Share', type: 'number', describe: 'worker threads for requests (libvirt <thread_pool size>)' },
+  'thread-pool-size': {
+    group: 'Share',
+    type: 'number',
+    describe:
+      'libuv pool threads (libvirt <thread_pool size>); above 0, LOOKUP, GETATTR, STATX and READ/WRITE of 64 KiB and more run there too, for shares on slow file systems',
+  },
   cache: { group: 'Caching and DAX', choices: CACHE_POLICIES, default: 'auto' as CachePolicy, describe: 'guest cache policy' },
   writeback: { group: 'Caching and DAX', type: 'boolean', describe: 'guest write-back cache' },
   readdirplus: { group: 'Caching and DAX', type: 'boolean', describe: 'READDIRPLUS (default on, off with --cache never)' },

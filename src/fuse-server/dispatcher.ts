@@ -272,7 +272,7 @@ const handlers: Partial<Record<Opcode, Handler>> = {
     // LOOKUP may name `.` and `..` (FUSE_EXPORT_SUPPORT); the file system keeps `..` inside the share.
     const name = readName(req, DOTS.lookup);
     endOfArgs(req);
-    replyEntry(req.reply, fs.lookup(req, req.nodeid, name));
+    return settled(fs.lookup(req, req.nodeid, name), (entry) => replyEntry(req.reply, entry));
   },
   [Opcode.FUSE_FORGET]: (fs, req) => {
     fs.forget(req.nodeid, req.args.readStruct(fuse_forget_in).nlookup);
@@ -288,11 +288,12 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_GETATTR]: (fs, req) => {
     const a = req.args.readStruct(fuse_getattr_in);
-    replyAttr(req.reply, fs.getattr(req, req.nodeid, a.getattr_flags & FUSE_GETATTR_FH ? a.fh : undefined));
+    return settled(fs.getattr(req, req.nodeid, a.getattr_flags & FUSE_GETATTR_FH ? a.fh : undefined), (attr) => replyAttr(req.reply, attr));
   },
   [Opcode.FUSE_STATX]: (fs, req) => {
     const a = req.args.readStruct(fuse_statx_in);
-    replyStatx(req.reply, fs.statx(req, req.nodeid, a.getattr_flags & FUSE_GETATTR_FH ? a.fh : undefined, a.sx_flags, a.sx_mask));
+    const attr = fs.statx(req, req.nodeid, a.getattr_flags & FUSE_GETATTR_FH ? a.fh : undefined, a.sx_flags, a.sx_mask);
+    return settled(attr, (reply) => replyStatx(req.reply, reply));
   },
   [Opcode.FUSE_SETATTR]: (fs, req) => {
     replyAttr(req.reply, fs.setattr(req, req.nodeid, setattrArgs(req.args.readStruct(fuse_setattr_in))));

@@ -161,15 +161,15 @@ export class FileSystem {
   /** The request is answered: resources it borrowed may go. */
   endRequest(): void {}
 
-  lookup(ctx: Context, parent: number, name: Buffer): Entry {
+  lookup(ctx: Context, parent: number, name: Buffer): Entry | Promise<Entry> {
     return fail(Errno.ENOSYS);
   }
   forget(nodeid: number, nlookup: number): void {}
-  getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply {
+  getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply | Promise<AttrReply> {
     return fail(Errno.ENOSYS);
   }
   /** FUSE_STATX: like getattr, with the statx fields (birth time) and sync `flags` the guest asked for. */
-  statx(ctx: Context, nodeid: number, fh: number | undefined, flags: number, mask: number): AttrReply {
+  statx(ctx: Context, nodeid: number, fh: number | undefined, flags: number, mask: number): AttrReply | Promise<AttrReply> {
     return fail(Errno.ENOSYS);
   }
   setattr(ctx: Context, nodeid: number, args: SetattrArgs): AttrReply {

@@ -66,9 +66,11 @@ import {
   mkdirat,
   mknodat,
   openat,
+  openatAsync,
   readlinkat,
   renameat2,
   statx,
+  statxAsync,
   symlinkat,
   syncfsAsync,
   unlinkat,
@@ -201,6 +203,10 @@ export class PassthroughFs extends FileSystem {
   private readonly rootIno: bigint;
   /** FUSE_* flags INIT agreed on (bits 0..31). */
   private negotiated = 0;
+  /** Bumped by DESTROY: a pool lookup or stat that finishes after it belongs to no session. */
+  private generation = 0;
+  /** LOOKUPs on the pool, each about to hold an fd (counted against the budget before they do). */
+  private lookupsInFlight = 0;
   /** fds opened from file handles for the request being served; closed by endRequest(). */
   private readonly scratchFds: number[] = [];
   private readonly dirents = Buffer.alloc(DIRENT_BUFFER_SIZE);
@@ -314,6 +320,7 @@ export class PassthroughFs extends FileSystem {
 
   /** DESTROY: every inode, handle, lock description and DAX mapping of the guest goes. */
   override destroy(): void {
+    this.generation++;
     this.locks.clear();
     this.endRequest();
     this.handles.clear();
@@ -343,22 +350,37 @@ export class PassthroughFs extends FileSystem {
 
   /* ---------------- names and attributes ---------------- */
 
-  override lookup(ctx: Context, parent: number, name: Buffer): Entry {
+  override lookup(ctx: Context, parent: number, name: Buffer): Entry | Promise<Entry> {
     const dir = this.inodes.get(parent);
     if (isDotDot(name)) return this.lookupParent(dir);
-    return this.lookupAt(dir, name);
+    return this.poolIo ? this.lookupAtOnPool(dir, name) : this.lookupAt(dir, name);
   }
 
   override forget(nodeid: number, nlookup: number): void {
     this.inodes.forget(nodeid, nlookup);
   }
 
-  override getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply {
+  override getattr(ctx: Context, nodeid: number, fh: number | undefined): AttrReply | Promise<AttrReply> {
+    if (!this.poolIo) return this.attrOf(nodeid, fh);
+    // A stat may wait for a slow file system's server (NFS): on the pool, over a private dup.
+    return this.statx(ctx, nodeid, fh, 0);
+  }
+
+  /** GETATTR's answer, here and now. */
+  private attrOf(nodeid: number, fh: number | undefined): AttrReply {
     return this.attrReply(this.hostStat(this.statFd(nodeid, fh)));
   }
 
-  override statx(ctx: Context, nodeid: number, fh: number | undefined, flags: number): AttrReply {
-    return this.attrReply(statx(this.statFd(nodeid, fh), EMPTY, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | (flags & AT_STATX_SYNC_TYPE)));
+  override statx(ctx: Context, nodeid: number, fh: number | undefined, flags: number): AttrReply | Promise<AttrReply> {
+    const how = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | (flags & AT_STATX_SYNC_TYPE);
+    if (!this.poolIo) return this.attrReply(statx(this.statFd(nodeid, fh), EMPTY, how));
+    const generation = this.generation;
+    // The fd is an inode's O_PATH fd, or an open handle's (whose last close may flush).
+    const pathOnly = fh === undefined;
+    return onPool(this.statFd(nodeid, fh), (own) => statxAsync(own, EMPTY, how), pathOnly).then((st) => {
+      if (generation !== this.generation) fail(Errno.EIO);
+      return this.attrReply(st);
+    });
   }
 
   override setattr(ctx: Context, nodeid: number, args: SetattrArgs): AttrReply {
@@ -380,7 +402,7 @@ export class PassthroughFs extends FileSystem {
       if (handle) futimens(handle.fd, atime, mtime);
       else utimensat(this.procSelfFd, this.procName(inode), atime, mtime, 0);
     }
-    return this.getattr(ctx, nodeid, handle?.fh);
+    return this.attrOf(nodeid, handle?.fh);
   }
 
   override readlink(ctx: Context, nodeid: number): Buffer {
@@ -832,7 +854,7 @@ export class PassthroughFs extends FileSystem {
 
   /** fds held for the guest now: inodes' O_PATH fds, open handles, lock descriptions. */
   private heldFds(): number {
-    return this.inodes.fdCount + this.handles.fdCount + this.locks.fdCount;
+    return this.inodes.fdCount + this.handles.fdCount + this.locks.fdCount + this.lookupsInFlight;
   }
 
   /**
@@ -951,6 +973,37 @@ export class PassthroughFs extends FileSystem {
   private lookupAt(dir: Inode, name: Buffer): Entry {
     this.reserveFds();
     return this.adopt(openat(this.fdOf(dir), name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0), dir);
+  }
+
+  /**
+   * lookupAt() on libuv's pool (--thread-pool-size): the openat and the stat
+   * of a slow file system (NFS) wait there, not on the event loop. The
+   * directory is reached through a private dup (a FORGET meanwhile may close
+   * its own fd); the inode is registered back on the loop, unless a DESTROY
+   * came in between.
+   */
+  private lookupAtOnPool(dir: Inode, name: Buffer): Promise<Entry> {
+    this.reserveFds();
+    this.lookupsInFlight++;
+    const generation = this.generation;
+    const opened = onPool(this.fdOf(dir), (dirFd) => openatAsync(dirFd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0), true);
+    const entry = opened.then(async (fd) => {
+      let st: Stat;
+      try {
+        st = await statxAsync(fd, EMPTY, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+        if (generation !== this.generation) fail(Errno.EIO);
+      } catch (err) {
+        closeQuietly(fd);
+        throw err;
+      }
+      // From here the fd is the inode table's.
+      return this.adopt(fd, dir, st);
+    });
+    const done = (): void => {
+      this.lookupsInFlight--;
+    };
+    entry.then(done, done);
+    return entry;
   }
 
   /**
@@ -1081,7 +1134,7 @@ function syncFdAsync(fd: number, datasync: boolean): Promise<void> {
  * keeps this operation on the file it was asked for. A dup shares the open
  * file description, so OFD and flock locks are untouched by its close.
  */
-function onPool<T>(fd: number, io: (own: number) => Promise<T>): Promise<T> {
+function onPool<T>(fd: number, io: (own: number) => Promise<T>, pathOnly = false): Promise<T> {
   const own = dup(fd);
   let result: Promise<T>;
   try {
@@ -1091,7 +1144,8 @@ function onPool<T>(fd: number, io: (own: number) => Promise<T>): Promise<T> {
     throw err;
   }
   // Closed on the pool as well: the last close of a released file may flush (NFS) and wait.
-  const release = (): void => nodefs.close(own, () => undefined);
+  // Closing an O_PATH fd flushes nothing: that one is closed here, at once.
+  const release = pathOnly ? (): void => closeQuietly(own) : (): void => nodefs.close(own, () => undefined);
   result.then(release, release);
   return result;
 }

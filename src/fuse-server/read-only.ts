@@ -32,16 +32,16 @@ export class ReadOnlyFs extends FileSystem {
     this.inner.endRequest();
   }
 
-  override lookup(ctx: F.Context, parent: number, name: Buffer): F.Entry {
+  override lookup(ctx: F.Context, parent: number, name: Buffer): F.Entry | Promise<F.Entry> {
     return this.inner.lookup(ctx, parent, name);
   }
   override forget(nodeid: number, nlookup: number): void {
     this.inner.forget(nodeid, nlookup);
   }
-  override getattr(ctx: F.Context, nodeid: number, fh: number | undefined): F.AttrReply {
+  override getattr(ctx: F.Context, nodeid: number, fh: number | undefined): F.AttrReply | Promise<F.AttrReply> {
     return this.inner.getattr(ctx, nodeid, fh);
   }
-  override statx(ctx: F.Context, nodeid: number, fh: number | undefined, flags: number, mask: number): F.AttrReply {
+  override statx(ctx: F.Context, nodeid: number, fh: number | undefined, flags: number, mask: number): F.AttrReply | Promise<F.AttrReply> {
     return this.inner.statx(ctx, nodeid, fh, flags, mask);
   }
   override readlink(ctx: F.Context, nodeid: number): Buffer {

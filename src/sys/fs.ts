@@ -322,11 +322,34 @@ export function copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut
 const IO_COPY_FILE_RANGE = 0;
 const IO_FALLOCATE = 1;
 const IO_SYNCFS = 2;
+const IO_STATX = 3;
+const IO_OPENAT = 4;
 
-function onThreadPool(name: string, op: number, args: [number, number, number, number, number, number]): Promise<number> {
+function onThreadPool(
+  name: string,
+  op: number,
+  args: [number, number, number, number, number, number],
+  ...buffers: Buffer[]
+): Promise<number> {
   return new Promise((resolve, reject) =>
-    addon.asyncIo(op, ...args, (errno, result) => (errno ? reject(new SysError(name, errno)) : resolve(result))),
+    addon.asyncIo(op, ...args, (errno, result) => (errno ? reject(new SysError(name, errno)) : resolve(result)), ...buffers),
   );
+}
+
+/** statx() on libuv's pool (a slow file system's stat must not stop the loop); `dirfd` stays open until it settles. */
+export function statxAsync(
+  dirfd: number,
+  path: Buffer,
+  flags: number,
+  want = STATX_BASIC_STATS | STATX_BTIME | STATX_MNT_ID,
+): Promise<Stat> {
+  const out = Buffer.allocUnsafe(statx_struct.size);
+  return onThreadPool('statx', IO_STATX, [dirfd, flags, want, 0, 0, 0], path, out).then(() => statx_struct.decode(out, 0));
+}
+
+/** openat() on libuv's pool (a lookup on a slow file system); returns the new fd; `dirfd` stays open until it settles. */
+export function openatAsync(dirfd: number, path: Buffer, flags: number, mode: number): Promise<number> {
+  return onThreadPool('openat', IO_OPENAT, [dirfd, flags, mode, 0, 0, 0], path);
 }
 
 /** linux/fs.h: fail with EAGAIN rather than wait (for the disk, a lock, a slow file system). */

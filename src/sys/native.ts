@@ -16,7 +16,11 @@ export interface SysAddon {
   view(addr: bigint, length: number): ArrayBuffer;
   /** memcpy(dst, src, min(len)) that returns -1 instead of dying if the memory raises SIGBUS. */
   copyGuarded(dst: Buffer, src: Buffer): number;
-  /** Runs a blocking file call (copy_file_range 0, fallocate 1, syncfs 2) on libuv's pool; calls back (errno, result). */
+  /**
+   * Runs a blocking file call (copy_file_range 0, fallocate 1, syncfs 2, statx 3, openat 4) on libuv's
+   * pool; calls back (errno, result). statx and openat take the NUL-terminated path as the first Buffer,
+   * statx its result buffer as the second; both stay referenced until the callback.
+   */
   asyncIo(
     op: number,
     a0: number,
@@ -26,6 +30,7 @@ export interface SysAddon {
     a4: number,
     a5: number,
     done: (errno: number, result: number) => void,
+    ...buffers: Buffer[]
   ): void;
   /** preadv2(2) into `buffers` (1..1024 of them) with RWF_* `flags`: bytes read, or -errno (never throws for a failed read). */
   preadv2(fd: number, buffers: Buffer[], position: number, flags: number): number;

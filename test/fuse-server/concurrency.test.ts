@@ -77,8 +77,8 @@ describe('blocking file calls off the event loop', () => {
     expect(h.transport.lastDeferred).toBe(true);
     const sync = outcome(c.syncfs(1));
     expect(h.transport.lastDeferred).toBe(true);
-    // The event loop is free meanwhile: GETATTR is answered at once, and settles while all three still wait.
-    const attr = c.getattr(a.nodeid);
+    // The event loop is free meanwhile: STATFS is answered at once, and settles while all three still wait.
+    const attr = c.statfs(1);
     expect(h.transport.lastDeferred).toBe(false);
     expect(await replyError(attr)).toBe(0);
     expect(h.transport.pending).toBe(3);
@@ -89,6 +89,45 @@ describe('blocking file calls off the event loop', () => {
     expect(cr.value).toBe(MiB);
     expect(fs.readFileSync(path.join(h.dir, 'b')).subarray(0, MiB).equals(Buffer.alloc(MiB, 0xaa))).toBe(true);
     expect(fs.statSync(path.join(h.dir, 'b')).size).toBe(2 * MiB);
+  });
+});
+
+describe('with --thread-pool-size, LOOKUP and GETATTR (what a slow network file system makes wait)', () => {
+  it('wait on the pool while other requests are answered on the loop, and answer right once it frees', async () => {
+    h = await pooled({ a: Buffer.from('abc') });
+    const a = await h.client.lookup(1, 'a');
+    unblock = blockPool(h.dir);
+    const again = outcome(h.client.lookup(1, 'a'));
+    expect(h.transport.lastDeferred).toBe(true);
+    const missing = outcome(h.client.lookup(1, 'nope'));
+    expect(h.transport.lastDeferred).toBe(true);
+    const attr = outcome(h.client.getattr(a.nodeid));
+    expect(h.transport.lastDeferred).toBe(true);
+    // Meanwhile the event loop answers what does not wait.
+    expect(await replyError(h.client.statfs(1))).toBe(0);
+    expect(h.transport.pending).toBe(3);
+    await unblock();
+    unblock = null;
+    expect((await again).value!.nodeid).toBe(a.nodeid);
+    expect((await missing).error).toBe(-Errno.ENOENT);
+    expect((await attr).value!.attr.size).toBe(3);
+    // The root and `a`, looked up twice: one inode, and no fd left over from the missing name.
+    expect(h.session.stats.inodes).toBe(2);
+    expect(await replyError(h.client.forget(a.nodeid, 2))).toBe(0);
+    expect(h.session.stats.inodes).toBe(1);
+  });
+
+  it('a DESTROY while a LOOKUP waits: the late lookup answers EIO and leaves no inode in the new session', async () => {
+    h = await pooled({ a: Buffer.from('abc') });
+    unblock = blockPool(h.dir);
+    const late = outcome(h.client.lookup(1, 'a'));
+    expect(h.transport.lastDeferred).toBe(true);
+    expect(await replyError(h.client.destroy())).toBe(0);
+    await h.start();
+    await unblock();
+    unblock = null;
+    expect((await late).error).toBe(-Errno.EIO);
+    expect(h.session.stats.inodes).toBe(1);
   });
 });
 
@@ -104,11 +143,11 @@ describe('requests that finish later', () => {
     const fsync = outcome(h.client.fsync(a.nodeid, fh));
     const fsyncUnique = h.transport.lastUnique;
     expect(h.transport.lastDeferred).toBe(true);
-    // Served meanwhile, on the event loop: its reply is complete before the READ's.
-    const attr = h.client.getattr(a.nodeid);
+    // Served meanwhile, on the event loop (with --thread-pool-size GETATTR goes to the pool too): its reply is complete before the READ's.
+    const attr = h.client.statfs(1);
     const attrUnique = h.transport.lastUnique;
     expect(await replyError(attr)).toBe(0);
-    expect(answerOf(attrUnique)).toEqual({ opcode: Opcode.FUSE_GETATTR, unique: attrUnique, error: 0, used: 16 + P.fuse_attr_out.size });
+    expect(answerOf(attrUnique)).toEqual({ opcode: Opcode.FUSE_STATFS, unique: attrUnique, error: 0, used: 16 + P.fuse_statfs_out.size });
     expect(h.transport.pending).toBe(2);
     await unblock();
     unblock = null;
@@ -118,13 +157,15 @@ describe('requests that finish later', () => {
     expect(r.value!.equals(Buffer.alloc(MiB, 0xaa))).toBe(true);
     expect(answerOf(fsyncUnique)).toEqual({ opcode: Opcode.FUSE_FSYNC, unique: fsyncUnique, error: 0, used: 16 });
     expect(f.error).toBe(0);
-    // The GETATTR sent after them was answered before either.
+    // The STATFS sent after them was answered before either.
     expect(answerIndex(attrUnique)).toBeLessThan(Math.min(answerIndex(readUnique), answerIndex(fsyncUnique)));
   });
 
   it('RELEASE while a READ of the handle is in flight: the READ still reads the file it named, though the fd number was reused', async () => {
     h = await pooled({ a: Buffer.alloc(MiB, 0xaa), b: Buffer.alloc(MiB, 0xbb) });
     const a = await h.client.lookup(1, 'a');
+    // Looked up before the pool is held: with --thread-pool-size a LOOKUP waits there too.
+    const b = await h.client.lookup(1, 'b');
     const fh = await h.open(a.nodeid, fs.constants.O_RDONLY);
     unblock = blockPool(h.dir);
     const read = outcome(h.client.read(a.nodeid, fh, 0, MiB));
@@ -133,7 +174,6 @@ describe('requests that finish later', () => {
     expect(await replyError(h.client.release(a.nodeid, fh))).toBe(0);
     expect(await replyError(h.client.read(a.nodeid, fh, 0, 1))).toBe(-Errno.EBADF);
     // ...and the next open takes the fd numbers it freed.
-    const b = await h.client.lookup(1, 'b');
     await h.open(b.nodeid, fs.constants.O_RDONLY);
     expect(h.transport.pending).toBe(1);
     await unblock();
@@ -154,10 +194,10 @@ describe('requests that finish later', () => {
     expect(h.transport.lastDeferred).toBe(true);
     expect(await replyError(h.client.destroy())).toBe(0);
     expect(h.session.stats.handles).toBe(0);
-    // A new session reuses the fd numbers for another file.
+    // A new session reuses the fd numbers for another file (CREATE: a LOOKUP would wait on the held pool).
     await h.start();
-    const b = await h.client.lookup(1, 'b');
-    await h.open(b.nodeid, fs.constants.O_WRONLY);
+    await h.client.create(1, 'c', fs.constants.O_WRONLY, 0o100644);
+    expect(h.transport.pending).toBe(1);
     await unblock();
     unblock = null;
     const w = await write;
@@ -165,6 +205,7 @@ describe('requests that finish later', () => {
     expect(w.value).toBe(data.length);
     expect(fs.readFileSync(h.p('a')).equals(data)).toBe(true);
     expect(fs.statSync(h.p('b')).size).toBe(0);
+    expect(fs.statSync(h.p('c')).size).toBe(0);
   });
 
   it('FORGET of the inode while a READ through its handle is in flight: the READ completes', async () => {
