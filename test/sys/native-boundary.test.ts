@@ -21,6 +21,23 @@ describe('native addon arguments', () => {
     expect(() => asAny.recvmsg(3, Buffer.alloc(8), -1, 8)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
   });
 
+  it('asyncIo statx/openat: refuses a path without its NUL, a short statx buffer and non-Buffers, queueing nothing', () => {
+    const never = () => {
+      throw new Error('no job may run');
+    };
+    const STATX = 3;
+    const OPENAT = 4;
+    expect(() => asAny.asyncIo(STATX, -100, 0, 0x7ff, 0, 0, 0, never, Buffer.from('/tmp'), Buffer.alloc(256))).toThrow(
+      expect.objectContaining({ code: 'EINVAL' }),
+    );
+    expect(() => asAny.asyncIo(STATX, -100, 0, 0x7ff, 0, 0, 0, never, Buffer.from('/tmp\0'), Buffer.alloc(255))).toThrow(
+      expect.objectContaining({ code: 'EINVAL' }),
+    );
+    expect(() => asAny.asyncIo(OPENAT, -100, 0, 0, 0, 0, 0, never)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(() => asAny.asyncIo(OPENAT, -100, 0, 0, 0, 0, 0, never, '/tmp\0')).toThrow(TypeError);
+    expect(() => asAny.asyncIo(5, 0, 0, 0, 0, 0, 0, never)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+  });
+
   it('refuses an fd list holding something other than numbers, sending nothing', () => {
     const [a, b] = UnixStreamSocket.pair();
     try {
