@@ -58,6 +58,13 @@ static napi_value throw_napi_failure(napi_env env, napi_status status, const cha
   return NULL;
 }
 
+// Declares argc/argv and reads up to `n` arguments; fewer than `min` throws EINVAL naming `what`.
+#define GET_ARGS(n, min, what)                                              \
+  size_t argc = (n);                                                        \
+  napi_value argv[(n)];                                                     \
+  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));     \
+  if (argc < (min)) return throw_errno(env, EINVAL, (what))
+
 // Argument readers that throw a TypeError and return 0 when the value is not of the right type.
 static int arg_i32_checked(napi_env env, napi_value v, int32_t *out) {
   if (napi_get_value_int32(env, v, out) == napi_ok) return 1;
@@ -199,10 +206,8 @@ static napi_value js_unwatch(napi_env env, napi_callback_info info) {
 
 // sendmsg(fd, buffer, fds[]) -> bytes sent
 static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3], out;
-  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) return throw_errno(env, EINVAL, "sendmsg");
+  GET_ARGS(3, 2, "sendmsg");
+  napi_value out;
   int32_t fd;
   if (!arg_i32_checked(env, argv[0], &fd)) return NULL;
   void *data;
@@ -305,10 +310,8 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
 
 // mmap(addr, length, prot, flags, fd, offset) -> address (BigInt)
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6], out;
-  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 6) return throw_errno(env, EINVAL, "mmap");
+  GET_ARGS(6, 6, "mmap");
+  napi_value out;
   uint64_t addr, length, offset;
   int32_t prot, flags, fd;
   if (!arg_u64_checked(env, argv[0], &addr) || !arg_u64_checked(env, argv[1], &length) ||
@@ -323,10 +326,7 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_munmap(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) return throw_errno(env, EINVAL, "munmap");
+  GET_ARGS(2, 2, "munmap");
   uint64_t addr, length;
   if (!arg_u64_checked(env, argv[0], &addr) || !arg_u64_checked(env, argv[1], &length)) return NULL;
   if (munmap((void *)(uintptr_t)addr, (size_t)length) < 0) return throw_errno(env, errno, "munmap");
@@ -336,10 +336,8 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
 // view(address, length) -> ArrayBuffer over that memory; the caller keeps the
 // mapping alive for as long as views exist.
 static napi_value js_view(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2], out;
-  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) return throw_errno(env, EINVAL, "view");
+  GET_ARGS(2, 2, "view");
+  napi_value out;
   uint64_t addr, length;
   if (!arg_u64_checked(env, argv[0], &addr) || !arg_u64_checked(env, argv[1], &length)) return NULL;
   NAPI_CHECK(env, napi_create_external_arraybuffer(env, (void *)(uintptr_t)addr, (size_t)length, NULL, NULL, &out));
@@ -464,10 +462,8 @@ static int ensure_handlers(napi_env env) {
 
 // guardRange(address, length) -> id, for a mapping made by mmap (address page-aligned).
 static napi_value js_guard_range(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2], out;
-  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) return throw_errno(env, EINVAL, "guardRange");
+  GET_ARGS(2, 2, "guardRange");
+  napi_value out;
   if (ensure_handlers(env) < 0) return NULL;
   uint64_t addr, length;
   if (!arg_u64_checked(env, argv[0], &addr) || !arg_u64_checked(env, argv[1], &length)) return NULL;
@@ -706,10 +702,8 @@ static napi_value js_async_io(napi_env env, napi_callback_info info) {
 // the pool). Failures are returned, not thrown: EAGAIN is an expected answer.
 #define PREADV2_MAX_IOV 1024
 static napi_value js_preadv2(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4], out;
-  NAPI_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 4) return throw_errno(env, EINVAL, "preadv2");
+  GET_ARGS(4, 4, "preadv2");
+  napi_value out;
   int32_t fd, flags;
   int64_t position;
   uint32_t n;
