@@ -137,7 +137,7 @@ export const OPTIONS: Record<string, OptionDef> = {
     group: 'Share',
     type: 'number',
     describe:
-      'libuv pool threads (libvirt <thread_pool size>); above 0, LOOKUP, GETATTR, STATX and READ/WRITE of 64 KiB and more run there too, for shares on slow file systems',
+      'libuv pool threads (libvirt <thread_pool size>); above 0, LOOKUP, GETATTR, STATX, OPEN and READ/WRITE of 64 KiB and more run there too, for shares on slow file systems',
   },
   cache: { group: 'Caching and DAX', choices: CACHE_POLICIES, default: 'auto' as CachePolicy, describe: 'guest cache policy' },
   writeback: { group: 'Caching and DAX', type: 'boolean', describe: 'guest write-back cache' },

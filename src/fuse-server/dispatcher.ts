@@ -346,7 +346,7 @@ const handlers: Partial<Record<Opcode, Handler>> = {
   },
   [Opcode.FUSE_OPEN]: (fs, req) => {
     const a = req.args.readStruct(fuse_open_in);
-    replyOpen(req.reply, fs.open(req, req.nodeid, a.flags, a.open_flags));
+    return settled(fs.open(req, req.nodeid, a.flags, a.open_flags), (opened) => replyOpen(req.reply, opened));
   },
   [Opcode.FUSE_READ]: (fs, req) => {
     const a = req.args.readStruct(fuse_read_in);

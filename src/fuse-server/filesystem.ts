@@ -200,7 +200,7 @@ export class FileSystem {
     return fail(Errno.ENOSYS);
   }
   /** `openFlags` are fuse_open_in.open_flags (FUSE_OPEN_KILL_SUIDGID). */
-  open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened {
+  open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened | Promise<Opened> {
     return fail(Errno.ENOSYS);
   }
   /** Reads up to `size` bytes at `offset` straight into the reply; returns the bytes read. */

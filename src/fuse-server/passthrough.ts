@@ -205,8 +205,8 @@ export class PassthroughFs extends FileSystem {
   private negotiated = 0;
   /** Bumped by DESTROY: a pool lookup or stat that finishes after it belongs to no session. */
   private generation = 0;
-  /** LOOKUPs on the pool, each about to hold an fd (counted against the budget before they do). */
-  private lookupsInFlight = 0;
+  /** LOOKUPs and OPENs on the pool, each about to hold an fd (counted against the budget before they do). */
+  private poolFdsInFlight = 0;
   /** fds opened from file handles for the request being served; closed by endRequest(). */
   private readonly scratchFds: number[] = [];
   private readonly dirents = Buffer.alloc(DIRENT_BUFFER_SIZE);
@@ -469,12 +469,39 @@ export class PassthroughFs extends FileSystem {
 
   /* ---------------- files ---------------- */
 
-  override open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened {
+  override open(ctx: Context, nodeid: number, flags: number, openFlags: number): Opened | Promise<Opened> {
     const inode = this.inodes.get(nodeid);
     this.requireRegular(inode);
     const hostFlags = this.hostFlags(flags) | O_CLOEXEC;
-    const fd = this.killingPrivs(openFlags, hostFlags, () => this.reopen(inode, hostFlags));
-    return { fh: this.handles.insert(fd, nodeid, 'file', hostFlags & O_ACCMODE).fh, openFlags: this.policy.fileOpenFlags };
+    const opened = (fd: number): Opened => ({
+      fh: this.handles.insert(fd, nodeid, 'file', hostFlags & O_ACCMODE).fh,
+      openFlags: this.policy.fileOpenFlags,
+    });
+    // An open may wait for a slow file system's server (NFS): on the pool with --thread-pool-size,
+    // unless it must drop CAP_FSETID (a per-thread credential) or reopen a file handle.
+    if (this.poolIo && inode.fd >= 0 && !this.killsPrivs(openFlags, hostFlags)) return this.reopenOnPool(inode, hostFlags).then(opened);
+    return opened(this.killingPrivs(openFlags, hostFlags, () => this.reopen(inode, hostFlags)));
+  }
+
+  /**
+   * reopen() on the pool, through /proc/self/fd/N of a private dup of the
+   * inode's fd (a FORGET meanwhile may close its own). Counted against the fd
+   * budget while it runs; a DESTROY in between answers EIO.
+   */
+  private reopenOnPool(inode: Inode, flags: number): Promise<number> {
+    this.reserveFds();
+    this.poolFdsInFlight++;
+    const generation = this.generation;
+    const fd = onPool(inode.fd, (own) => openatAsync(this.procSelfFd, Buffer.from(`${own}\0`), flags, 0), true).then((fd) => {
+      if (generation === this.generation) return fd;
+      closeQuietly(fd);
+      return fail(Errno.EIO);
+    });
+    const done = (): void => {
+      this.poolFdsInFlight--;
+    };
+    fd.then(done, done);
+    return fd;
   }
 
   /**
@@ -642,10 +669,12 @@ export class PassthroughFs extends FileSystem {
 
   /** Runs an open that truncates without CAP_FSETID when the guest asks for set-id bits to go. */
   private killingPrivs(openFlags: number, hostFlags: number, open: () => number): number {
-    if (openFlags & FUSE_OPEN_KILL_SUIDGID && hostFlags & O_TRUNC && this.has(FUSE_HANDLE_KILLPRIV_V2)) {
-      return this.credentials.withoutFsetid(open);
-    }
-    return open();
+    return this.killsPrivs(openFlags, hostFlags) ? this.credentials.withoutFsetid(open) : open();
+  }
+
+  /** Whether the open truncates with the guest asking for set-id bits to go (FUSE_OPEN_KILL_SUIDGID). */
+  private killsPrivs(openFlags: number, hostFlags: number): boolean {
+    return (openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0 && (hostFlags & O_TRUNC) !== 0 && this.has(FUSE_HANDLE_KILLPRIV_V2);
   }
 
   /** The handle's O_APPEND twin; only for a handle opened for writing (write() checks). */
@@ -854,7 +883,7 @@ export class PassthroughFs extends FileSystem {
 
   /** fds held for the guest now: inodes' O_PATH fds, open handles, lock descriptions. */
   private heldFds(): number {
-    return this.inodes.fdCount + this.handles.fdCount + this.locks.fdCount + this.lookupsInFlight;
+    return this.inodes.fdCount + this.handles.fdCount + this.locks.fdCount + this.poolFdsInFlight;
   }
 
   /**
@@ -984,7 +1013,7 @@ export class PassthroughFs extends FileSystem {
    */
   private lookupAtOnPool(dir: Inode, name: Buffer): Promise<Entry> {
     this.reserveFds();
-    this.lookupsInFlight++;
+    this.poolFdsInFlight++;
     const generation = this.generation;
     const opened = onPool(this.fdOf(dir), (dirFd) => openatAsync(dirFd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0), true);
     const entry = opened.then(async (fd) => {
@@ -1000,7 +1029,7 @@ export class PassthroughFs extends FileSystem {
       return this.adopt(fd, dir, st);
     });
     const done = (): void => {
-      this.lookupsInFlight--;
+      this.poolFdsInFlight--;
     };
     entry.then(done, done);
     return entry;

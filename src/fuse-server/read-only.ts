@@ -55,7 +55,7 @@ export class ReadOnlyFs extends FileSystem {
     return this.inner.statfs(ctx, nodeid);
   }
 
-  override open(ctx: F.Context, nodeid: number, flags: number, openFlags: number): F.Opened {
+  override open(ctx: F.Context, nodeid: number, flags: number, openFlags: number): F.Opened | Promise<F.Opened> {
     if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) fail(Errno.EROFS);
     return this.inner.open(ctx, nodeid, flags, openFlags);
   }

@@ -92,7 +92,7 @@ describe('blocking file calls off the event loop', () => {
   });
 });
 
-describe('with --thread-pool-size, LOOKUP and GETATTR (what a slow network file system makes wait)', () => {
+describe('with --thread-pool-size, LOOKUP, GETATTR and OPEN (what a slow network file system makes wait)', () => {
   it('wait on the pool while other requests are answered on the loop, and answer right once it frees', async () => {
     h = await pooled({ a: Buffer.from('abc') });
     const a = await h.client.lookup(1, 'a');
@@ -103,31 +103,41 @@ describe('with --thread-pool-size, LOOKUP and GETATTR (what a slow network file 
     expect(h.transport.lastDeferred).toBe(true);
     const attr = outcome(h.client.getattr(a.nodeid));
     expect(h.transport.lastDeferred).toBe(true);
+    const opened = outcome(h.client.open(a.nodeid, fs.constants.O_RDONLY));
+    expect(h.transport.lastDeferred).toBe(true);
     // Meanwhile the event loop answers what does not wait.
     expect(await replyError(h.client.statfs(1))).toBe(0);
-    expect(h.transport.pending).toBe(3);
+    expect(h.transport.pending).toBe(4);
     await unblock();
     unblock = null;
     expect((await again).value!.nodeid).toBe(a.nodeid);
     expect((await missing).error).toBe(-Errno.ENOENT);
     expect((await attr).value!.attr.size).toBe(3);
+    const { fh } = (await opened).value!;
+    expect((await h.client.read(a.nodeid, fh, 0, 10)).toString()).toBe('abc');
+    expect(await replyError(h.client.release(a.nodeid, fh))).toBe(0);
     // The root and `a`, looked up twice: one inode, and no fd left over from the missing name.
     expect(h.session.stats.inodes).toBe(2);
     expect(await replyError(h.client.forget(a.nodeid, 2))).toBe(0);
     expect(h.session.stats.inodes).toBe(1);
   });
 
-  it('a DESTROY while a LOOKUP waits: the late lookup answers EIO and leaves no inode in the new session', async () => {
+  it('a DESTROY while a LOOKUP and an OPEN wait: both answer EIO and leave no inode or handle in the new session', async () => {
     h = await pooled({ a: Buffer.from('abc') });
+    const a = await h.client.lookup(1, 'a');
     unblock = blockPool(h.dir);
     const late = outcome(h.client.lookup(1, 'a'));
+    expect(h.transport.lastDeferred).toBe(true);
+    const lateOpen = outcome(h.client.open(a.nodeid, fs.constants.O_RDONLY));
     expect(h.transport.lastDeferred).toBe(true);
     expect(await replyError(h.client.destroy())).toBe(0);
     await h.start();
     await unblock();
     unblock = null;
     expect((await late).error).toBe(-Errno.EIO);
+    expect((await lateOpen).error).toBe(-Errno.EIO);
     expect(h.session.stats.inodes).toBe(1);
+    expect(h.session.stats.handles).toBe(0);
   });
 });
 
@@ -164,8 +174,6 @@ describe('requests that finish later', () => {
   it('RELEASE while a READ of the handle is in flight: the READ still reads the file it named, though the fd number was reused', async () => {
     h = await pooled({ a: Buffer.alloc(MiB, 0xaa), b: Buffer.alloc(MiB, 0xbb) });
     const a = await h.client.lookup(1, 'a');
-    // Looked up before the pool is held: with --thread-pool-size a LOOKUP waits there too.
-    const b = await h.client.lookup(1, 'b');
     const fh = await h.open(a.nodeid, fs.constants.O_RDONLY);
     unblock = blockPool(h.dir);
     const read = outcome(h.client.read(a.nodeid, fh, 0, MiB));
@@ -173,8 +181,8 @@ describe('requests that finish later', () => {
     // The guest closes the file: RELEASE is answered at once and the handle is gone...
     expect(await replyError(h.client.release(a.nodeid, fh))).toBe(0);
     expect(await replyError(h.client.read(a.nodeid, fh, 0, 1))).toBe(-Errno.EBADF);
-    // ...and the next open takes the fd numbers it freed.
-    await h.open(b.nodeid, fs.constants.O_RDONLY);
+    // ...and the next open takes the fd numbers it freed (CREATE: with --thread-pool-size LOOKUP and OPEN wait on the pool too).
+    await h.client.create(1, 'c', fs.constants.O_RDWR, 0o100644);
     expect(h.transport.pending).toBe(1);
     await unblock();
     unblock = null;
