@@ -309,7 +309,7 @@ describe('the daemon under seccomp kill, with --thread-pool-size', () => {
       ),
   };
 
-  it('serves large READs and WRITEs and syncs from the pool, and exits 0 when the guest leaves', async () => {
+  it('serves large READs and WRITEs, syncs, lookups, stats and opens from the pool, and exits 0 when the guest leaves', async () => {
     const { fuse, dir, backend, close } = await openSession(pooled);
     try {
       const data = Buffer.alloc(1 << 20);
@@ -325,6 +325,12 @@ describe('the daemon under seccomp kill, with --thread-pool-size', () => {
       expect(Buffer.concat(back).equals(data)).toBe(true);
       await fuse.release(f, c.open.fh);
       expect(fs.readFileSync(path.join(dir, 'big')).equals(data)).toBe(true);
+      // LOOKUP, GETATTR and OPEN on the pool as well (openat through the kept /proc/self/fd).
+      const e = await fuse.lookup(1, 'big');
+      expect(Number((await fuse.getattr(e.nodeid)).attr.size)).toBe(data.length);
+      const o = await fuse.open(e.nodeid, 0 /* O_RDONLY */);
+      expect((await fuse.read(e.nodeid, o.fh, 0, 4)).equals(data.subarray(0, 4))).toBe(true);
+      await fuse.release(e.nodeid, o.fh);
       fuse.close();
       expect(await backend.exited, backend.log()).toBe(0);
     } finally {
