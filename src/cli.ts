@@ -15,7 +15,7 @@ import {
 } from './config';
 import { IdMap } from './fuse-server/id-map';
 import { XattrMap } from './fuse-server/xattr-map';
-import { LOG_THRESHOLDS, SEVERITY, stderrIsJournal, type LogThreshold } from './log';
+import { LOG_THRESHOLDS, SEVERITY, enabled, formatLine, stderrIsJournal, type LogThreshold } from './log';
 import type { SandboxMode } from './sandbox';
 import type { SeccompMode } from './sandbox/seccomp';
 import { listenFd } from './systemd';
@@ -550,7 +550,11 @@ export async function main(argv: string[], launch: { stopEarly?: () => void } = 
   // Lines before the daemon's logger exists: with journal priorities when stderr is the journal.
   const journal = stderrIsJournal();
   const say = (severity: number, msg: string): void => void process.stderr.write(`${journal ? `<${severity}>` : ''}virtiofsd-ts: ${msg}\n`);
-  const warn = (msg: string): void => say(SEVERITY.warn, msg);
+  // Warnings before the daemon's logger exists look like its lines (time, level; the journal's
+  // priority) and obey --log-level; failures keep the one-line `virtiofsd-ts: ...` of a command.
+  const warn = (msg: string): void => {
+    if (enabled(config.logLevel ?? 'info', 'warn')) process.stderr.write(`${formatLine('warn', msg, { journal })}\n`);
+  };
   // Loaded only now: these need the native addon (and say so clearly when it is missing).
   let sandboxModule: typeof import('./sandbox');
   let daemonModule: typeof import('./daemon');
@@ -558,7 +562,7 @@ export async function main(argv: string[], launch: { stopEarly?: () => void } = 
     sandboxModule = await import('./sandbox');
     daemonModule = await import('./daemon');
   } catch (err) {
-    warn((err as Error).message);
+    say(SEVERITY.error, (err as Error).message);
     return 1;
   }
   const { prepareSandbox, INSIDE_ENV } = sandboxModule;
