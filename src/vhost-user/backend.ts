@@ -418,7 +418,10 @@ export class VhostUserBackend {
     if (noFd !== (msg.fds.length === 0)) throw new ProtocolError(`${which} for queue ${index}: fd flag and fds disagree`);
     if (which !== 'kickFd') {
       if (noFd) vring.replaceFd(which, -1);
-      else vring.adoptFd(which, msg.fds.shift()!);
+      else {
+        const refused = vring.adoptFd(which, msg.fds.shift()!);
+        if (refused) this.log('warn', `queue ${index}: ${refused}`);
+      }
       return;
     }
     if (noFd) throw new Error(`queue ${index}: polling without a kick fd is not supported`);

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { Errno, F_GETFL, F_SETFL, FdWatcher, O_NONBLOCK, SysError, close, errnoCode, fcntl, readOrErrno, writeOrErrno } from '../sys';
 import { SplitVirtqueue } from './virtqueue';
 
@@ -69,15 +70,27 @@ export class Vring {
    * Takes an fd the front-end handed over for `which`. It may be anything (a
    * pipe nobody reads, a socket): it is made non-blocking first, so no read or
    * write of ours can ever stop the event loop. Closes it if that fails.
+   * O_NONBLOCK means nothing to a regular file, a directory or a block device,
+   * whose writes may wait for their file system or disk: such a call fd is
+   * closed and the queue goes without signals; the returned line says so.
    */
-  adoptFd(which: 'kickFd' | 'callFd' | 'errFd', fd: number): void {
+  adoptFd(which: 'kickFd' | 'callFd' | 'errFd', fd: number): string | null {
     try {
       fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
     } catch (err) {
       close(fd);
       throw err;
     }
+    if (which === 'callFd') {
+      const kind = unsignallable(fd);
+      if (kind) {
+        close(fd);
+        this.replaceFd('callFd', -1);
+        return `call fd is ${kind} (its writes may wait for a file system or disk): no signals on this queue`;
+      }
+    }
     this.replaceFd(which, fd);
+    return null;
   }
 
   /**
@@ -127,4 +140,18 @@ export class Vring {
     this.base = 0;
     this.enabled = false;
   }
+}
+
+/** What kind of fd `fd` is when a write to it could block despite O_NONBLOCK, else null. */
+function unsignallable(fd: number): string | null {
+  let st: fs.Stats;
+  try {
+    st = fs.fstatSync(fd);
+  } catch {
+    return null;
+  }
+  if (st.isFile()) return 'a regular file';
+  if (st.isDirectory()) return 'a directory';
+  if (st.isBlockDevice()) return 'a block device';
+  return null;
 }

@@ -552,6 +552,25 @@ describe('file descriptors that are not eventfds', () => {
     expect(await echo(frontend, 1, 'queue 1 unaffected')).toBe('queue 1 unaffected');
   });
 
+  it('never writes to a writable regular file given as a call fd (its writes may wait on its file system): the queue goes without signals', async () => {
+    const { frontend, log, disconnected } = await start();
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'callfile-')), 'f');
+    const fd = fs.openSync(file, 'w+');
+    await frontend.send(FrontendRequest.SET_VRING_CALL, encode(U64, { value: 2n }), [fd]);
+    fs.closeSync(fd);
+    const q = frontend.queues[2];
+    for (let i = 0; i < 3; i++) {
+      const b = frontend.ram.alloc(16);
+      void q.submit([{ addr: b.addr, len: 16 }], []);
+      await until(() => q.used.view.readUInt16LE(2) === i + 1);
+    }
+    expect(fs.statSync(file).size).toBe(0);
+    expect(log()).toMatch(/queue 2: call fd is a regular file .*no signals on this queue/);
+    expect(disconnected()).toBeNull();
+    expect(await echo(frontend, 1, 'queue 1 unaffected')).toBe('queue 1 unaffected');
+    fs.rmSync(path.dirname(file), { recursive: true, force: true });
+  });
+
   it.each(kinds)('accepts %s as an err fd (never written) and keeps serving', async (_, open) => {
     const { frontend } = await start();
     const fd = open();
